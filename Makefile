@@ -1,0 +1,39 @@
+# Every target creates .venv and installs what it needs, so a fresh clone works as is.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench redis cluster clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/meterguard demo
+
+redis:
+	scripts/ensure-redis.sh
+
+cluster:
+	scripts/redis-cluster.sh start
+
+test: $(STAMP) redis cluster
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP) redis
+	$(BIN)/python -m benchmarks
+
+clean:
+	scripts/redis-cluster.sh stop || true
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

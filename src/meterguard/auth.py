@@ -1,0 +1,130 @@
+"""Credentials -> Principal: format and checksum first (no I/O), then a local cache, then the store.
+
+Header bytes are decoded as latin-1, never strict UTF-8 (RFC 9110 5.5): a ``\\xff`` in a key
+is a 401, not a 500. Every failure looks the same to the client apart from its detail line,
+and the key itself is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import jwt
+
+from ._types import Clock
+from .config import Config, JWTSettings
+from .customers import Directory
+from .keys import PREFIX, hash_key, is_well_formed
+
+log = logging.getLogger("meterguard.auth")
+
+CACHE_TTL_SECONDS = 1.0  # a revoked key or suspended customer is refused everywhere within this
+CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    customer: str
+    key_id: str
+    plan: str
+    suspended: bool
+    anchor_day: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    detail: str
+
+
+_Resolver = Callable[[str], Awaitable[Principal | AuthFailure]]
+
+
+class Authenticator:
+    def __init__(self, config: Config, directory: Directory, *, monotonic: Clock = time.monotonic) -> None:
+        self._config = config
+        self._directory = directory
+        self._monotonic = monotonic
+        self._key_header = config.api_key_header.encode("latin-1")
+        self._cache: OrderedDict[str, tuple[float, Principal | AuthFailure]] = OrderedDict()
+        self._jwt = config.jwt
+
+    def credential(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The API key or bearer token of a request, or None when there is none."""
+        bearer = None
+        for name, value in headers:
+            if name == self._key_header:
+                return value.decode("latin-1").strip()
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").strip().partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    bearer = token.strip()
+        return bearer
+
+    def invalidate(self) -> None:
+        """Forget every cached lookup (after a local admin change)."""
+        self._cache.clear()
+
+    async def authenticate(self, credential: str) -> Principal | AuthFailure:
+        if credential.startswith(PREFIX):
+            if not is_well_formed(credential):
+                return AuthFailure("The API key is malformed (bad length, characters or checksum).")
+            return await self._cached(hash_key(credential), self._lookup_key)
+        settings = self._jwt
+        if settings is not None and credential.count(".") == 2:
+            digest = "jwt:" + hashlib.sha256(credential.encode("latin-1")).hexdigest()
+            return await self._cached(digest, lambda _: self._verify_jwt(credential, settings))
+        return AuthFailure("The credential is not a meterguard API key.")
+
+    async def _cached(self, cache_key: str, resolve: _Resolver) -> Principal | AuthFailure:
+        now = self._monotonic()
+        entry = self._cache.get(cache_key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        result = await resolve(cache_key)
+        self._cache[cache_key] = (now + CACHE_TTL_SECONDS, result)
+        self._cache.move_to_end(cache_key)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return result
+
+    async def _lookup_key(self, key_hash: str) -> Principal | AuthFailure:
+        record = await self._directory.find_key(key_hash)
+        if record is None:
+            return AuthFailure("The API key is unknown.")
+        if record.revoked:
+            return AuthFailure("The API key has been revoked.")
+        return await self._principal(record.customer, record.key_id)
+
+    async def _verify_jwt(self, token: str, settings: JWTSettings) -> Principal | AuthFailure:
+        try:
+            claims = jwt.decode(
+                token,
+                settings.key,
+                algorithms=list(settings.algorithms),  # an allow-list: never the token's own "alg"
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway,
+                options={"require": ["exp"], "verify_aud": settings.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            return AuthFailure("The token has expired.")
+        except jwt.InvalidTokenError as exc:
+            return AuthFailure(f"The token is invalid: {exc}.")
+        customer = claims.get(settings.customer_claim)
+        if not isinstance(customer, str) or not customer:
+            return AuthFailure(f"The token has no {settings.customer_claim!r} claim naming a customer.")
+        key_id = "jwt"
+        if isinstance(claims.get("azp"), str):
+            key_id = "jwt:" + claims["azp"][:64]
+        return await self._principal(customer, key_id)
+
+    async def _principal(self, customer: str, key_id: str) -> Principal | AuthFailure:
+        record = await self._directory.get(customer)
+        if record is None:
+            return AuthFailure("The credential belongs to no known customer.")
+        return Principal(customer, key_id, record.plan, record.status == "suspended", record.anchor_day)

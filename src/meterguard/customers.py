@@ -1,0 +1,101 @@
+"""Customers and keys: the store's records, with the static customers of plans.yaml underneath.
+
+A customer written in plans.yaml is config, not state: its plan follows the file. A change
+made through the admin API or CLI (plan, status) is written to the store as a record of its
+own, which from then on takes precedence over the file for that customer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from .config import Config
+from .errors import CustomerExists, CustomerNotFound, KeyNotFound, PlanNotFound
+from .keys import display_prefix, generate_key, hash_key, key_id_for
+from .store.base import CustomerRecord, CustomerStatus, KeyRecord, Store
+
+
+class Directory:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._static_keys: dict[str, KeyRecord] = {
+            key_hash: KeyRecord(key_id_for(key_hash), customer.id, "(plans.yaml)", 0.0)
+            for customer in config.customers.values()
+            for key_hash in customer.keys
+        }
+
+    def _static(self, customer: str) -> CustomerRecord | None:
+        static = self.config.customers.get(customer)
+        if static is None:
+            return None
+        return CustomerRecord(static.id, static.plan, static.status, static.anchor_day or 1, 0.0)
+
+    async def get(self, customer: str) -> CustomerRecord | None:
+        return await self.store.get_customer(customer) or self._static(customer)
+
+    async def require(self, customer: str) -> CustomerRecord:
+        record = await self.get(customer)
+        if record is None:
+            raise CustomerNotFound(customer)
+        return record
+
+    async def all(self) -> list[CustomerRecord]:
+        stored = {record.id: record for record in await self.store.list_customers()}
+        for customer in self.config.customers:
+            if customer not in stored:
+                static = self._static(customer)
+                assert static is not None
+                stored[customer] = static
+        return sorted(stored.values(), key=lambda record: record.id)
+
+    def _check_plan(self, plan: str) -> None:
+        if plan not in self.config.plans:
+            raise PlanNotFound(plan)
+
+    async def create(self, customer: str, plan: str, anchor_day: int | None = None) -> CustomerRecord:
+        self._check_plan(plan)
+        if customer in self.config.customers:
+            raise CustomerExists(customer)
+        if anchor_day is None:
+            # Under an anniversary anchor the customer's periods start on the day they joined.
+            anchor_day = time.gmtime().tm_mday if self.config.anchor == "anniversary" else 1
+        record = CustomerRecord(customer, plan, "active", anchor_day, time.time())
+        await self.store.create_customer(record)
+        return record
+
+    async def update(
+        self, customer: str, *, plan: str | None = None, status: CustomerStatus | None = None
+    ) -> CustomerRecord:
+        record = await self.require(customer)
+        if plan is not None:
+            self._check_plan(plan)
+            record = replace(record, plan=plan)
+        if status is not None:
+            record = replace(record, status=status)
+        await self.store.put_customer(record)
+        return record
+
+    async def issue_key(self, customer: str) -> tuple[KeyRecord, str]:
+        """A new key for ``customer``: the record, and the key itself, shown this once."""
+        await self.require(customer)
+        key = generate_key()
+        key_hash = hash_key(key)
+        record = KeyRecord(key_id_for(key_hash), customer, display_prefix(key), time.time())
+        await self.store.add_key(key_hash, record)
+        return record, key
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        return self._static_keys.get(key_hash) or await self.store.find_key(key_hash)
+
+    async def list_keys(self, customer: str) -> list[KeyRecord]:
+        await self.require(customer)
+        static = [record for record in self._static_keys.values() if record.customer == customer]
+        return static + await self.store.list_keys(customer)
+
+    async def revoke_key(self, key_id: str) -> None:
+        if any(record.key_id == key_id for record in self._static_keys.values()):
+            raise KeyNotFound(f"{key_id} is written in plans.yaml; remove it there")
+        if not await self.store.revoke_key(key_id):
+            raise KeyNotFound(key_id)

@@ -1,0 +1,359 @@
+"""MeterGuard: a pure ASGI middleware that authenticates, meters and, past the plan, refuses.
+
+One request (ARCHITECTURE.md): public route -> credentials -> customer status -> route
+entitlement -> one atomic store decision (rate windows, quotas, spend cap) -> the app, with
+``send`` wrapped to add the rate limit headers and settle the response's records before its
+last body chunk leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from os import PathLike
+from typing import Any
+
+from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
+from .auth import Authenticator, AuthFailure, Principal
+from .config import Config, load_config
+from .customers import Directory
+from .errors import StoreError
+from .meter import MeterEngine, Terms, Ticket
+from .records import count_json, is_json, parse_header
+from .responses import (
+    CUSTOMER_SUSPENDED,
+    PLAN_UNAVAILABLE,
+    QUOTA_EXCEEDED,
+    ROUTE_NOT_IN_PLAN,
+    SPEND_CAP_REACHED,
+    STORE_UNAVAILABLE,
+    UNAUTHENTICATED,
+    Headers,
+    metered_headers,
+    problem,
+    retry_seconds,
+    rfc3339_ts,
+)
+from .store import store_from_url
+from .store.base import Decision, Store
+
+log = logging.getLogger("meterguard")
+
+STORE_RETRY_AFTER = 5
+_WWW_AUTHENTICATE = b'Bearer realm="meterguard"'
+
+
+def resolve_store_url(explicit: str | None, config: Config) -> str:
+    """Precedence: an explicit argument, then env MG_STORE, then the file's ``store:``, then memory."""
+    return explicit or os.environ.get("MG_STORE") or config.store or "memory://"
+
+
+class MeterGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: Config | str | PathLike[str],
+        store: Store | str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self.clock: Clock = clock or time.time
+        if store is None or isinstance(store, str):
+            store = store_from_url(resolve_store_url(store, self.config), clock=clock)
+        self.store: Store = store
+        self.directory = Directory(self.config, self.store)
+        self.authenticator = Authenticator(self.config, self.directory)
+        self.engine = MeterEngine(self.config, self.store, self.clock)
+        self._routes = self.config.routes
+        self._records_header = self.config.records_header.encode("latin-1")
+        self._json_field = self.config.records_json_field
+        self._max_body = self.config.records_max_body_bytes
+        self._fail_open = self.config.on_store_error == "fail_open"
+        self._background: set[asyncio.Task[None]] = set()
+        self._admin_prefix = self.config.admin_path
+        self.admin: ASGIApp | None = None
+        token = os.environ.get(self.config.admin_token_env)
+        if token:
+            from .admin import AdminApp
+
+            self.admin = AdminApp(
+                config=self.config,
+                store=self.store,
+                directory=self.directory,
+                authenticator=self.authenticator,
+                token=token,
+                clock=self.clock,
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if self.admin is not None and path.startswith(self._admin_prefix):
+            rest = path[len(self._admin_prefix) :]
+            if not rest or rest[0] == "/":
+                admin_scope = dict(scope)
+                admin_scope["path"] = rest or "/"
+                admin_scope["root_path"] = scope.get("root_path", "") + self._admin_prefix
+                await self.admin(admin_scope, receive, send)
+                return
+        method: str = scope["method"]
+        route = self._routes.match(method, path)
+        if route is not None and route.public:
+            await self.app(scope, receive, send)
+            return
+
+        headers = scope["headers"]
+        credential = self.authenticator.credential(headers)
+        if credential is None:
+            if method == "OPTIONS" and any(name == b"access-control-request-method" for name, _ in headers):
+                await self.app(scope, receive, send)  # a CORS preflight never carries credentials
+                return
+            await self._refuse(
+                send,
+                *_unauthenticated(
+                    f"No API key: send it in the {self.config.api_key_header} header or as a Bearer token."
+                ),
+            )
+            return
+
+        try:
+            principal = await self.authenticator.authenticate(credential)
+        except StoreError as exc:
+            await self._store_failed(exc, scope, receive, send)
+            return
+        if isinstance(principal, AuthFailure):
+            await self._refuse(send, *_unauthenticated(principal.detail, invalid=True))
+            return
+        if principal.suspended:
+            await self._refuse(
+                send, *problem(403, CUSTOMER_SUSPENDED, f"Customer {principal.customer!r} is suspended.")
+            )
+            return
+        if principal.plan not in self.config.plans:
+            log.error(
+                "customer %s is on plan %r, which plans.yaml does not define",
+                principal.customer,
+                principal.plan,
+            )
+            await self._refuse(
+                send, *problem(403, PLAN_UNAVAILABLE, f"Plan {principal.plan!r} is not available.")
+            )
+            return
+        if route is not None and not route.allows(principal.plan):
+            await self._refuse(
+                send,
+                *problem(
+                    403,
+                    ROUTE_NOT_IN_PLAN,
+                    f"{route.match} is not part of plan {principal.plan!r}.",
+                    extra={"plan": principal.plan},
+                ),
+            )
+            return
+
+        label = route.match if route is not None else f"{method} {path}"
+        try:
+            decision, terms, ticket = await self.engine.admit(
+                principal.customer,
+                principal.key_id,
+                principal.plan,
+                principal.anchor_day,
+                route,
+                label,
+                route.weight if route is not None else 1,
+            )
+        except StoreError as exc:
+            await self._store_failed(exc, scope, receive, send)
+            return
+        metered = metered_headers(decision, terms.policy, terms.calls, terms.records, ticket.period.end_ts)
+        if not decision.admitted:
+            await self._refuse(send, *_refusal(decision, principal, terms, ticket, metered))
+            return
+
+        scope["meterguard"] = {
+            "customer": principal.customer,
+            "key_id": principal.key_id,
+            "plan": principal.plan,
+            "calls_remaining": _left(terms.calls.included, decision.calls_used),
+            "records_remaining": _left(terms.records.included, decision.records_used),
+        }
+        responder = _Responder(self, send, ticket, metered)
+        try:
+            await self.app(scope, receive, responder.send)
+        finally:
+            if not responder.settled and responder.records:
+                # The app failed or the client left after the records header but before the last
+                # chunk: the records were produced, so they are billed.
+                await self.settle(ticket, responder.records)
+
+    async def settle(self, ticket: Ticket, records: int) -> None:
+        """Settle records, shielded: a client disconnect cancels the request, not the write."""
+        task = asyncio.ensure_future(self._settle(ticket, records))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
+
+    async def _settle(self, ticket: Ticket, records: int) -> None:
+        try:
+            await self.engine.settle(ticket, records)
+        except StoreError:
+            log.exception("could not settle %d records of customer %s", records, ticket.customer)
+
+    async def _refuse(self, send: Send, status: int, headers: Headers, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _store_failed(self, exc: StoreError, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._fail_open:
+            log.warning("store unavailable, serving unmetered (on_store_error: fail_open): %s", exc)
+            await self.app(scope, receive, send)
+            return
+        log.warning("store unavailable, refusing (on_store_error: fail_closed): %s", exc)
+        await self._refuse(
+            send,
+            *problem(
+                503,
+                STORE_UNAVAILABLE,
+                "The metering store is unavailable; please retry.",
+                headers=[(b"retry-after", str(STORE_RETRY_AFTER).encode())],
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Wait for pending settlements, then close the store."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.store.aclose()
+
+
+def _left(included: int | None, used: int) -> int | None:
+    return None if included is None else max(0, included - used)
+
+
+def _unauthenticated(detail: str, *, invalid: bool = False) -> tuple[int, Headers, bytes]:
+    challenge = _WWW_AUTHENTICATE + (b', error="invalid_token"' if invalid else b"")
+    return problem(401, UNAUTHENTICATED, detail, headers=[(b"www-authenticate", challenge)])
+
+
+def _refusal(
+    decision: Decision, principal: Principal, terms: Terms, ticket: Ticket, metered: Headers
+) -> tuple[int, Headers, bytes]:
+    retry = [(b"retry-after", str(retry_seconds(decision.retry_after)).encode())]
+    if decision.reason == "spend_cap":
+        return problem(
+            402,
+            SPEND_CAP_REACHED,
+            f"Overage spend has reached the spend cap of plan {principal.plan!r} for this period.",
+            extra={"plan": principal.plan, "resets_at": rfc3339_ts(ticket.period.end_ts)},
+            headers=metered + retry,
+        )
+    extra: dict[str, Any] = {"violated-policies": list(decision.violated), "plan": principal.plan}
+    if decision.reason == "rate_limited":
+        extra["scope"] = "window"
+        detail = f"Rate limit {', '.join(decision.violated)} of plan {principal.plan!r} is full."
+    else:
+        extra["scope"] = "period"
+        if decision.violated[0] == "calls-period":
+            limit, used = terms.calls.included, decision.calls_used
+        else:
+            limit, used = terms.records.included, decision.records_used
+        resets_at = rfc3339_ts(ticket.period.end_ts)
+        extra.update(limit=limit, used=used, resets_at=resets_at)
+        detail = f"The {decision.violated[0]} quota of plan {principal.plan!r} is used up until {resets_at}."
+    return problem(429, QUOTA_EXCEEDED, detail, extra=extra, headers=metered + retry)
+
+
+class _Responder:
+    """Wraps ``send`` for one admitted request: adds headers, counts records, settles before the end.
+
+    Bodies are passed through untouched unless they must be read to count a JSON array, and then
+    only up to ``records.max_body_bytes`` (starlette's GZipMiddleware pattern).
+    """
+
+    __slots__ = ("guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered")
+
+    def __init__(self, guard: MeterGuard, send: Send, ticket: Ticket, metered: Headers) -> None:
+        self.guard = guard
+        self._send = send
+        self.ticket = ticket
+        self.metered = metered
+        self.records = 0
+        self.settled = False
+        self._buffer: list[bytes] | None = None
+        self._buffered = 0
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            await self._start(message)
+        elif kind == "http.response.body":
+            await self._body(message)
+        else:
+            await self._send(message)
+
+    async def _start(self, message: Message) -> None:
+        guard = self.guard
+        headers: list[tuple[bytes, bytes]] = []
+        counted: int | None = None
+        content_type = b""
+        length: int | None = None
+        for name, value in message.get("headers", ()):
+            lower = name.lower()
+            if lower == guard._records_header:
+                counted = parse_header(value)
+                continue  # the app's count is between the app and meterguard
+            if lower == b"content-type":
+                content_type = value
+            elif lower == b"content-length" and value.isdigit():
+                length = int(value)
+            headers.append((name, value))
+        if counted is not None:
+            self.records = counted
+        elif (
+            guard._json_field is not None
+            and is_json(content_type)
+            and (length is None or length <= guard._max_body)
+        ):
+            self._buffer = []
+        message = dict(message)
+        message["headers"] = headers + self.metered
+        await self._send(message)
+
+    async def _body(self, message: Message) -> None:
+        more = message.get("more_body", False)
+        if self._buffer is not None:
+            chunk = message.get("body", b"")
+            self._buffer.append(chunk)
+            self._buffered += len(chunk)
+            if self._buffered > self.guard._max_body:
+                # Too large to parse: pass what we hold on and count via the header only.
+                log.warning(
+                    "response body over records.max_body_bytes; its records are not counted from JSON"
+                )
+                body, self._buffer = b"".join(self._buffer), None
+                await self._send({"type": "http.response.body", "body": body, "more_body": more})
+                if not more:
+                    await self._finish()
+                return
+            if more:
+                return
+            body, self._buffer = b"".join(self._buffer), None
+            self.records = count_json(body, self.guard._json_field or "")
+            await self._finish()
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        if not more:
+            await self._finish()
+        await self._send(message)
+
+    async def _finish(self) -> None:
+        if not self.settled:
+            self.settled = True
+            if self.records:
+                await self.guard.settle(self.ticket, self.records)

@@ -1,0 +1,151 @@
+"""Plans, their windows and quotas, and the route table (compiled once at load)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+Strategy = Literal["sliding", "fixed"]
+MICROS = 1_000_000  # prices are kept as integer millionths of the currency unit
+
+
+def window_name(seconds: int) -> str:
+    """Policy name of a window by its length: ``1s``, ``1m``, ``15m``, ``1h``, ``1d``."""
+    for size, suffix in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds % size == 0:
+            return f"{seconds // size}{suffix}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A rate window: at most ``limit`` units per ``seconds``; ``name`` is its policy name."""
+
+    name: str
+    limit: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    calls: int | None = None
+    records: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPrice:
+    """Overage price of one meter: ``price`` per ``unit`` units past the included quota."""
+
+    unit: int
+    price: Decimal
+
+    @property
+    def price_micros(self) -> int:
+        return int(self.price * MICROS)
+
+
+@dataclass(frozen=True, slots=True)
+class Overage:
+    """Serve past the quota and bill it; ``None`` on a plan means ``overage: block``."""
+
+    calls: MeterPrice | None = None
+    records: MeterPrice | None = None
+    spend_cap: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    price: Decimal = Decimal("0")
+    windows: tuple[Window, ...] = ()
+    route_windows: Mapping[str, tuple[Window, ...]] = field(default_factory=dict)
+    quotas: Quotas = Quotas()
+    overage: Overage | None = None
+    alerts: tuple[float, ...] = ()
+    strategy: Strategy = "sliding"
+
+    def windows_for(self, route_match: str | None) -> tuple[Window, ...]:
+        if route_match is None:
+            return self.windows
+        return self.windows + self.route_windows.get(route_match, ())
+
+
+_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of the routes table. ``match`` is ``METHOD PATH`` as written in plans.yaml."""
+
+    match: str
+    weight: int = 1
+    plans: frozenset[str] | None = None
+    public: bool = False
+    method: str = field(init=False)
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        method, path = parse_match(self.match)
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "pattern", compile_path(path))
+
+    def allows(self, plan: str) -> bool:
+        return self.plans is None or plan in self.plans
+
+
+def parse_match(match: str) -> tuple[str, str]:
+    """Split ``"GET /v1/posts"`` into method and path; raises ValueError with a reason."""
+    parts = match.split()
+    if len(parts) != 2:
+        raise ValueError("must be 'METHOD /path', e.g. 'GET /v1/posts/{id}'")
+    method, path = parts
+    if method != "*" and not method.isalpha():
+        raise ValueError(f"method {method!r} is not an HTTP method")
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must start with '/'")
+    if "*" in path[:-1]:
+        raise ValueError("'*' may only end the path")
+    return method.upper(), path
+
+
+def compile_path(path: str) -> re.Pattern[str]:
+    prefix = path.endswith("*")
+    body = path[:-1] if prefix else path
+    pieces: list[str] = []
+    last = 0
+    for param in _PARAM.finditer(body):
+        pieces.append(re.escape(body[last : param.start()]))
+        pieces.append("[^/]+")
+        last = param.end()
+    pieces.append(re.escape(body[last:]))
+    return re.compile("".join(pieces) + (".*" if prefix else "") + r"\Z")
+
+
+class RouteTable:
+    """First match wins. Static paths hit a dict; patterns are scanned in file order."""
+
+    __slots__ = ("routes", "_static", "_patterns")
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self.routes = routes
+        self._static: dict[tuple[str, str], tuple[int, Route]] = {}
+        self._patterns: list[tuple[int, Route]] = []
+        for index, route in enumerate(routes):
+            path = route.match.split()[1]
+            if "{" in path or path.endswith("*") or route.method == "*":
+                self._patterns.append((index, route))
+            else:
+                self._static.setdefault((route.method, path), (index, route))
+
+    def match(self, method: str, path: str) -> Route | None:
+        found = self._static.get((method, path))
+        limit = found[0] if found is not None else len(self.routes)
+        for index, route in self._patterns:
+            if index >= limit:
+                break
+            if (route.method == "*" or route.method == method) and route.pattern.match(path):
+                return route
+        return found[1] if found is not None else None

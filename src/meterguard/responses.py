@@ -1,0 +1,119 @@
+"""Refusals as RFC 9457 problem details, and the rate limit headers of every metered response.
+
+Header syntax follows draft-ietf-httpapi-ratelimit-headers-10 (Structured Field lists, RFC
+8941) plus the X-RateLimit-* trio GitHub and X send, so both new and old clients can read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .plans import Window
+from .store.base import Decision, Meter
+
+PROBLEMS = "https://meterguard.dev/problems/"
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+UNAUTHENTICATED = PROBLEMS + "unauthenticated"
+CUSTOMER_SUSPENDED = PROBLEMS + "customer-suspended"
+ROUTE_NOT_IN_PLAN = PROBLEMS + "route-not-in-plan"
+SPEND_CAP_REACHED = PROBLEMS + "spend-cap-reached"
+STORE_UNAVAILABLE = PROBLEMS + "store-unavailable"
+PLAN_UNAVAILABLE = PROBLEMS + "plan-unavailable"
+
+TITLES = {
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def retry_seconds(seconds: float) -> int:
+    """Retry-After is whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds - 1e-9))
+
+
+def problem(
+    status: int,
+    type_: str,
+    detail: str,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> tuple[int, Headers, bytes]:
+    body: dict[str, Any] = {"type": type_, "title": TITLES[status], "status": status, "detail": detail}
+    if extra:
+        body.update(extra)
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return (
+        status,
+        [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"cache-control", b"no-store"),
+            *headers,
+        ],
+        payload,
+    )
+
+
+def policy_header(windows: Sequence[Window], calls: Meter, records: Meter) -> bytes:
+    """``RateLimit-Policy``: fixed per plan and route, so built once and cached by the caller."""
+    items = [f'"{w.name}";q={w.limit};w={w.seconds}' for w in windows]
+    if calls.included is not None:
+        items.append(f'"calls-period";q={calls.included}')
+    if records.included is not None:
+        items.append(f'"records-period";q={records.included}')
+    return ", ".join(items).encode()
+
+
+def metered_headers(
+    decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int
+) -> Headers:
+    """RateLimit, X-RateLimit-* and X-Meterguard-Usage for one decision."""
+    items = []
+    tightest = None
+    for state in decision.windows:
+        reset = retry_seconds(state.reset_after)
+        items.append(f'"{state.window.name}";r={state.remaining};t={reset}')
+        if (
+            tightest is None
+            or state.remaining < tightest.remaining
+            or (state.remaining == tightest.remaining and state.window.seconds < tightest.window.seconds)
+        ):
+            tightest = state
+    to_period_end = retry_seconds(period_end - decision.now)
+    usage = [f"calls={decision.calls_used}"]
+    if calls.included is not None:
+        items.append(f'"calls-period";r={max(0, calls.included - decision.calls_used)};t={to_period_end}')
+        usage[0] += f";limit={calls.included}"
+    usage.append(f"records={decision.records_used}")
+    if records.included is not None:
+        items.append(
+            f'"records-period";r={max(0, records.included - decision.records_used)};t={to_period_end}'
+        )
+        usage[1] += f";limit={records.included}"
+    headers: Headers = []
+    if policy:
+        headers.append((b"ratelimit-policy", policy))
+        headers.append((b"ratelimit", ", ".join(items).encode()))
+    if tightest is not None:
+        headers += [
+            (b"x-ratelimit-limit", str(tightest.window.limit).encode()),
+            (b"x-ratelimit-remaining", str(tightest.remaining).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(decision.now + tightest.reset_after)).encode()),
+        ]
+    headers.append((b"x-meterguard-usage", ", ".join(usage).encode()))
+    return headers
+
+
+def rfc3339_ts(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

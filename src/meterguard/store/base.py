@@ -1,0 +1,154 @@
+"""The Store protocol: everything meterguard keeps, behind one interface.
+
+A store makes admission decisions atomically (every rate window, both period quotas and the
+spend cap in one step), settles records, keeps usage counters for audit, and holds
+customers and keys. Backends: memory (one process), Redis, Redis Cluster. Backend errors
+are wrapped once, here at the boundary, as :class:`~meterguard.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from ..plans import Window
+
+Reason = Literal["rate_limited", "quota", "spend_cap"]
+CustomerStatus = Literal["active", "suspended"]
+OTHER_ROUTE = "other"
+MAX_UNLISTED_ROUTES = 200  # distinct unmatched "METHOD /path" labels kept per customer and period
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """Terms of one meter (calls or records) for a decision: included quota and overage price."""
+
+    included: int | None  # None: no quota
+    unit: int = 0  # overage unit; 0: not billed past the quota (block)
+    price_micros: int = 0  # price per unit in millionths of the currency
+
+    @property
+    def billed(self) -> bool:
+        return self.unit > 0
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    customer: str
+    key_id: str
+    route: str  # usage label: the route's match string, or "METHOD /path" for unmatched ones
+    listed: bool  # False for unmatched routes, whose labels are bounded per period
+    weight: int
+    windows: tuple[Window, ...]
+    strategy: Literal["sliding", "fixed"]
+    period_id: str
+    period_end: int  # epoch seconds; counters of the period expire some time after it
+    calls: Meter
+    records: Meter
+    spend_cap_cents: int | None  # None: no cap
+    day: str  # YYYY-MM-DD, for the daily audit counters
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    window: Window
+    remaining: int  # units left after this decision
+    reset_after: float  # seconds until the window's count next drops (its end, for a fixed window)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    reason: Reason | None
+    violated: tuple[str, ...]  # policy names, e.g. ("1m",) or ("calls-period",)
+    retry_after: float  # seconds; 0 when admitted; the caller rounds up and uses the period end for quotas
+    windows: tuple[WindowState, ...]
+    calls_used: int  # in the period, including this call when admitted
+    records_used: int
+    spend_cents: int  # overage spend so far in the period, before this call
+    now: float  # the store's clock, epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    customer: str
+    key_id: str
+    route: str
+    listed: bool
+    period_id: str
+    period_end: int
+    records: int
+    day: str
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    calls: int = 0
+    records: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Raw counters of one customer and period, as the store keeps them."""
+
+    calls: int = 0
+    records: int = 0
+    rejected: Mapping[str, int] = field(default_factory=dict)  # by Reason
+    by_route: Mapping[str, Counts] = field(default_factory=dict)
+    by_key: Mapping[str, Counts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    day: str
+    calls: int = 0
+    records: int = 0
+    by_route: Mapping[str, Counts] = field(default_factory=dict)
+    by_key: Mapping[str, Counts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    id: str
+    plan: str
+    status: CustomerStatus = "active"
+    anchor_day: int = 1
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    customer: str
+    prefix: str
+    created_at: float
+    last_used: float | None = None
+    revoked: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What every backend provides. All methods may raise StoreError."""
+
+    url: str
+
+    # metering ---------------------------------------------------------------------------------
+    async def admit(self, request: AdmitRequest) -> Decision: ...
+    async def settle(self, settlement: Settlement) -> None: ...
+    async def usage(self, customer: str, period_id: str) -> Usage: ...
+    async def daily(self, customer: str, days: list[str]) -> list[DayUsage]: ...
+
+    # customers and keys -------------------------------------------------------------------------
+    async def create_customer(self, record: CustomerRecord) -> None: ...  # CustomerExists
+    async def get_customer(self, customer: str) -> CustomerRecord | None: ...
+    async def list_customers(self) -> list[CustomerRecord]: ...
+    async def put_customer(self, record: CustomerRecord) -> None: ...  # create or replace
+    async def add_key(self, key_hash: str, record: KeyRecord) -> None: ...
+    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
+    async def list_keys(self, customer: str) -> list[KeyRecord]: ...
+    async def revoke_key(self, key_id: str) -> bool: ...  # False when unknown
+
+    # lifecycle ----------------------------------------------------------------------------------
+    async def ping(self) -> None: ...  # raises StoreError when unhealthy
+    async def aclose(self) -> None: ...

@@ -1,0 +1,225 @@
+"""The embedded store: one process, no I/O, exact by construction.
+
+Every method body runs without an ``await`` between reading and writing a counter, so under
+asyncio each decision is atomic. Good for development, tests and single-process gateways;
+``meterguard serve --workers N`` refuses it because each worker would count on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+from .._types import Clock
+from ..billing import spend_cents
+from ..errors import CustomerExists
+from ..windows import estimate, remaining, wait
+from .base import (
+    MAX_UNLISTED_ROUTES,
+    OTHER_ROUTE,
+    AdmitRequest,
+    Counts,
+    CustomerRecord,
+    DayUsage,
+    Decision,
+    KeyRecord,
+    Reason,
+    Settlement,
+    Usage,
+    WindowState,
+)
+
+
+@dataclass(slots=True)
+class _Tally:
+    calls: int = 0
+    records: int = 0
+    rejected: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_route: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    by_key: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    unlisted: set[str] = field(default_factory=set)
+
+
+def _route_label(tally: _Tally, route: str, listed: bool) -> str:
+    if listed or route in tally.unlisted:
+        return route
+    if len(tally.unlisted) >= MAX_UNLISTED_ROUTES:
+        return OTHER_ROUTE
+    tally.unlisted.add(route)
+    return route
+
+
+def _counts(table: dict[str, list[int]]) -> dict[str, Counts]:
+    return {name: Counts(calls, records) for name, (calls, records) in table.items()}
+
+
+class MemoryStore:
+    def __init__(self, url: str = "memory://", *, clock: Clock = time.time) -> None:
+        self.url = url
+        self._clock = clock
+        self._slots: dict[tuple[str, str], dict[int, int]] = {}
+        self._periods: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
+        self._days: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
+        self._customers: dict[str, CustomerRecord] = {}
+        self._keys: dict[str, tuple[str, KeyRecord]] = {}  # hash -> (hash, record)
+        self._key_ids: dict[str, str] = {}  # key id -> hash
+
+    # metering -------------------------------------------------------------------------------------
+
+    async def admit(self, request: AdmitRequest) -> Decision:
+        now = self._clock()
+        sliding = request.strategy == "sliding"
+        tally = self._periods[(request.customer, request.period_id)]
+        states: list[WindowState] = []
+        slots: list[tuple[dict[int, int], int]] = []
+        violated: list[str] = []
+        retry_after = 0.0
+        for window in request.windows:
+            index = math.floor(now / window.seconds)
+            elapsed = now - index * window.seconds
+            counts = self._slots.setdefault((request.customer, window.name), {})
+            for old in [slot for slot in counts if slot < index - 1]:
+                del counts[old]
+            previous, current = counts.get(index - 1, 0), counts.get(index, 0)
+            used = estimate(previous, current, elapsed, window.seconds, sliding)
+            reset_after = window.seconds - elapsed
+            if used + request.weight > window.limit:
+                violated.append(window.name)
+                retry_after = max(
+                    retry_after,
+                    wait(previous, current, elapsed, window.seconds, window.limit, request.weight, sliding),
+                )
+                states.append(WindowState(window, remaining(window.limit, used), reset_after))
+            else:
+                states.append(
+                    WindowState(window, remaining(window.limit, used + request.weight), reset_after)
+                )
+            slots.append((counts, index))
+
+        reason: Reason | None = None
+        spend = spend_cents(tally.calls, tally.records, request.calls, request.records)
+        if violated:
+            reason = "rate_limited"
+        else:
+            calls, records = request.calls, request.records
+            if (
+                calls.included is not None
+                and not calls.billed
+                and tally.calls + request.weight > calls.included
+            ):
+                violated.append("calls-period")
+            if records.included is not None and not records.billed and tally.records >= records.included:
+                violated.append("records-period")
+            if violated:
+                reason = "quota"
+                retry_after = request.period_end - now
+            elif request.spend_cap_cents is not None and spend >= request.spend_cap_cents:
+                reason = "spend_cap"
+                retry_after = request.period_end - now
+        if reason is not None:
+            tally.rejected[reason] += 1
+            return Decision(
+                False,
+                reason,
+                tuple(violated),
+                retry_after,
+                tuple(states),
+                tally.calls,
+                tally.records,
+                spend,
+                now,
+            )
+
+        for counts, index in slots:
+            counts[index] = counts.get(index, 0) + request.weight
+        day = self._days[(request.customer, request.day)]
+        for target in (tally, day):
+            target.calls += request.weight
+            target.by_route[_route_label(target, request.route, request.listed)][0] += request.weight
+            target.by_key[request.key_id][0] += request.weight
+        entry = self._key_ids.get(request.key_id)
+        if entry is not None:
+            key_hash = entry
+            _, record = self._keys[key_hash]
+            self._keys[key_hash] = (key_hash, replace(record, last_used=now))
+        return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now)
+
+    async def settle(self, settlement: Settlement) -> None:
+        if settlement.records <= 0:
+            return
+        tally = self._periods[(settlement.customer, settlement.period_id)]
+        day = self._days[(settlement.customer, settlement.day)]
+        for target in (tally, day):
+            target.records += settlement.records
+            target.by_route[_route_label(target, settlement.route, settlement.listed)][1] += (
+                settlement.records
+            )
+            target.by_key[settlement.key_id][1] += settlement.records
+
+    async def usage(self, customer: str, period_id: str) -> Usage:
+        tally = self._periods.get((customer, period_id))
+        if tally is None:
+            return Usage()
+        return Usage(
+            tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key)
+        )
+
+    async def daily(self, customer: str, days: list[str]) -> list[DayUsage]:
+        result = []
+        for day in days:
+            tally = self._days.get((customer, day))
+            if tally is None:
+                result.append(DayUsage(day))
+            else:
+                result.append(
+                    DayUsage(day, tally.calls, tally.records, _counts(tally.by_route), _counts(tally.by_key))
+                )
+        return result
+
+    # customers and keys -----------------------------------------------------------------------------
+
+    async def create_customer(self, record: CustomerRecord) -> None:
+        if record.id in self._customers:
+            raise CustomerExists(record.id)
+        self._customers[record.id] = record
+
+    async def get_customer(self, customer: str) -> CustomerRecord | None:
+        return self._customers.get(customer)
+
+    async def list_customers(self) -> list[CustomerRecord]:
+        return sorted(self._customers.values(), key=lambda record: record.id)
+
+    async def put_customer(self, record: CustomerRecord) -> None:
+        self._customers[record.id] = record
+
+    async def add_key(self, key_hash: str, record: KeyRecord) -> None:
+        self._keys[key_hash] = (key_hash, record)
+        self._key_ids[record.key_id] = key_hash
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        entry = self._keys.get(key_hash)
+        return entry[1] if entry is not None else None
+
+    async def list_keys(self, customer: str) -> list[KeyRecord]:
+        return sorted(
+            (record for _, record in self._keys.values() if record.customer == customer),
+            key=lambda record: record.created_at,
+        )
+
+    async def revoke_key(self, key_id: str) -> bool:
+        key_hash = self._key_ids.get(key_id)
+        if key_hash is None:
+            return False
+        _, record = self._keys[key_hash]
+        self._keys[key_hash] = (key_hash, replace(record, revoked=True))
+        return True
+
+    # lifecycle ----------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
