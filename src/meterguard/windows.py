@@ -39,3 +39,16 @@ def wait(
     # Wait for the next slot, where this slot's count becomes the decaying "previous".
     needed_elapsed = seconds * (1 - (limit - weight) / current) if current > 0 else 0.0
     return to_next_slot + max(needed_elapsed, 0.0)
+
+
+def reset_after(
+    previous: int, current: int, elapsed: float, seconds: int, limit: int, sliding: bool
+) -> float:
+    """The ``t`` of the RateLimit header: when the window next has room, if it is full, else its slot end.
+
+    With a full sliding window the slot end would lie to the client (the previous slot still
+    weighs), so a client that waits ``t`` seconds is then admitted for one unit.
+    """
+    if estimate(previous, current, elapsed, seconds, sliding) + 1 > limit:
+        return wait(previous, current, elapsed, seconds, limit, 1, sliding)
+    return seconds - elapsed

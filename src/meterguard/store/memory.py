@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from .._types import Clock
 from ..billing import spend_cents
 from ..errors import CustomerExists
-from ..windows import estimate, remaining, wait
+from ..windows import estimate, remaining, reset_after, wait
 from .base import (
     MAX_UNLISTED_ROUTES,
     OTHER_ROUTE,
@@ -84,18 +84,22 @@ class MemoryStore:
                 del counts[old]
             previous, current = counts.get(index - 1, 0), counts.get(index, 0)
             used = estimate(previous, current, elapsed, window.seconds, sliding)
-            reset_after = window.seconds - elapsed
             if used + request.weight > window.limit:
                 violated.append(window.name)
                 retry_after = max(
                     retry_after,
                     wait(previous, current, elapsed, window.seconds, window.limit, request.weight, sliding),
                 )
-                states.append(WindowState(window, remaining(window.limit, used), reset_after))
+                after = current  # refused: nothing is added
             else:
-                states.append(
-                    WindowState(window, remaining(window.limit, used + request.weight), reset_after)
+                after = current + request.weight
+            states.append(
+                WindowState(
+                    window,
+                    remaining(window.limit, estimate(previous, after, elapsed, window.seconds, sliding)),
+                    reset_after(previous, after, elapsed, window.seconds, window.limit, sliding),
                 )
+            )
             slots.append((counts, index))
 
         reason: Reason | None = None
