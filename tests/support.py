@@ -39,9 +39,7 @@ def utc(*args: int) -> datetime:
 async def posts(request: Request) -> Response:
     SEEN.append(dict(request.scope.get("meterguard") or {}))
     count = int(request.query_params.get("n", "10"))
-    return JSONResponse(
-        {"data": [{"id": i, "text": f"post {i}"} for i in range(count)], "meta": {"n": count}}
-    )
+    return JSONResponse({"data": [{"id": i, "text": f"post {i}"} for i in range(count)], "meta": {"n": count}})
 
 
 async def header_count(request: Request) -> Response:

@@ -73,9 +73,7 @@ async def make() -> AsyncIterator[Factory]:
         await client.aclose()
 
 
-async def customer(
-    guard: MeterGuard, name: str = "acme", plan: str = "free", anchor_day: int | None = None
-) -> str:
+async def customer(guard: MeterGuard, name: str = "acme", plan: str = "free", anchor_day: int | None = None) -> str:
     await guard.directory.create(name, plan, anchor_day)
     _, key = await guard.directory.issue_key(name)
     return key
@@ -155,14 +153,10 @@ async def test_malformed_key_is_refused_without_a_store_lookup(make: Factory) ->
 
 
 async def test_bearer_and_configured_header_both_work(make: Factory) -> None:
-    client, guard = await make(
-        PLANS.replace("version: 1", "version: 1\nauth: {api_key_header: X-Customer-Key}")
-    )
+    client, guard = await make(PLANS.replace("version: 1", "version: 1\nauth: {api_key_header: X-Customer-Key}"))
     key = await customer(guard)
     assert (await client.get("/v1/posts/search", headers={"x-customer-key": key})).status_code == 200
-    assert (
-        await client.get("/v1/posts/search", headers={"authorization": f"Bearer {key}"})
-    ).status_code == 200
+    assert (await client.get("/v1/posts/search", headers={"authorization": f"Bearer {key}"})).status_code == 200
     response = await client.get("/v1/posts/search", headers={"x-api-key": key})
     problem(response, 401, PROBLEMS + "unauthenticated")
 
@@ -174,9 +168,7 @@ async def test_revoked_key_is_refused(make: Factory, monkeypatch: pytest.MonkeyP
     assert (await client.get("/v1/posts/search", headers={"x-api-key": key})).status_code == 200
     await guard.directory.revoke_key(record.key_id)
     guard.authenticator.invalidate()
-    problem(
-        await client.get("/v1/posts/search", headers={"x-api-key": key}), 401, PROBLEMS + "unauthenticated"
-    )
+    problem(await client.get("/v1/posts/search", headers={"x-api-key": key}), 401, PROBLEMS + "unauthenticated")
 
 
 async def test_suspended_customer_gets_403(make: Factory) -> None:
@@ -185,18 +177,14 @@ async def test_suspended_customer_gets_403(make: Factory) -> None:
     await guard.directory.update("acme", status="suspended")
     guard.authenticator.invalidate()
     SEEN.clear()
-    problem(
-        await client.get("/v1/posts/search", headers={"x-api-key": key}), 403, PROBLEMS + "customer-suspended"
-    )
+    problem(await client.get("/v1/posts/search", headers={"x-api-key": key}), 403, PROBLEMS + "customer-suspended")
     assert SEEN == []
 
 
 async def test_route_not_in_plan_gets_403_and_uses_no_quota(make: Factory) -> None:
     client, guard = await make()
     key = await customer(guard)
-    problem(
-        await client.get("/v1/posts/archive", headers={"x-api-key": key}), 403, PROBLEMS + "route-not-in-plan"
-    )
+    problem(await client.get("/v1/posts/archive", headers={"x-api-key": key}), 403, PROBLEMS + "route-not-in-plan")
     usage = await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)
     assert usage.calls == 0
 
@@ -216,9 +204,7 @@ async def test_cors_preflight_passes_unchecked_and_uncounted(make: Factory) -> N
 # -- rate windows ----------------------------------------------------------------------------------
 
 
-async def test_rate_window_refusal_has_window_scope_headers_and_retry_after(
-    make: Factory, clock: Clock
-) -> None:
+async def test_rate_window_refusal_has_window_scope_headers_and_retry_after(make: Factory, clock: Clock) -> None:
     client, guard = await make(clock=clock)
     key = await customer(guard)
     headers = {"x-api-key": key}
@@ -358,17 +344,13 @@ async def test_weight_needs_that_many_units_and_is_refused_whole(make: Factory, 
     assert usage.by_route["GET /v1/posts/archive"].calls == 10
 
 
-async def test_records_counted_from_json_field_and_quota_blocks_next_request(
-    make: Factory, clock: Clock
-) -> None:
+async def test_records_counted_from_json_field_and_quota_blocks_next_request(make: Factory, clock: Clock) -> None:
     client, guard = await make(clock=clock)
     key = await customer(guard)
     first = await client.get("/v1/posts/search?n=20", headers={"x-api-key": key})
     assert len(first.json()["data"]) == 20
     assert SEEN[-1]["records_remaining"] == 25
-    second = await client.get(
-        "/v1/posts/7?n=9", headers={"x-api-key": key}
-    )  # more than the 5 left: delivered
+    second = await client.get("/v1/posts/7?n=9", headers={"x-api-key": key})  # more than the 5 left: delivered
     assert len(second.json()["data"]) == 9
     assert SEEN[-1]["records_remaining"] == 5
     response = await client.get("/v1/posts/7", headers={"x-api-key": key})
@@ -419,9 +401,7 @@ async def test_invalid_records_header_counts_nothing_and_never_fails(make: Facto
 async def test_bodies_pass_byte_identical(make: Factory, body: str, content_type: str, records: int) -> None:
     client, guard = await make()
     key = await customer(guard)
-    response = await client.get(
-        "/v1/raw", params={"body": body, "type": content_type}, headers={"x-api-key": key}
-    )
+    response = await client.get("/v1/raw", params={"body": body, "type": content_type}, headers={"x-api-key": key})
     assert response.status_code == 200
     assert response.content == body.encode()
     assert (await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)).records == records
@@ -545,9 +525,7 @@ async def test_store_outage_fail_closed_gives_503(make: Factory) -> None:
 
 
 async def test_store_outage_fail_open_serves(make: Factory) -> None:
-    client, guard = await make(
-        PLANS.replace("version: 1", "version: 1\non_store_error: fail_open"), store=DownStore()
-    )
+    client, guard = await make(PLANS.replace("version: 1", "version: 1\non_store_error: fail_open"), store=DownStore())
     key = await customer(guard)
     assert (await client.get("/v1/posts/1", headers={"x-api-key": key})).status_code == 200
 

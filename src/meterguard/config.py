@@ -309,9 +309,7 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], issues: list[ConfigI
             key = str(key_node.value)
             child = (*loc, key)
             if key in seen:
-                issues.append(
-                    ConfigIssue(source, key_node.start_mark.line + 1, _dotted(child), "duplicate key")
-                )
+                issues.append(ConfigIssue(source, key_node.start_mark.line + 1, _dotted(child), "duplicate key"))
             seen.add(key)
             lines[child] = key_node.start_mark.line + 1
             _walk(value_node, child, lines, issues, source)
@@ -358,17 +356,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     data, lines = _read_yaml(text, source)
     if not isinstance(data, dict):
-        raise ConfigError(
-            [ConfigIssue(source, 1, "", "the top level must be a mapping (version, plans, ...)")]
-        )
+        raise ConfigError([ConfigIssue(source, 1, "", "the top level must be a mapping (version, plans, ...)")])
     try:
         model = _File.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
             [
-                ConfigIssue(
-                    source, _line_of(tuple(err["loc"]), lines), _dotted(_clean(err["loc"])), _reason(err)
-                )
+                ConfigIssue(source, _line_of(tuple(err["loc"]), lines), _dotted(_clean(err["loc"])), _reason(err))
                 for err in exc.errors(include_url=False)
             ]
         ) from None
@@ -422,14 +416,10 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
         if isinstance(raw_plan.overage, _Overage):
             terms = raw_plan.overage
             if terms.calls is None and terms.records is None:
-                problem(
-                    ("plans", name, "overage"), "price at least one of calls or records, or write 'block'"
-                )
+                problem(("plans", name, "overage"), "price at least one of calls or records, or write 'block'")
             for meter in ("calls", "records"):
                 if getattr(terms, meter) is not None and getattr(raw_plan.quotas, meter) is None:
-                    problem(
-                        ("plans", name, "overage", meter), f"overage priced but quotas.{meter} is not set"
-                    )
+                    problem(("plans", name, "overage", meter), f"overage priced but quotas.{meter} is not set")
             overage = Overage(
                 calls=MeterPrice(terms.calls.unit, terms.calls.price) if terms.calls else None,
                 records=MeterPrice(terms.records.unit, terms.records.price) if terms.records else None,

@@ -141,9 +141,7 @@ class MeterGuard:
                 principal.customer,
                 principal.plan,
             )
-            await self._refuse(
-                send, *problem(403, PLAN_UNAVAILABLE, f"Plan {principal.plan!r} is not available.")
-            )
+            await self._refuse(send, *problem(403, PLAN_UNAVAILABLE, f"Plan {principal.plan!r} is not available."))
             return
         if route is not None and not route.allows(principal.plan):
             await self._refuse(
@@ -315,11 +313,7 @@ class _Responder:
             headers.append((name, value))
         if counted is not None:
             self.records = counted
-        elif (
-            guard._json_field is not None
-            and is_json(content_type)
-            and (length is None or length <= guard._max_body)
-        ):
+        elif guard._json_field is not None and is_json(content_type) and (length is None or length <= guard._max_body):
             self._buffer = []
         message = dict(message)
         message["headers"] = headers + self.metered
@@ -333,9 +327,7 @@ class _Responder:
             self._buffered += len(chunk)
             if self._buffered > self.guard._max_body:
                 # Too large to parse: pass what we hold on and count via the header only.
-                log.warning(
-                    "response body over records.max_body_bytes; its records are not counted from JSON"
-                )
+                log.warning("response body over records.max_body_bytes; its records are not counted from JSON")
                 body, self._buffer = b"".join(self._buffer), None
                 await self._send({"type": "http.response.body", "body": body, "more_body": more})
                 if not more:

@@ -75,9 +75,7 @@ def policy_header(windows: Sequence[Window], calls: Meter, records: Meter) -> by
     return ", ".join(items).encode()
 
 
-def metered_headers(
-    decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int
-) -> Headers:
+def metered_headers(decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int) -> Headers:
     """RateLimit, X-RateLimit-* and X-Meterguard-Usage for one decision."""
     items = []
     tightest = None
@@ -97,9 +95,7 @@ def metered_headers(
         usage[0] += f";limit={calls.included}"
     usage.append(f"records={decision.records_used}")
     if records.included is not None:
-        items.append(
-            f'"records-period";r={max(0, records.included - decision.records_used)};t={to_period_end}'
-        )
+        items.append(f'"records-period";r={max(0, records.included - decision.records_used)};t={to_period_end}')
         usage[1] += f";limit={records.included}"
     headers: Headers = []
     if policy:

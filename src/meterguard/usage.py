@@ -24,9 +24,7 @@ def _counts(table: Any) -> dict[str, dict[str, int]]:
     return {name: {"calls": c.calls, "records": c.records} for name, c in sorted(table.items())}
 
 
-def usage_document(
-    config: Config, customer: str, plan_name: str, period: Period, usage: Usage
-) -> dict[str, Any]:
+def usage_document(config: Config, customer: str, plan_name: str, period: Period, usage: Usage) -> dict[str, Any]:
     plan = config.plans[plan_name]
     calls, records = meters(plan)
     overage_cents = line_cents(over(usage.calls, calls), calls.unit, calls.price_micros) + line_cents(
@@ -47,9 +45,7 @@ def usage_document(
             "total": money(base_cents + overage_cents),
             "spend_cap": money(cap) if cap is not None else None,
         },
-        "rejected": {
-            reason: usage.rejected.get(reason, 0) for reason in ("rate_limited", "quota", "spend_cap")
-        },
+        "rejected": {reason: usage.rejected.get(reason, 0) for reason in ("rate_limited", "quota", "spend_cap")},
         "by_route": _counts(usage.by_route),
         "by_key": _counts(usage.by_key),
     }

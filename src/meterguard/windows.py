@@ -23,9 +23,7 @@ def remaining(limit: int, used: float) -> int:
     return max(0, math.floor(limit - used + 1e-9))
 
 
-def wait(
-    previous: int, current: int, elapsed: float, seconds: int, limit: int, weight: int, sliding: bool
-) -> float:
+def wait(previous: int, current: int, elapsed: float, seconds: int, limit: int, weight: int, sliding: bool) -> float:
     """Seconds until a request of ``weight`` units would fit (assuming nothing else is admitted)."""
     to_next_slot = seconds - elapsed
     if weight > limit:
@@ -41,9 +39,7 @@ def wait(
     return to_next_slot + max(needed_elapsed, 0.0)
 
 
-def reset_after(
-    previous: int, current: int, elapsed: float, seconds: int, limit: int, sliding: bool
-) -> float:
+def reset_after(previous: int, current: int, elapsed: float, seconds: int, limit: int, sliding: bool) -> float:
     """The ``t`` of the RateLimit header: when the window next has room, if it is full, else its slot end.
 
     With a full sliding window the slot end would lie to the client (the previous slot still

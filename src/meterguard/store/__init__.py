@@ -27,9 +27,7 @@ def store_from_url(url: str, *, clock: Clock | None = None) -> Store:
 
         cluster: Store = RedisClusterStore(url)
         return cluster
-    raise ConfigError(
-        [ConfigIssue("store", None, "", f"unknown store URL scheme {scheme!r}; use one of {SCHEMES}")]
-    )
+    raise ConfigError([ConfigIssue("store", None, "", f"unknown store URL scheme {scheme!r}; use one of {SCHEMES}")])
 
 
 __all__ = ["Store", "store_from_url"]

@@ -108,11 +108,7 @@ class MemoryStore:
             reason = "rate_limited"
         else:
             calls, records = request.calls, request.records
-            if (
-                calls.included is not None
-                and not calls.billed
-                and tally.calls + request.weight > calls.included
-            ):
+            if calls.included is not None and not calls.billed and tally.calls + request.weight > calls.included:
                 violated.append("calls-period")
             if records.included is not None and not records.billed and tally.records >= records.included:
                 violated.append("records-period")
@@ -157,18 +153,14 @@ class MemoryStore:
         day = self._days[(settlement.customer, settlement.day)]
         for target in (tally, day):
             target.records += settlement.records
-            target.by_route[_route_label(target, settlement.route, settlement.listed)][1] += (
-                settlement.records
-            )
+            target.by_route[_route_label(target, settlement.route, settlement.listed)][1] += settlement.records
             target.by_key[settlement.key_id][1] += settlement.records
 
     async def usage(self, customer: str, period_id: str) -> Usage:
         tally = self._periods.get((customer, period_id))
         if tally is None:
             return Usage()
-        return Usage(
-            tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key)
-        )
+        return Usage(tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key))
 
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]:
         result = []
@@ -177,9 +169,7 @@ class MemoryStore:
             if tally is None:
                 result.append(DayUsage(day))
             else:
-                result.append(
-                    DayUsage(day, tally.calls, tally.records, _counts(tally.by_route), _counts(tally.by_key))
-                )
+                result.append(DayUsage(day, tally.calls, tally.records, _counts(tally.by_route), _counts(tally.by_key)))
         return result
 
     # customers and keys -----------------------------------------------------------------------------
