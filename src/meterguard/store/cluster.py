@@ -1,0 +1,75 @@
+"""The Redis Cluster store: the Redis store with a cluster client, nothing else.
+
+Every script touches the keys of one customer only, all under the hash tag ``{c:<id>}``, so
+each runs on the one node that owns the slot. MOVED/ASK redirections are followed by
+redis-py (the command did not run, so following them cannot count twice); connection errors
+and timeouts are not retried, as on a single server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from ..errors import ConfigError, ConfigIssue
+from .redis import DEFAULT_TIMEOUT_SECONDS, RedisStore, no_retry
+
+DEFAULT_PORT = 6379
+
+
+def startup_nodes(url: str) -> list[tuple[str, int]]:
+    """``redis+cluster://h:p[,h:p...]`` as ``[(host, port), ...]``."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for item in netloc.split(","):
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        host = host.strip("[]")
+        if not host:
+            break
+        try:
+            nodes.append((host, int(port) if port else DEFAULT_PORT))
+        except ValueError:
+            break
+    else:
+        if nodes:
+            return nodes
+    raise ConfigError([ConfigIssue("store", None, "", f"bad Redis Cluster URL {url!r}; use redis+cluster://h:p[,h:p]")])
+
+
+def _option(value: str) -> Any:
+    """A URL query value as redis-py wants it: ``max_connections=10``, ``socket_timeout=0.5``."""
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+class RedisClusterStore(RedisStore):
+    """Store on a Redis Cluster: ``redis+cluster://host:port[,host:port...]``."""
+
+    def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
+        super().__init__(url, key_prefix=key_prefix)
+        self._nodes = startup_nodes(url)  # validated now, connected on first use
+
+    def _connect(self) -> Any:
+        parts = urlsplit(self.url)
+        options: dict[str, Any] = {
+            "socket_timeout": DEFAULT_TIMEOUT_SECONDS,
+            "socket_connect_timeout": DEFAULT_TIMEOUT_SECONDS,
+        }
+        for name, value in parse_qsl(parts.query):
+            options[name] = _option(value)
+        if parts.username:
+            options["username"] = parts.username
+        if parts.password:
+            options["password"] = parts.password
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+            decode_responses=True,
+            retry=no_retry(),
+            **options,
+        )
