@@ -553,3 +553,16 @@ async def test_starlette_middleware_declaration(monkeypatch: pytest.MonkeyPatch)
         response = await client.get("/v1/posts/1")
         assert response.status_code == 401
         assert json.loads(response.text)["type"] == PROBLEMS + "unauthenticated"
+
+
+async def test_route_windows_of_the_same_length_count_apart(make: Factory, clock: Clock) -> None:
+    plans = PLANS.replace(
+        '"GET /v1/posts/search": ["2/minute"]',
+        '"GET /v1/posts/search": ["1/minute"]\n      "GET /v1/posts/{post_id}": ["1/minute"]',
+    )
+    client, guard = await make(plans, clock=clock)
+    key = await customer(guard)
+    assert (await client.get("/v1/posts/search?n=0", headers={"x-api-key": key})).status_code == 200
+    assert (await client.get("/v1/posts/1?n=0", headers={"x-api-key": key})).status_code == 200
+    refused = await client.get("/v1/posts/1?n=0", headers={"x-api-key": key})
+    assert problem(refused, 429, QUOTA_EXCEEDED)["violated-policies"] == ["route-1m"]

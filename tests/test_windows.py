@@ -10,9 +10,7 @@ import pytest
 from meterguard.windows import estimate, remaining, wait
 
 
-def fits(
-    previous: int, current: int, elapsed: float, seconds: int, limit: int, weight: int, sliding: bool
-) -> bool:
+def fits(previous: int, current: int, elapsed: float, seconds: int, limit: int, weight: int, sliding: bool) -> bool:
     # The admission rule of the stores: refused when ``used + weight > limit``. A hair of tolerance
     # absorbs float rounding in the wait formula at the exact boundary.
     return estimate(previous, current, elapsed, seconds, sliding) + weight <= limit + 1e-9
@@ -174,6 +172,4 @@ def test_weight_above_limit_never_fits(sliding: bool) -> None:
         elapsed = rng.uniform(0, seconds)
         assert wait(previous, current, elapsed, seconds, limit, weight, sliding) == float(seconds)
         for dt in (0.0, seconds / 3, float(seconds), 5.0 * seconds):
-            assert not fits(
-                *advance(previous, current, elapsed, seconds, dt), seconds, limit, weight, sliding
-            )
+            assert not fits(*advance(previous, current, elapsed, seconds, dt), seconds, limit, weight, sliding)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import limits
@@ -211,6 +212,15 @@ def _rate_limits(value: object) -> object:
     return windows
 
 
+def _overage(value: object) -> object:
+    # One branch, not a union: pydantic would report a failed mapping against both branches.
+    if value == "block" or value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    raise ValueError("must be 'block' or a mapping of calls, records and spend_cap")
+
+
 RateLimits = Annotated[list[tuple[int, int]], BeforeValidator(_rate_limits)]
 
 
@@ -219,7 +229,7 @@ class _Plan(_Model):
     rate_limits: RateLimits = []
     route_limits: dict[str, RateLimits] = {}
     quotas: _Quotas = _Quotas()
-    overage: Literal["block"] | _Overage = "block"
+    overage: Annotated[_Overage | None, BeforeValidator(_overage)] = None  # None: block
     alerts: list[Annotated[float, Field(gt=0, le=10)]] = []
     strategy: Literal["sliding", "fixed"] = "sliding"
 
@@ -336,7 +346,11 @@ def _line_of(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a plans file; raises ConfigError listing every problem."""
+    """Read and validate a plans file; raises ConfigError listing every problem found.
+
+    Schema problems (types, ranges, unknown fields) are all reported together; references
+    between sections (a customer's plan, a route's plans) are checked once the schema holds.
+    """
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -357,16 +371,47 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     data, lines = _read_yaml(text, source)
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "the top level must be a mapping (version, plans, ...)")])
+    issues = _references(data, lines, source)
     try:
         model = _File.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            [
-                ConfigIssue(source, _line_of(tuple(err["loc"]), lines), _dotted(_clean(err["loc"])), _reason(err))
-                for err in exc.errors(include_url=False)
-            ]
-        ) from None
-    return _build(model, lines, source)
+        issues += [
+            ConfigIssue(source, _line_of(_clean(err["loc"]), lines), _dotted(_clean(err["loc"])), _reason(err))
+            for err in exc.errors(include_url=False)
+        ]
+        raise ConfigError(sorted(issues, key=lambda issue: issue.line or 0)) from None
+    return _build(model, lines, source, issues)
+
+
+def _references(data: dict[Any, Any], lines: Mapping[Loc, int], source: str) -> list[ConfigIssue]:
+    """Names one section uses from another (plans, routes), checked on the raw data so that they
+    are reported together with any schema problem rather than after it is fixed."""
+    issues: list[ConfigIssue] = []
+    plans: dict[Any, Any] = data["plans"] if isinstance(data.get("plans"), dict) else {}
+    routes: list[Any] = data["routes"] if isinstance(data.get("routes"), list) else []
+    customers: dict[Any, Any] = data["customers"] if isinstance(data.get("customers"), dict) else {}
+
+    def problem(loc: Loc, reason: str) -> None:
+        issues.append(ConfigIssue(source, _line_of(loc, lines), _dotted(loc), reason))
+
+    matches: set[object] = set()
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        matches.add(route.get("match"))
+        for plan_name in route.get("plans") or () if isinstance(route.get("plans"), list) else ():
+            if isinstance(plan_name, str) and plan_name not in plans:
+                problem(("routes", index, "plans"), f"unknown plan {plan_name!r}")
+    for name, plan in plans.items():
+        route_limits = plan.get("route_limits") if isinstance(plan, dict) else None
+        for match in route_limits if isinstance(route_limits, dict) else ():
+            if match not in matches:
+                problem(("plans", name, "route_limits", match), "not the match string of any route in routes")
+    for cid, customer in customers.items():
+        plan_name = customer.get("plan") if isinstance(customer, dict) else None
+        if isinstance(plan_name, str) and plan_name not in plans:
+            problem(("customers", cid, "plan"), f"unknown plan {plan_name!r}")
+    return issues
 
 
 def _clean(loc: tuple[str | int, ...]) -> Loc:
@@ -379,8 +424,7 @@ def _reason(err: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
-    issues: list[ConfigIssue] = []
+def _build(model: _File, lines: Mapping[Loc, int], source: str, issues: list[ConfigIssue]) -> Config:
 
     def problem(loc: Loc, reason: str) -> None:
         issues.append(ConfigIssue(source, _line_of(loc, lines), _dotted(loc), reason))
@@ -388,9 +432,6 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
     routes: list[Route] = []
     matches: set[str] = set()
     for index, raw in enumerate(model.routes):
-        for plan_name in raw.plans or ():
-            if plan_name not in model.plans:
-                problem(("routes", index, "plans"), f"unknown plan {plan_name!r}")
         if raw.public and raw.plans is not None:
             problem(("routes", index, "public"), "a public route cannot be limited to plans")
         matches.add(raw.match)
@@ -409,11 +450,11 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
             problem(("plans", name), "plan names are 1-64 letters, digits, '_', '-' or '.'")
         route_windows: dict[str, tuple[Window, ...]] = {}
         for match, windows in raw_plan.route_limits.items():
-            if match not in matches:
-                problem(("plans", name, "route_limits", match), "not the match string of any route in routes")
-            route_windows[match] = tuple(Window(f"route-{window_name(s)}", n, s) for n, s in windows)
+            route_windows[match] = tuple(
+                Window(f"route-{window_name(s)}", n, s, counter=f"route-{window_name(s)} {match}") for n, s in windows
+            )
         overage: Overage | None = None
-        if isinstance(raw_plan.overage, _Overage):
+        if raw_plan.overage is not None:
             terms = raw_plan.overage
             if terms.calls is None and terms.records is None:
                 problem(("plans", name, "overage"), "price at least one of calls or records, or write 'block'")
@@ -429,7 +470,7 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
             name=name,
             price=raw_plan.price,
             windows=tuple(Window(window_name(s), n, s) for n, s in raw_plan.rate_limits),
-            route_windows=route_windows,
+            route_windows=MappingProxyType(route_windows),
             quotas=Quotas(calls=raw_plan.quotas.calls, records=raw_plan.quotas.records),
             overage=overage,
             alerts=tuple(sorted(set(raw_plan.alerts))),
@@ -441,8 +482,6 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
     for cid, raw_customer in model.customers.items():
         if not _NAME.match(cid):
             problem(("customers", cid), "customer ids are 1-64 letters, digits, '_', '-' or '.'")
-        if raw_customer.plan not in model.plans:
-            problem(("customers", cid, "plan"), f"unknown plan {raw_customer.plan!r}")
         for index, key in enumerate(raw_customer.keys):
             if key in owners:
                 problem(("customers", cid, "keys", index), f"this key already belongs to {owners[key]!r}")
@@ -460,11 +499,11 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str) -> Config:
         jwt_settings = _jwt(model.auth.jwt, problem)
 
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError(sorted(issues, key=lambda issue: issue.line or 0))
     return Config(
-        plans=plans,
+        plans=MappingProxyType(plans),
         routes=RouteTable(tuple(routes)),
-        customers=customers,
+        customers=MappingProxyType(customers),
         version=model.version,
         currency=model.currency,
         store=model.store,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import calendar
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+_PERIOD_ID = re.compile(r"[0-9]{4}-[0-9]{2}")  # ASCII digits only: int() would also take "+3", " 3", "٠٣"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ def period_for(moment: datetime | float, anchor_day: int = 1) -> Period:
     """The period containing ``moment``; ``anchor_day`` 1 is the calendar month."""
     if not 1 <= anchor_day <= 31:
         raise ValueError(f"anchor_day must be 1..31, not {anchor_day}")
-    when = datetime.fromtimestamp(moment, UTC) if isinstance(moment, int | float) else moment
+    when = datetime.fromtimestamp(moment, UTC) if isinstance(moment, int | float) else moment.astimezone(UTC)
     year, month = when.year, when.month
     start = _month_start(year, month, anchor_day)
     if when < start:
@@ -51,13 +54,9 @@ def period_for(moment: datetime | float, anchor_day: int = 1) -> Period:
 
 def period_named(period_id: str, anchor_day: int = 1) -> Period:
     """The period that starts in month ``YYYY-MM`` (raises ValueError on a malformed id)."""
-    try:
-        year_text, month_text = period_id.split("-")
-        year, month = int(year_text), int(month_text)
-        if len(year_text) != 4 or len(month_text) != 2 or not 1 <= month <= 12:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"period must be YYYY-MM, not {period_id!r}") from None
+    if not _PERIOD_ID.fullmatch(period_id) or not 1 <= int(period_id[5:]) <= 12:
+        raise ValueError(f"period must be YYYY-MM, not {period_id!r}")
+    year, month = int(period_id[:4]), int(period_id[5:])
     start = _month_start(year, month, anchor_day)
     return Period(id=period_id, start=start, end=_month_start(*_shift(year, month, 1), anchor_day))
 

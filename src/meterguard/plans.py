@@ -22,11 +22,21 @@ def window_name(seconds: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A rate window: at most ``limit`` units per ``seconds``; ``name`` is its policy name."""
+    """A rate window: at most ``limit`` units per ``seconds``; ``name`` is its policy name.
+
+    ``counter`` identifies the count in the store. It defaults to the name, so a plan change
+    keeps a customer's "1m" count (limits keys counters by amount and resets them); route
+    windows add their route, so two routes' "route-15m" windows count apart.
+    """
 
     name: str
     limit: int
     seconds: int
+    counter: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.counter:
+            object.__setattr__(self, "counter", self.name)
 
 
 @dataclass(frozen=True, slots=True)

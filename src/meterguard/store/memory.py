@@ -79,7 +79,7 @@ class MemoryStore:
         for window in request.windows:
             index = math.floor(now / window.seconds)
             elapsed = now - index * window.seconds
-            counts = self._slots.setdefault((request.customer, window.name), {})
+            counts = self._slots.setdefault((request.customer, window.counter), {})
             for old in [slot for slot in counts if slot < index - 1]:
                 del counts[old]
             previous, current = counts.get(index - 1, 0), counts.get(index, 0)

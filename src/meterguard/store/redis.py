@@ -203,7 +203,7 @@ class RedisStore:
             self._day_key(request.customer, request.day),
             f"{tag}:keys",
             f"{tag}:used",
-            *(f"{tag}:w:{quote(window.name, safe='')}" for window in request.windows),
+            *(f"{tag}:w:{quote(window.counter, safe='')}" for window in request.windows),
         ]
         calls, records = request.calls, request.records
         args: list[str | int | float] = [
