@@ -1,0 +1,424 @@
+"""The admin API (CONTRACT section 7): customers, keys, usage and statements over HTTP.
+
+Mounted by :class:`~meterguard.MeterGuard` under ``admin.path`` when the admin token variable
+is set, or run on its own with :func:`create_admin_app`. Every route but ``GET /health`` and
+``GET /me/usage`` needs ``Authorization: Bearer <admin token>``; ``/me/usage`` takes the
+customer's own API key, exactly as the gateway does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .._types import Clock, Receive, Scope, Send
+from ..auth import Authenticator, AuthFailure
+from ..config import Config, load_config
+from ..customers import Directory
+from ..errors import (
+    ConfigError,
+    ConfigIssue,
+    CustomerExists,
+    CustomerNotFound,
+    KeyNotFound,
+    PlanNotFound,
+    StoreError,
+)
+from ..store import store_from_url
+from ..store.base import CustomerStatus, Store
+from ._documents import (
+    CUSTOMER_ID,
+    MAX_DAYS,
+    customer_daily,
+    customer_json,
+    customer_statement,
+    customer_usage,
+    key_json,
+    plans_document,
+    timestamp,
+)
+from ._problems import STORE_RETRY_AFTER, invalid, json_response, problem
+
+__all__ = ["AdminApp", "create_admin_app"]
+
+PUBLIC_PATHS = frozenset({"/health", "/me/usage"})  # no admin token: one is open, one takes an API key
+MAX_BODY_BYTES = 64 * 1024  # admin bodies are a few fields; anything larger is a mistake or an attack
+_STATUSES: tuple[str, ...] = get_args(CustomerStatus)
+ADMIN_CHALLENGE = 'Bearer realm="meterguard-admin"'
+CUSTOMER_CHALLENGE = 'Bearer realm="meterguard"'
+
+
+def _route_path(scope: Scope) -> str:
+    # As Starlette routes: a server that keeps root_path inside path (uvicorn >= 0.26, Mount)
+    # and one that strips it (meterguard's own middleware) must both reach the same route.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **methods: Endpoint) -> Route:
+    # One Route per path, so a wrong method gets a 405 whose Allow lists every method of the path.
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await methods[method](request)
+
+    return Route(path, dispatch, methods=list(methods), name=path)
+
+
+def _unauthenticated(detail: str, challenge: str) -> Response:
+    return problem("unauthenticated", "Unauthorized", 401, detail, headers={"WWW-Authenticate": challenge})
+
+
+class AdminApp:
+    """A pure ASGI app around a Starlette instance; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        directory: Directory,
+        authenticator: Authenticator,
+        token: str | None,
+        clock: Clock | None = None,
+        owns_store: bool = False,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.authenticator = authenticator
+        self.clock: Clock = clock or time.time
+        # No token means nothing authenticates: the admin API fails closed, never open.
+        self._token = token.encode("utf-8") if token else None
+        self._owns_store = owns_store
+        routes = [
+            _route("/health", GET=self.health),
+            _route("/plans", GET=self.plans),
+            _route("/customers", GET=self.list_customers, POST=self.create_customer),
+            _route("/customers/{customer}", GET=self.get_customer, PATCH=self.update_customer),
+            _route("/customers/{customer}/keys", GET=self.list_keys, POST=self.create_key),
+            _route("/keys/{key_id}", DELETE=self.revoke_key),
+            _route("/customers/{customer}/usage", GET=self.usage),
+            _route("/customers/{customer}/usage/daily", GET=self.daily),
+            _route("/customers/{customer}/statement", GET=self.statement),
+            _route("/me/usage", GET=self.me_usage),
+        ]
+        self.app = Starlette(
+            routes=routes,
+            exception_handlers={
+                HTTPException: _http_error,
+                StoreError: _store_error,
+                CustomerNotFound: _customer_not_found,
+                KeyNotFound: _key_not_found,
+                PlanNotFound: self._plan_not_found,
+                CustomerExists: _customer_exists,
+            },
+            lifespan=self._lifespan,
+            max_body_size=MAX_BODY_BYTES,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _route_path(scope) not in PUBLIC_PATHS and not self._authorized(scope):
+            response = _unauthenticated("Send the admin token as 'Authorization: Bearer <token>'.", ADMIN_CHALLENGE)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._token is None:
+            return False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    # Constant time: the token is a shared secret (LANDSCAPE, "hmac.compare_digest").
+                    return hmac.compare_digest(token.strip(), self._token)
+        return False
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._owns_store:
+                await self.store.aclose()
+
+    async def _plan_not_found(self, request: Request, exc: Exception) -> Response:
+        text = str(exc)
+        # Directory raises PlanNotFound(name); usage of a customer on a removed plan says more.
+        detail = text if " " in text else f"No plan {text!r} in plans.yaml."
+        return problem("unknown-plan", "Unknown plan", 422, detail, plans=sorted(self.config.plans))
+
+    # ------------------------------------------------------------------------------------------
+    # endpoints
+    # ------------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        try:
+            await self.store.ping()
+        except StoreError:
+            # 503 so that load balancers and orchestrators take the process out of rotation.
+            return json_response(
+                {"status": "degraded", "store": "unreachable"},
+                503,
+                headers={"Retry-After": str(STORE_RETRY_AFTER)},
+            )
+        return json_response({"status": "ok", "store": urlsplit(self.store.url).scheme})
+
+    async def plans(self, request: Request) -> Response:
+        return json_response(plans_document(self.config))
+
+    async def create_customer(self, request: Request) -> Response:
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        errors = _unknown_fields(body, {"id", "plan", "anchor_day"})
+        customer, plan, anchor = body.get("id"), body.get("plan"), body.get("anchor_day")
+        if not isinstance(customer, str) or not CUSTOMER_ID.match(customer):
+            errors.append({"field": "id", "reason": "required: 1-64 letters, digits, '_', '-' or '.'"})
+        if not isinstance(plan, str):
+            errors.append({"field": "plan", "reason": "required: the name of a plan in plans.yaml"})
+        if anchor is not None and (type(anchor) is not int or not 1 <= anchor <= 31):
+            errors.append({"field": "anchor_day", "reason": "an integer from 1 to 31"})
+        if errors:
+            return invalid("The customer is not valid.", errors)
+        assert isinstance(customer, str) and isinstance(plan, str)
+        record = await self.directory.create(customer, plan, anchor)
+        location = request.scope.get("root_path", "") + f"/customers/{customer}"
+        return json_response(customer_json(record), 201, headers={"Location": location})
+
+    async def list_customers(self, request: Request) -> Response:
+        return json_response({"customers": [customer_json(record) for record in await self.directory.all()]})
+
+    async def get_customer(self, request: Request) -> Response:
+        record = await self.directory.require(request.path_params["customer"])
+        return json_response(customer_json(record))
+
+    async def update_customer(self, request: Request) -> Response:
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        errors = _unknown_fields(body, {"plan", "status"})
+        plan, status = body.get("plan"), body.get("status")
+        if "plan" in body and not isinstance(plan, str):
+            errors.append({"field": "plan", "reason": "the name of a plan in plans.yaml"})
+        if "status" in body and status not in _STATUSES:
+            errors.append({"field": "status", "reason": f"one of {', '.join(_STATUSES)}"})
+        if not errors and plan is None and status is None:
+            errors.append({"field": "", "reason": "give at least one of plan, status"})
+        if errors:
+            return invalid("The change is not valid.", errors)
+        record = await self.directory.update(
+            request.path_params["customer"],
+            plan=plan if isinstance(plan, str) else None,
+            status=status if status in _STATUSES else None,
+        )
+        # Other processes see the change when their 1-second cache entries lapse; this one at once.
+        self.authenticator.invalidate()
+        return json_response(customer_json(record))
+
+    async def create_key(self, request: Request) -> Response:
+        record, key = await self.directory.issue_key(request.path_params["customer"])
+        return json_response(
+            {
+                "key_id": record.key_id,
+                "key": key,
+                "customer": record.customer,
+                "prefix": record.prefix,
+                "created": timestamp(record.created_at),
+            },
+            201,
+        )
+
+    async def list_keys(self, request: Request) -> Response:
+        records = await self.directory.list_keys(request.path_params["customer"])
+        return json_response({"keys": [key_json(record) for record in records]})
+
+    async def revoke_key(self, request: Request) -> Response:
+        await self.directory.revoke_key(request.path_params["key_id"])
+        self.authenticator.invalidate()
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+    async def usage(self, request: Request) -> Response:
+        record = await self.directory.require(request.path_params["customer"])
+        period = request.query_params.get("period")
+        try:
+            document = await customer_usage(self.config, self.store, record, period, self.clock())
+        except ValueError as exc:
+            return invalid(str(exc), [{"field": "period", "reason": "YYYY-MM"}], 400)
+        return json_response(document)
+
+    async def daily(self, request: Request) -> Response:
+        record = await self.directory.require(request.path_params["customer"])
+        text = request.query_params.get("days", "30")
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_DAYS):
+            return invalid(
+                f"days must be an integer from 1 to {MAX_DAYS}, not {text!r}.",
+                [{"field": "days", "reason": f"1..{MAX_DAYS}"}],
+                400,
+            )
+        return json_response(await customer_daily(self.store, record.id, int(text), self.clock()))
+
+    async def statement(self, request: Request) -> Response:
+        record = await self.directory.require(request.path_params["customer"])
+        period = request.query_params.get("period")
+        try:
+            document = await customer_statement(self.config, self.store, record, period, self.clock())
+        except ValueError as exc:
+            return invalid(str(exc), [{"field": "period", "reason": "YYYY-MM"}], 400)
+        return json_response(document)
+
+    async def me_usage(self, request: Request) -> Response:
+        credential = self.authenticator.credential(request.scope["headers"])
+        if not credential:
+            return _unauthenticated(
+                f"Send your API key in the {self.config.api_key_header} header or as a bearer token.",
+                CUSTOMER_CHALLENGE,
+            )
+        principal = await self.authenticator.authenticate(credential)
+        # The same answers the gateway gives the same key (CONTRACT 6), so a client sees one behaviour.
+        if isinstance(principal, AuthFailure):
+            return _unauthenticated(principal.detail, CUSTOMER_CHALLENGE + ', error="invalid_token"')
+        if principal.suspended:
+            return problem("customer-suspended", "Forbidden", 403, f"Customer {principal.customer!r} is suspended.")
+        if principal.plan not in self.config.plans:
+            return problem("plan-unavailable", "Forbidden", 403, f"Plan {principal.plan!r} is not available.")
+        record = await self.directory.require(principal.customer)
+        period = request.query_params.get("period")
+        try:
+            document = await customer_usage(self.config, self.store, record, period, self.clock())
+        except ValueError as exc:
+            return invalid(str(exc), [{"field": "period", "reason": "YYYY-MM"}], 400)
+        return json_response(document)
+
+
+# ----------------------------------------------------------------------------------------------
+# request bodies
+# ----------------------------------------------------------------------------------------------
+
+
+async def _json_object(request: Request) -> dict[str, Any] | Response:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return invalid("The body is not valid JSON.", status=400)
+    if not isinstance(body, dict):
+        return invalid("The body must be a JSON object.", status=400)
+    return body
+
+
+def _unknown_fields(body: dict[str, Any], known: set[str]) -> list[dict[str, str]]:
+    return [{"field": name, "reason": "unknown field"} for name in sorted(set(body) - known)]
+
+
+# ----------------------------------------------------------------------------------------------
+# exceptions -> problems
+# ----------------------------------------------------------------------------------------------
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        return problem("not-found", "Not found", 404, f"No admin route {request.method} {_route_path(request.scope)}.")
+    if exc.status_code == 405:
+        return problem(
+            "method-not-allowed",
+            "Method not allowed",
+            405,
+            f"{request.method} is not allowed here.",
+            headers=headers,
+        )
+    if exc.status_code == 413:
+        return invalid(f"The body is larger than {MAX_BODY_BYTES} bytes.", status=413)
+    return problem("http-error", exc.detail, exc.status_code, exc.detail, headers=headers)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    return problem(
+        "store-unavailable",
+        "Service Unavailable",
+        503,
+        f"The store did not answer: {exc}",
+        headers={"Retry-After": str(STORE_RETRY_AFTER)},
+    )
+
+
+async def _customer_not_found(request: Request, exc: Exception) -> Response:
+    return problem("customer-not-found", "Customer not found", 404, f"No customer {str(exc)!r}.")
+
+
+async def _key_not_found(request: Request, exc: Exception) -> Response:
+    key_id = request.path_params.get("key_id")
+    detail = f"No key {key_id!r}." if str(exc) == key_id else f"{exc}."
+    return problem("key-not-found", "Key not found", 404, detail)
+
+
+async def _customer_exists(request: Request, exc: Exception) -> Response:
+    return problem("customer-exists", "Customer exists", 409, f"A customer {str(exc)!r} already exists.")
+
+
+# ----------------------------------------------------------------------------------------------
+# standalone
+# ----------------------------------------------------------------------------------------------
+
+
+def create_admin_app(
+    config: Config | str | os.PathLike[str],
+    store: Store | str | None = None,
+    *,
+    token: str | None = None,
+    clock: Clock | None = None,
+) -> AdminApp:
+    """The admin API on its own (e.g. ``uvicorn --factory``-style, or behind a private ingress).
+
+    ``store`` follows the usual precedence: argument, ``MG_STORE``, the file's ``store:``,
+    ``memory://``. ``token`` defaults to the variable named by ``admin.token_env``; with none,
+    a ConfigError is raised rather than serving an API nobody can (or everybody could) use.
+    """
+    loaded = config if isinstance(config, Config) else load_config(config)
+    token = token or os.environ.get(loaded.admin_token_env)
+    if not token:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    loaded.source,
+                    None,
+                    "admin.token_env",
+                    f"set {loaded.admin_token_env} (or pass token=) to serve the admin API",
+                )
+            ]
+        )
+    owns = store is None or isinstance(store, str)
+    if store is None or isinstance(store, str):
+        url = store or os.environ.get("MG_STORE") or loaded.store or "memory://"
+        store = store_from_url(url, clock=clock) if clock is not None else store_from_url(url)
+    directory = Directory(loaded, store)
+    authenticator = Authenticator(loaded, directory)
+    return AdminApp(
+        config=loaded,
+        store=store,
+        directory=directory,
+        authenticator=authenticator,
+        token=token,
+        clock=clock,
+        owns_store=owns,
+    )

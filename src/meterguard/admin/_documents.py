@@ -1,0 +1,226 @@
+"""JSON documents of the admin API, shared with the CLI so both say exactly the same thing.
+
+Timestamps are RFC 3339 in UTC; amounts are decimal strings with two decimals (CONTRACT 5).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ..billing import line_cents, meters, money, over
+from ..config import Config
+from ..errors import PlanNotFound
+from ..periods import Period, day_id, period_for, period_named, rfc3339
+from ..plans import MeterPrice, Plan, Window
+from ..store.base import CustomerRecord, KeyRecord, Meter, Store, Usage
+from ..usage import daily_document, usage_document
+
+#: The same rule plans.yaml applies to customer ids: they end up inside store keys and hash tags.
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_PERIOD_ID = re.compile(r"[0-9]{4}-[0-9]{2}\Z")
+MAX_DAYS = 90  # as X's usage endpoint: daily usage for up to 90 days
+
+
+def timestamp(epoch: float | None) -> str | None:
+    """RFC 3339 for an epoch, None for "never" (static customers and keys carry 0)."""
+    if not epoch:
+        return None
+    return rfc3339(datetime.fromtimestamp(epoch, UTC))
+
+
+def price_text(price: Decimal) -> str:
+    """A unit price: two decimals, or more where the price has them ($0.005 per post stays exact)."""
+    quantized = price.quantize(Decimal("0.01"))
+    if quantized == price:
+        return str(quantized)
+    return format(price.normalize(), "f")
+
+
+def customer_json(record: CustomerRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "plan": record.plan,
+        "status": record.status,
+        "anchor_day": record.anchor_day,
+        "created": timestamp(record.created_at),
+    }
+
+
+def key_json(record: KeyRecord) -> dict[str, Any]:
+    # Never the key nor its hash: the prefix is enough for a person to recognise a key.
+    return {
+        "key_id": record.key_id,
+        "customer": record.customer,
+        "prefix": record.prefix,
+        "created": timestamp(record.created_at),
+        "last_used": timestamp(record.last_used),
+        "revoked": record.revoked,
+    }
+
+
+def _window(window: Window) -> dict[str, Any]:
+    return {"name": window.name, "limit": window.limit, "seconds": window.seconds}
+
+
+def _meter_price(price: MeterPrice | None) -> dict[str, Any] | None:
+    return None if price is None else {"unit": price.unit, "price": price_text(price.price)}
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    overage: str | dict[str, Any]
+    if plan.overage is None:
+        overage = "block"
+    else:
+        overage = {
+            "calls": _meter_price(plan.overage.calls),
+            "records": _meter_price(plan.overage.records),
+            "spend_cap": money_text(plan.overage.spend_cap),
+        }
+    return {
+        "price": money_text(plan.price),
+        "rate_limits": [_window(window) for window in plan.windows],
+        "route_limits": {match: [_window(w) for w in windows] for match, windows in plan.route_windows.items()},
+        "quotas": {"calls": plan.quotas.calls, "records": plan.quotas.records},
+        "overage": overage,
+        "alerts": list(plan.alerts),
+        "strategy": plan.strategy,
+    }
+
+
+def money_text(amount: Decimal | None) -> str | None:
+    if amount is None:
+        return None
+    return price_text(amount)
+
+
+def plans_document(config: Config) -> dict[str, Any]:
+    return {
+        "currency": config.currency,
+        "billing": {"anchor": config.anchor},
+        "plans": {name: plan_json(plan) for name, plan in config.plans.items()},
+        "routes": [
+            {
+                "match": route.match,
+                "weight": route.weight,
+                "plans": sorted(route.plans) if route.plans is not None else None,
+                "public": route.public,
+            }
+            for route in config.routes.routes
+        ],
+    }
+
+
+def anchor_day(config: Config, record: CustomerRecord) -> int:
+    # A calendar anchor means the 1st for everyone, whatever day the customer joined.
+    return record.anchor_day if config.anchor == "anniversary" else 1
+
+
+def resolve_period(config: Config, record: CustomerRecord, period_id: str | None, now: float) -> Period:
+    """The named period (raises ValueError when malformed), or the one containing ``now``."""
+    anchor = anchor_day(config, record)
+    if period_id is None:
+        return period_for(now, anchor)
+    if not _PERIOD_ID.match(period_id):
+        # Stricter than period_named, which lets int() accept "+999" or non-ASCII digits.
+        raise ValueError(f"period must be YYYY-MM, not {period_id!r}")
+    return period_named(period_id, anchor)
+
+
+def plan_of(config: Config, record: CustomerRecord) -> Plan:
+    plan = config.plans.get(record.plan)
+    if plan is None:
+        # A stored customer may name a plan that a later plans.yaml removed.
+        raise PlanNotFound(f"customer {record.id!r} is on plan {record.plan!r}, which plans.yaml does not define")
+    return plan
+
+
+async def usage_for(
+    config: Config, store: Store, record: CustomerRecord, period_id: str | None, now: float
+) -> tuple[Period, Usage]:
+    plan_of(config, record)
+    period = resolve_period(config, record, period_id, now)
+    return period, await store.usage(record.id, period.id)
+
+
+async def customer_usage(
+    config: Config, store: Store, record: CustomerRecord, period_id: str | None, now: float
+) -> dict[str, Any]:
+    period, usage = await usage_for(config, store, record, period_id, now)
+    return usage_document(config, record.id, record.plan, period, usage)
+
+
+def last_days(now: float, days: int) -> list[str]:
+    """``days`` day ids ending today (UTC), oldest first."""
+    today = datetime.fromtimestamp(now, UTC)
+    return [day_id((today - timedelta(days=back)).timestamp()) for back in range(days - 1, -1, -1)]
+
+
+async def customer_daily(store: Store, customer: str, days: int, now: float) -> dict[str, Any]:
+    return daily_document(customer, await store.daily(customer, last_days(now, days)))
+
+
+def _line(meter_name: str, used: int, meter: Meter, price: MeterPrice) -> dict[str, Any]:
+    units = over(used, meter)
+    return {
+        "meter": meter_name,
+        "included": meter.included,
+        "used": used,
+        "units": units,
+        "unit": price.unit,
+        "price": price_text(price.price),
+        "amount": money(line_cents(units, meter.unit, meter.price_micros)),
+    }
+
+
+def statement_document(config: Config, record: CustomerRecord, period: Period, usage: Usage) -> dict[str, Any]:
+    """Base price, one line per overage meter, total. The cents are usage.py's, line for line."""
+    plan = plan_of(config, record)
+    calls, records = meters(plan)
+    lines: list[dict[str, Any]] = []
+    if plan.overage is not None:
+        if plan.overage.calls is not None:
+            lines.append(_line("calls", usage.calls, calls, plan.overage.calls))
+        if plan.overage.records is not None:
+            lines.append(_line("records", usage.records, records, plan.overage.records))
+    base_cents = int(plan.price * 100)
+    overage_cents = sum(
+        line_cents(over(used, meter), meter.unit, meter.price_micros)
+        for used, meter in ((usage.calls, calls), (usage.records, records))
+    )
+    return {
+        "customer": record.id,
+        "plan": record.plan,
+        "period": {"id": period.id, "start": rfc3339(period.start), "end": rfc3339(period.end)},
+        "currency": config.currency,
+        "base": money(base_cents),
+        "lines": lines,
+        "overage": money(overage_cents),
+        "total": money(base_cents + overage_cents),
+        "spend_cap": money_text(plan.overage.spend_cap) if plan.overage is not None else None,
+    }
+
+
+async def customer_statement(
+    config: Config, store: Store, record: CustomerRecord, period_id: str | None, now: float
+) -> dict[str, Any]:
+    period, usage = await usage_for(config, store, record, period_id, now)
+    return statement_document(config, record, period, usage)
+
+
+__all__ = [
+    "CUSTOMER_ID",
+    "MAX_DAYS",
+    "customer_daily",
+    "customer_json",
+    "customer_statement",
+    "customer_usage",
+    "key_json",
+    "last_days",
+    "plans_document",
+    "resolve_period",
+    "statement_document",
+    "timestamp",
+]

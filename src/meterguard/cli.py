@@ -1,0 +1,651 @@
+"""The ``meterguard`` command (CONTRACT section 9).
+
+Errors a user can cause (a bad plans file, an unknown customer, a store that does not answer)
+are one line each on stderr and exit 1, never a traceback; usage errors exit 2, as click does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target
+from ._types import ASGIApp
+from .admin._documents import (
+    CUSTOMER_ID,
+    customer_json,
+    customer_statement,
+    customer_usage,
+    key_json,
+    plan_json,
+)
+from .config import Config, load_config
+from .customers import Directory
+from .errors import (
+    ConfigError,
+    CustomerExists,
+    CustomerNotFound,
+    KeyNotFound,
+    MeterGuardError,
+    PlanNotFound,
+    StoreError,
+)
+from .keys import hash_key, is_well_formed
+from .store import store_from_url
+from .store.base import CustomerStatus, Store
+
+T = TypeVar("T")
+
+MEMORY_WARNING = "warning: memory:// keeps state inside this one process; it is gone when the command exits"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"meterguard: {message}", err=True)
+    sys.exit(code)
+
+
+def redact(url: str) -> str:
+    """A store URL safe to print: the password is replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one clear line each and exit 1."""
+    try:
+        yield
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(1)
+    except CustomerNotFound as exc:
+        _fail(f"no customer {str(exc)!r}")
+    except CustomerExists as exc:
+        _fail(f"customer {str(exc)!r} already exists")
+    except KeyNotFound as exc:
+        _fail(f"no key {str(exc)!r}" if " " not in str(exc) else str(exc))
+    except PlanNotFound as exc:
+        _fail(f"no plan {str(exc)!r} in the plans file" if " " not in str(exc) else str(exc))
+    except StoreError as exc:
+        _fail(f"the store is unreachable or failed: {exc}")
+    except MeterGuardError as exc:
+        _fail(str(exc))
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    # uvicorn re-raises the Ctrl+C it handled once it has shut down: that is a normal stop.
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+
+
+def resolve_store(explicit: str | None, config: Config) -> str:
+    # --store and MG_STORE arrive together through click's envvar; then the file; then memory.
+    return explicit or config.store or "memory://"
+
+
+class State:
+    """The config and store of a state command, opened lazily and closed by :meth:`run`."""
+
+    def __init__(self, config_path: str, store_url: str | None) -> None:
+        self.config = load_config(config_path)
+        self.url = resolve_store(store_url, self.config)
+        if urlsplit(self.url).scheme == "memory":
+            click.echo(MEMORY_WARNING, err=True)
+        self.store: Store = _open_store(self.url)
+        self.directory = Directory(self.config, self.store)
+
+    def run(self, work: Callable[[State], Awaitable[T]]) -> T:
+        async def main() -> T:
+            try:
+                return await work(self)
+            finally:
+                await self.store.aclose()
+
+        try:
+            return asyncio.run(main())
+        except StoreError as exc:
+            raise StoreError(f"{redact(self.url)}: {exc}") from exc
+
+
+def _open_store(url: str) -> Store:
+    # A seam for tests: they share one memory store between invocations.
+    return store_from_url(url)
+
+
+def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--store",
+        "store_url",
+        envvar=STORE_ENV,
+        metavar="URL",
+        help="Store URL (env MG_STORE); defaults to the file's store:, then memory://.",
+    )(command)
+    command = click.option(
+        "--config",
+        "config_path",
+        envvar=CONFIG_ENV,
+        required=True,
+        metavar="FILE",
+        help="The plans file (env MG_CONFIG).",
+    )(command)
+    return command
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str("-" if cell is None else cell) for cell in row] for row in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="meterguard")
+def main() -> None:
+    """Metered, paid access in front of any ASGI app."""
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+# ----------------------------------------------------------------------------------------------
+
+
+def _windows(windows: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(f"{w['limit']}/{w['name']}" for w in windows) or "none"
+
+
+def _describe_plan(name: str, plan: dict[str, Any], currency: str) -> list[str]:
+    quotas = plan["quotas"]
+    quota_text = ", ".join(
+        f"{meter} {quotas[meter]:,}" if quotas[meter] is not None else f"{meter} unlimited"
+        for meter in ("calls", "records")
+    )
+    overage = plan["overage"]
+    if overage == "block":
+        overage_text = "block (refused past the quota)"
+    else:
+        parts = [
+            f"{meter} {overage[meter]['price']} {currency} per {overage[meter]['unit']:,}"
+            for meter in ("calls", "records")
+            if overage[meter] is not None
+        ]
+        if overage["spend_cap"] is not None:
+            parts.append(f"spend cap {overage['spend_cap']} {currency}")
+        overage_text = "billed: " + ", ".join(parts)
+    lines = [
+        f"  {name}: {plan['price']} {currency} per period",
+        f"    windows:  {_windows(plan['rate_limits'])} ({plan['strategy']})",
+    ]
+    for match, windows in plan["route_limits"].items():
+        lines.append(f"    route:    {match}: {_windows(windows)}")
+    lines += [f"    quotas:   {quota_text}", f"    overage:  {overage_text}"]
+    if plan["alerts"]:
+        lines.append("    alerts:   " + ", ".join(f"{a:g}" for a in plan["alerts"]))
+    return lines
+
+
+@main.command()
+@click.argument("file", metavar="FILE")
+def check(file: str) -> None:
+    """Validate a plans file: its errors, one per line (exit 1), or a summary (exit 0)."""
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue))
+        sys.exit(1)
+    lines = [
+        f"{file}: OK (version {config.version}, currency {config.currency}, billing anchor {config.anchor}, "
+        f"consistency {config.consistency}, on_store_error {config.on_store_error})",
+        f"plans ({len(config.plans)}):",
+    ]
+    for name, plan in config.plans.items():
+        lines += _describe_plan(name, plan_json(plan), config.currency)
+    lines.append(f"routes ({len(config.routes.routes)}, first match wins; others: weight 1, all plans):")
+    for route in config.routes.routes:
+        if route.public:
+            lines.append(f"  {route.match}: public (no key, not metered)")
+        else:
+            plans = ", ".join(sorted(route.plans)) if route.plans is not None else "all plans"
+            lines.append(f"  {route.match}: weight {route.weight}, {plans}")
+    lines.append(f"customers ({len(config.customers)}):")
+    for customer in config.customers.values():
+        keys = len(customer.keys)
+        lines.append(f"  {customer.id}: plan {customer.plan}, {customer.status}, {keys} key{'s' * (keys != 1)}")
+    lines.append(f"store: {redact(config.store) if config.store else 'not set (memory:// unless --store/MG_STORE)'}")
+    lines.append(f"admin: {config.admin_path} (on when {config.admin_token_env} is set)")
+    click.echo("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------
+# customers
+# ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def customers() -> None:
+    """Create, list and change customers."""
+
+
+@customers.command("create")
+@click.argument("customer_id", metavar="ID")
+@click.option("--plan", required=True, help="A plan of the plans file.")
+@click.option("--anchor-day", type=click.IntRange(1, 31), help="Day of month periods start (anniversary anchor).")
+@_state_options
+def customers_create(
+    customer_id: str, plan: str, anchor_day: int | None, config_path: str, store_url: str | None
+) -> None:
+    """Create customer ID on plan P."""
+    if not CUSTOMER_ID.match(customer_id):
+        raise click.BadParameter("1-64 letters, digits, '_', '-' or '.'", param_hint="ID")
+    with _errors():
+        state = State(config_path, store_url)
+        record = state.run(lambda s: s.directory.create(customer_id, plan, anchor_day))
+    click.echo(f"created customer {record.id} on plan {record.plan} (periods start on day {record.anchor_day})")
+
+
+@customers.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_state_options
+def customers_list(as_json: bool, config_path: str, store_url: str | None) -> None:
+    """List customers (the store's and the plans file's)."""
+    with _errors():
+        state = State(config_path, store_url)
+        records = state.run(lambda s: s.directory.all())
+    documents = [customer_json(record) for record in records]
+    if as_json:
+        click.echo(json.dumps({"customers": documents}, indent=2))
+        return
+    rows = [[d["id"], d["plan"], d["status"], d["anchor_day"], d["created"] or "(plans file)"] for d in documents]
+    click.echo(_table(["ID", "PLAN", "STATUS", "ANCHOR", "CREATED"], rows))
+
+
+@customers.command("set")
+@click.argument("customer_id", metavar="ID")
+@click.option("--plan", help="Move the customer to this plan.")
+@click.option("--status", type=click.Choice(["active", "suspended"]), help="Suspend or reactivate.")
+@_state_options
+def customers_set(
+    customer_id: str, plan: str | None, status: str | None, config_path: str, store_url: str | None
+) -> None:
+    """Change a customer's plan or status (gateways apply it within a second)."""
+    if plan is None and status is None:
+        raise click.UsageError("give --plan, --status or both")
+    with _errors():
+        state = State(config_path, store_url)
+        new_status = cast("CustomerStatus | None", status)  # click.Choice allows only the two
+        record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status))
+    click.echo(f"customer {record.id}: plan {record.plan}, {record.status}")
+
+
+# ----------------------------------------------------------------------------------------------
+# keys
+# ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Issue, list, revoke and hash API keys."""
+
+
+@keys.command("create")
+@click.argument("customer")
+@_state_options
+def keys_create(customer: str, config_path: str, store_url: str | None) -> None:
+    """Issue a key: printed once on stdout (only its hash is stored)."""
+    with _errors():
+        state = State(config_path, store_url)
+        record, key = state.run(lambda s: s.directory.issue_key(customer))
+    click.echo(key)
+    click.echo(f"key {record.key_id} for {customer}: shown this once, store it now", err=True)
+
+
+@keys.command("list")
+@click.argument("customer")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_state_options
+def keys_list(customer: str, as_json: bool, config_path: str, store_url: str | None) -> None:
+    """A customer's keys: ids and prefixes, never the keys."""
+    with _errors():
+        state = State(config_path, store_url)
+        records = state.run(lambda s: s.directory.list_keys(customer))
+    documents = [key_json(record) for record in records]
+    if as_json:
+        click.echo(json.dumps({"keys": documents}, indent=2))
+        return
+    rows = [
+        [d["key_id"], d["prefix"], d["created"], d["last_used"] or "never", "revoked" if d["revoked"] else "active"]
+        for d in documents
+    ]
+    click.echo(_table(["KEY_ID", "PREFIX", "CREATED", "LAST_USED", "STATE"], rows))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_state_options
+def keys_revoke(key_id: str, config_path: str, store_url: str | None) -> None:
+    """Revoke a key; every gateway refuses it within a second."""
+    with _errors():
+        state = State(config_path, store_url)
+        state.run(lambda s: s.directory.revoke_key(key_id))
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("hash")
+@click.argument("key", required=False)
+def keys_hash(key: str | None) -> None:
+    """Print the sha256:<hex> form of KEY for plans.yaml (KEY from stdin when omitted)."""
+    if key is None:
+        # Reading from stdin keeps the key out of shell history and the process list.
+        key = sys.stdin.readline().strip()
+    if not is_well_formed(key):
+        _fail("not a well-formed meterguard key (mg_live_ + 32 characters + checksum)")
+    click.echo(hash_key(key))
+
+
+# ----------------------------------------------------------------------------------------------
+# usage and statements
+# ----------------------------------------------------------------------------------------------
+
+
+def _period_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--period",
+        metavar="YYYY-MM",
+        required=required,
+        help="The billing period that starts in this month" + ("." if required else " (default: the current one)."),
+    )
+
+
+def _fetch(
+    state: State,
+    customer: str,
+    period: str | None,
+    build: Callable[[Config, Store, Any, str | None, float], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    async def work(s: State) -> dict[str, Any]:
+        record = await s.directory.require(customer)
+        return await build(s.config, s.store, record, period, time.time())
+
+    try:
+        return state.run(work)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--period") from None
+
+
+def _format_usage(doc: dict[str, Any]) -> str:
+    period = doc["period"]
+    lines = [
+        f"customer {doc['customer']}  plan {doc['plan']}  period {period['start']} .. {period['end']}",
+        "",
+        _table(
+            ["METER", "USED", "INCLUDED", "REMAINING", "OVERAGE"],
+            [
+                [
+                    meter,
+                    f"{doc[meter]['used']:,}",
+                    _num(doc[meter]["included"]),
+                    _num(doc[meter]["remaining"]),
+                    f"{doc[meter]['overage']:,}",
+                ]
+                for meter in ("calls", "records")
+            ],
+        ),
+        "",
+    ]
+    charges = doc["charges"]
+    cap = f"  (spend cap {charges['spend_cap']})" if charges["spend_cap"] is not None else ""
+    total = f"{charges['total']} {charges['currency']}"
+    lines.append(f"charges: base {charges['base']} + overage {charges['overage']} = {total}{cap}")
+    rejected = doc["rejected"]
+    lines.append("rejected: " + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()))
+    for title, table in (("ROUTE", doc["by_route"]), ("KEY", doc["by_key"])):
+        if table:
+            lines += [
+                "",
+                _table(
+                    [title, "CALLS", "RECORDS"],
+                    [[name, f"{c['calls']:,}", f"{c['records']:,}"] for name, c in table.items()],
+                ),
+            ]
+    return "\n".join(lines)
+
+
+def _num(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value:,}"
+
+
+@main.command()
+@click.argument("customer")
+@_period_option(required=False)
+@click.option("--json", "as_json", is_flag=True, help="The usage document of the admin API.")
+@_state_options
+def usage(customer: str, period: str | None, as_json: bool, config_path: str, store_url: str | None) -> None:
+    """A customer's usage in a billing period."""
+    with _errors():
+        document = _fetch(State(config_path, store_url), customer, period, customer_usage)
+    click.echo(json.dumps(document, indent=2) if as_json else _format_usage(document))
+
+
+def _statement_rows(doc: dict[str, Any]) -> list[list[str]]:
+    rows = [[f"base price (plan {doc['plan']})", "", "", "", "", "", doc["base"]]]
+    for line in doc["lines"]:
+        rows.append(
+            [
+                f"{line['meter']} overage",
+                _num(line["included"]),
+                f"{line['used']:,}",
+                f"{line['units']:,}",
+                f"{line['unit']:,}",
+                line["price"],
+                line["amount"],
+            ]
+        )
+    return rows
+
+
+def _statement_md(doc: dict[str, Any]) -> str:
+    period = doc["period"]
+    lines = [
+        f"# Statement: {doc['customer']}, {period['id']}",
+        "",
+        f"Plan **{doc['plan']}**, period {period['start']} to {period['end']} (amounts in {doc['currency']}).",
+        "",
+        "| item | included | used | billable units | per | price | amount |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in _statement_rows(doc)]
+    lines.append(f"| **total** | | | | | | **{doc['total']}** |")
+    if doc["spend_cap"] is not None:
+        lines += ["", f"Overage spend cap: {doc['spend_cap']} {doc['currency']} per period."]
+    return "\n".join(lines)
+
+
+def _statement_csv(doc: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["customer", "plan", "period", "item", "included", "used", "units", "unit", "price", "amount", "currency"]
+    )
+    prefix = [doc["customer"], doc["plan"], doc["period"]["id"]]
+    writer.writerow([*prefix, "base", "", "", "", "", "", doc["base"], doc["currency"]])
+    for line in doc["lines"]:
+        writer.writerow(
+            [
+                *prefix,
+                f"overage:{line['meter']}",
+                "" if line["included"] is None else line["included"],
+                line["used"],
+                line["units"],
+                line["unit"],
+                line["price"],
+                line["amount"],
+                doc["currency"],
+            ]
+        )
+    writer.writerow([*prefix, "total", "", "", "", "", "", doc["total"], doc["currency"]])
+    return out.getvalue().rstrip("\n")
+
+
+@main.command()
+@click.argument("customer")
+@_period_option(required=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "csv"]), default="md", show_default=True)
+@_state_options
+def statement(customer: str, period: str, fmt: str, config_path: str, store_url: str | None) -> None:
+    """A customer's statement for a period: base price, overage lines, total."""
+    with _errors():
+        document = _fetch(State(config_path, store_url), customer, period, customer_statement)
+    if fmt == "json":
+        click.echo(json.dumps(document, indent=2))
+    elif fmt == "csv":
+        click.echo(_statement_csv(document))
+    else:
+        click.echo(_statement_md(document))
+
+
+# ----------------------------------------------------------------------------------------------
+# serve and demo
+# ----------------------------------------------------------------------------------------------
+
+
+async def _run_server(app: ASGIApp, host: str, port: int) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="auto"))
+    await server.serve()
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:APP")
+@click.option("--config", "config_path", envvar=CONFIG_ENV, required=True, metavar="FILE", help="The plans file.")
+@click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (env MG_STORE).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 512))
+def serve(target: str, config_path: str, store_url: str | None, host: str, port: int, workers: int) -> None:
+    """Serve an ASGI app wrapped in MeterGuard, with uvicorn."""
+    with _errors():
+        config = load_config(config_path)
+    url = resolve_store(store_url, config)
+    if urlsplit(url).scheme == "memory":
+        if workers > 1:
+            # Each worker would count on its own: N workers would admit N times every quota.
+            raise click.UsageError(
+                "--workers > 1 needs a shared store: memory:// counts per process. "
+                "Use --store redis://host:6379/0 (or MG_STORE)."
+            )
+        click.echo(MEMORY_WARNING.replace("the command exits", "the server stops"), err=True)
+    try:
+        app = import_target(target)
+    except ImportError as exc:
+        _fail(f"cannot import {target}: {exc}")
+    import uvicorn
+
+    if workers > 1:
+        # uvicorn needs an import string to start worker processes; each builds its own MeterGuard.
+        os.environ[TARGET_ENV] = target
+        os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+        os.environ[STORE_ENV] = url
+        uvicorn.run("meterguard._serve:create_app", factory=True, host=host, port=port, workers=workers)
+        return
+    from .middleware import MeterGuard
+
+    with _errors():
+        guard = MeterGuard(app, config=config, store=url)
+    with _interruptible():
+        asyncio.run(_serve_guard(guard, host, port))
+
+
+async def _serve_guard(guard: Any, host: str, port: int) -> None:
+    try:
+        await _run_server(guard, host, port)
+    finally:
+        await guard.aclose()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (default memory://).")
+def demo(host: str, port: int, store_url: str | None) -> None:
+    """Run the bundled posts API behind meterguard, with one customer and key per plan."""
+    from .demo import create_demo_app, demo_config
+    from .middleware import MeterGuard
+
+    config = demo_config()
+    token_env = config.admin_token_env
+    token = os.environ.get(token_env)
+    if not token:
+        # The middleware reads the token when it is built: set it first.
+        token = "mgadm_" + secrets.token_urlsafe(24)
+        os.environ[token_env] = token
+    with _errors(), _interruptible():
+        guard = MeterGuard(create_demo_app(config), config=config, store=store_url or "memory://")
+        asyncio.run(_demo(guard, host, port, token))
+
+
+async def _demo(guard: Any, host: str, port: int, token: str) -> None:
+    from .demo import provision
+
+    try:
+        made = await provision(guard.directory)
+        base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        click.echo(_demo_banner(made, guard, base, token))
+        await _run_server(guard, host, port)
+    finally:
+        await guard.aclose()
+
+
+def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:
+    config = guard.config
+    admin = base + config.admin_path
+    free = next((m for m in made if m.plan == "free"), made[0])
+    pro = next((m for m in made if m.plan == "pro"), made[-1])
+    lines = [
+        f"meterguard demo: the posts API behind meterguard, store {redact(guard.store.url)}",
+        "",
+        "API keys (one customer per plan; shown this once):",
+        *(f"  {m.plan:<11} {m.customer:<17} {m.key}" for m in made),
+        "",
+        f"admin token ({config.admin_token_env}): {token}",
+        "",
+        "Try:",
+        "  # a metered call: see RateLimit, X-RateLimit-* and X-Meterguard-Usage",
+        f"  curl -i -H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'",
+        "",
+        "  # the free plan allows 1 call a second and 5 a minute: a 429 comes quickly",
+        f"  for i in $(seq 1 8); do curl -s -o /dev/null -w '%{{http_code}}\\n' "
+        f"-H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'; done",
+        "",
+        "  # the archive costs 5 calls and is pro/enterprise only (the free key gets 403)",
+        f"  curl -i -H 'x-api-key: {pro.key}' '{base}/v1/posts/archive?q=python&limit=20'",
+        "",
+        "  # usage through the admin API, and your own usage with your key",
+        f"  curl -s -H 'Authorization: Bearer {token}' {admin}/customers/{free.customer}/usage",
+        f"  curl -s -H 'Authorization: Bearer {token}' '{admin}/customers/{free.customer}/usage/daily?days=7'",
+        f"  curl -s -H 'x-api-key: {pro.key}' {admin}/me/usage",
+        "",
+        f"Serving on {base} (Ctrl+C to stop)",
+    ]
+    return "\n".join(lines)
