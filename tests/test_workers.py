@@ -1,0 +1,162 @@
+"""Exactness across processes: 4 real uvicorn workers on one Redis, 64 clients at once.
+
+Every test here opens 64 keep-alive connections first and then writes one request on each at
+the same moment (tests/wave.py), wave after wave, spread over several keys of one customer.
+Proven to fail: with RedisStore.admit changed to read the period's calls in one round trip and
+admit in a second, the calls test saw {200: 128, 429: 64} instead of {200: 100, 429: 92}.
+tests/store/test_concurrency.py keeps such a broken store as a standing control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meterguard import parse_config
+from meterguard.customers import Directory
+from meterguard.store import store_from_url
+
+from .conftest import REDIS_URL, drop_keys
+from .wave import Gateway, Reply, connect, wave
+
+ADMIN_TOKEN = "workers-test-token"
+CLIENTS = 64
+PLANS = """
+version: 1
+routes:
+  - {match: "GET /health", public: true}
+plans:
+  calls:
+    quotas: {calls: 100}
+  window:
+    rate_limits: ["40/day"]
+  records:
+    quotas: {records: 300}
+"""
+
+
+@dataclass
+class Deployment:
+    url: str
+    config: Path
+    directory: Directory
+
+    async def customer(self, plan: str, keys: int = 4) -> tuple[str, list[str]]:
+        name = f"{plan}-{uuid.uuid4().hex[:8]}"
+        await self.directory.create(name, plan)
+        return name, [(await self.directory.issue_key(name))[1] for _ in range(keys)]
+
+
+@pytest.fixture
+async def deployment(tmp_path: Path, key_prefix: str) -> AsyncIterator[Deployment]:
+    url = f"{REDIS_URL}?prefix={key_prefix}"
+    config = tmp_path / "plans.yaml"
+    config.write_text(PLANS)
+    store = store_from_url(url)
+    try:
+        yield Deployment(url, config, Directory(parse_config(PLANS), store))
+    finally:
+        await store.aclose()
+        await drop_keys(REDIS_URL, key_prefix)
+
+
+@pytest.fixture
+def gateway(deployment: Deployment) -> Iterator[Gateway]:
+    with Gateway("tests.support:data_app", deployment.config, deployment.url, workers=4,
+                 env={"MG_ADMIN_TOKEN": ADMIN_TOKEN}) as running:  # fmt: skip
+        yield running
+
+
+async def fire(port: int, keys: list[str], path: str, waves: int) -> list[Reply]:
+    connections = await connect(port, CLIENTS)
+    replies: list[Reply] = []
+    try:
+        for _ in range(waves):
+            requests = [(path, {"x-api-key": keys[i % len(keys)]}) for i in range(CLIENTS)]
+            replies += await wave(connections, requests)
+    finally:
+        await asyncio.gather(*(conn.close() for conn in connections))
+    return replies
+
+
+async def usage(port: int, customer: str) -> dict[str, object]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        response = await client.get(
+            f"/_meterguard/customers/{customer}/usage", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+
+def statuses(replies: list[Reply]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for reply in replies:
+        counts[reply.status] = counts.get(reply.status, 0) + 1
+    return counts
+
+
+async def test_calls_quota_admits_exactly_q_across_workers_and_survives_a_restart(
+    deployment: Deployment, gateway: Gateway
+) -> None:
+    customer, keys = await deployment.customer("calls")
+    replies = await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=3)
+    assert statuses(replies) == {200: 100, 429: 3 * CLIENTS - 100}
+    for reply in replies:
+        if reply.status == 429:
+            body = reply.json()
+            assert (body["scope"], body["violated-policies"]) == ("period", ["calls-period"])
+    document = await usage(gateway.port, customer)
+    assert document["calls"]["used"] == 100  # type: ignore[index]
+    assert document["rejected"]["quota"] == 3 * CLIENTS - 100  # type: ignore[index]
+    assert sum(entry["calls"] for entry in document["by_key"].values()) == 100  # type: ignore[attr-defined]
+    assert len(document["by_key"]) == 4  # type: ignore[arg-type]
+
+    # Restarting every gateway process keeps every counter: the state lives in Redis.
+    gateway.stop()
+    gateway.start()
+    assert (await usage(gateway.port, customer))["calls"]["used"] == 100  # type: ignore[index]
+    again = await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=1)
+    assert statuses(again) == {429: CLIENTS}
+
+
+async def test_rate_window_admits_exactly_its_limit_across_workers(deployment: Deployment, gateway: Gateway) -> None:
+    customer, keys = await deployment.customer("window")
+    replies = await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=2)
+    assert statuses(replies) == {200: 40, 429: 2 * CLIENTS - 40}
+    refused = [reply.json() for reply in replies if reply.status == 429]
+    assert all(body["scope"] == "window" and body["violated-policies"] == ["1d"] for body in refused)
+    assert all(int(reply.headers["retry-after"]) >= 1 for reply in replies if reply.status == 429)
+    document = await usage(gateway.port, customer)
+    assert document["calls"]["used"] == 40  # type: ignore[index]
+    assert document["rejected"]["rate_limited"] == 2 * CLIENTS - 40  # type: ignore[index]
+
+
+async def test_records_quota_overshoot_is_bounded_by_responses_in_flight(
+    deployment: Deployment, gateway: Gateway
+) -> None:
+    customer, keys = await deployment.customer("records")
+    received = 0
+    refused = 0
+    for _ in range(4):
+        replies = await fire(gateway.port, keys, "/v1/posts/search?n=10", waves=1)
+        for reply in replies:
+            if reply.status == 200:
+                received += len(reply.json()["data"])
+            else:
+                assert reply.status == 429
+                assert reply.json()["violated-policies"] == ["records-period"]
+                refused += 1
+    document = await usage(gateway.port, customer)
+    used = document["records"]["used"]  # type: ignore[index]
+    # Usage equals what the clients received: every record served is counted, none twice.
+    assert used == received
+    # The quota (300) is reached within the first wave's 640 records; what passes it is at most
+    # the records of responses already in flight then: one wave of 64 x 10.
+    assert 300 <= used <= 300 + CLIENTS * 10
+    assert refused >= 2 * CLIENTS  # waves 3 and 4 at least are refused whole
