@@ -160,3 +160,26 @@ async def test_records_quota_overshoot_is_bounded_by_responses_in_flight(
     # the records of responses already in flight then: one wave of 64 x 10.
     assert 300 <= used <= 300 + CLIENTS * 10
     assert refused >= 2 * CLIENTS  # waves 3 and 4 at least are refused whole
+
+
+async def test_revoked_key_and_suspended_customer_are_refused_by_every_worker_within_a_second(
+    deployment: Deployment, gateway: Gateway
+) -> None:
+    customer, keys = await deployment.customer("window", keys=2)
+    revoked, kept = keys
+    warm = await fire(gateway.port, [revoked, kept], "/v1/posts/1?n=0", waves=1)  # fills every worker's cache
+    assert statuses(warm) == {200: 40, 429: CLIENTS - 40}
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.port}", headers=admin) as client:
+        listed = (await client.get(f"/_meterguard/customers/{customer}/keys")).json()
+        entries = listed["keys"] if isinstance(listed, dict) else listed
+        revoked_id = next(entry["key_id"] for entry in entries if revoked.startswith(entry["prefix"]))
+        assert (await client.delete(f"/_meterguard/keys/{revoked_id}")).status_code == 204
+        await asyncio.sleep(1.0)
+        replies = await fire(gateway.port, [revoked], "/v1/posts/1?n=0", waves=1)
+        assert statuses(replies) == {401: CLIENTS}
+        response = await client.patch(f"/_meterguard/customers/{customer}", json={"status": "suspended"})
+        assert response.status_code == 200
+        await asyncio.sleep(1.0)
+        replies = await fire(gateway.port, [kept], "/v1/posts/1?n=0", waves=1)
+        assert statuses(replies) == {403: CLIENTS}

@@ -7,13 +7,16 @@ own, which from then on takes precedence over the file for that customer.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
 from .config import Config
-from .errors import CustomerExists, CustomerNotFound, KeyNotFound, PlanNotFound
+from .errors import CustomerExists, CustomerNotFound, KeyNotFound, PlanNotFound, StoreError
 from .keys import display_prefix, generate_key, hash_key, key_id_for
 from .store.base import CustomerRecord, CustomerStatus, KeyRecord, Store
+
+log = logging.getLogger("meterguard")
 
 
 class Directory:
@@ -75,6 +78,7 @@ class Directory:
         if status is not None:
             record = replace(record, status=status)
         await self.store.put_customer(record)
+        await self._announce(f"customer:{customer}")
         return record
 
     async def issue_key(self, customer: str) -> tuple[KeyRecord, str]:
@@ -99,3 +103,12 @@ class Directory:
             raise KeyNotFound(f"{key_id} is written in plans.yaml; remove it there")
         if not await self.store.revoke_key(key_id):
             raise KeyNotFound(key_id)
+        await self._announce(f"key:{key_id}")
+
+    async def _announce(self, event: str) -> None:
+        # Every gateway process drops its cached lookups on this event. If it cannot be sent,
+        # the caches' one-second lifetime still bounds how long the old state is served.
+        try:
+            await self.store.notify(event)
+        except StoreError as exc:
+            log.warning("could not announce %s to other processes: %s", event, exc)

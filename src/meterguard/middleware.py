@@ -74,6 +74,7 @@ class MeterGuard:
         self._max_body = self.config.records_max_body_bytes
         self._fail_open = self.config.on_store_error == "fail_open"
         self._background: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Future[None] | None = None  # started by the first request, in its loop
         self._admin_prefix = self.config.admin_path
         self.admin: ASGIApp | None = None
         token = os.environ.get(self.config.admin_token_env)
@@ -91,8 +92,12 @@ class MeterGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = self._on_shutdown(send)
             await self.app(scope, receive, send)
             return
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self.store.watch(self._on_change))
         path: str = scope["path"]
         if self.admin is not None and path.startswith(self._admin_prefix):
             rest = path[len(self._admin_prefix) :]
@@ -223,8 +228,25 @@ class MeterGuard:
             ),
         )
 
+    def _on_change(self, event: str) -> None:
+        # A key was revoked or a customer changed somewhere: drop every cached lookup. Changes
+        # are rare, and a full drop cannot miss an entry that a finer one would have to find.
+        self.authenticator.invalidate()
+
+    def _on_shutdown(self, send: Send) -> Send:
+        async def send_then_close(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return send_then_close
+
     async def aclose(self) -> None:
-        """Wait for pending settlements, then close the store."""
+        """Stop watching for changes, wait for pending settlements, then close the store."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.store.aclose()

@@ -8,7 +8,7 @@ are wrapped once, here at the boundary, as :class:`~meterguard.errors.StoreError
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -148,6 +148,10 @@ class Store(Protocol):
     async def find_key(self, key_hash: str) -> KeyRecord | None: ...
     async def list_keys(self, customer: str) -> list[KeyRecord]: ...
     async def revoke_key(self, key_id: str) -> bool: ...  # False when unknown
+
+    # change events: a revoked key or changed customer reaches every process's cache at once ------
+    async def notify(self, event: str) -> None: ...
+    async def watch(self, on_event: Callable[[str], None]) -> None: ...  # until cancelled; reconnects
 
     # lifecycle ----------------------------------------------------------------------------------
     async def ping(self) -> None: ...  # raises StoreError when unhealthy

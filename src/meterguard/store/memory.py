@@ -7,9 +7,11 @@ asyncio each decision is atomic. Good for development, tests and single-process 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .._types import Clock
@@ -65,6 +67,7 @@ class MemoryStore:
         self._customers: dict[str, CustomerRecord] = {}
         self._keys: dict[str, tuple[str, KeyRecord]] = {}  # hash -> (hash, record)
         self._key_ids: dict[str, str] = {}  # key id -> hash
+        self._watchers: list[Callable[[str], None]] = []
 
     # metering -------------------------------------------------------------------------------------
 
@@ -209,6 +212,19 @@ class MemoryStore:
         _, record = self._keys[key_hash]
         self._keys[key_hash] = (key_hash, replace(record, revoked=True))
         return True
+
+    # change events ------------------------------------------------------------------------------------
+
+    async def notify(self, event: str) -> None:
+        for on_event in list(self._watchers):
+            on_event(event)
+
+    async def watch(self, on_event: Callable[[str], None]) -> None:
+        self._watchers.append(on_event)
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            self._watchers.remove(on_event)
 
     # lifecycle ----------------------------------------------------------------------------------------
 

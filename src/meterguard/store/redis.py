@@ -26,8 +26,10 @@ the script cache) means the script did not run; it is sent once more with EVAL.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -55,7 +57,10 @@ from .base import (
     WindowState,
 )
 
+log = logging.getLogger("meterguard.store")
+
 DAY = 86_400
+WATCH_BACKOFF_MAX_SECONDS = 5.0
 PERIOD_AUDIT_SECONDS = 400 * DAY  # period counters outlive the period end this long, for audits
 DAY_TTL_SECONDS = 400 * DAY  # daily counters, from their last write
 WINDOW_SLACK_SECONDS = 60  # windows live 2 x their length (the sliding estimate reads 2 slots) + this
@@ -410,6 +415,39 @@ class RedisStore:
         return True
 
     # lifecycle ------------------------------------------------------------------------------------
+
+    # change events --------------------------------------------------------------------------------
+
+    def _events_channel(self) -> str:
+        return f"{self._prefix}:events"
+
+    async def notify(self, event: str) -> None:
+        with _translated():
+            await self._client().publish(self._events_channel(), event)
+
+    async def watch(self, on_event: Callable[[str], None]) -> None:
+        """Call ``on_event`` for each event any process publishes, until cancelled.
+
+        The subscription reconnects with backoff. Events published while it was away are lost,
+        so every (re)subscription reports ``"*"``: callers drop everything they cached.
+        """
+        delay = 0.1
+        while True:
+            pubsub = self._client().pubsub()
+            try:
+                await pubsub.subscribe(self._events_channel())
+                on_event("*")
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        on_event(str(message["data"]))
+            except (redis_errors.RedisError, OSError) as exc:
+                log.warning("change events: subscription lost (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_BACKOFF_MAX_SECONDS)
+            finally:
+                await pubsub.aclose()
 
     async def ping(self) -> None:
         with _translated():
