@@ -97,7 +97,7 @@ class MeterGuard:
             await self.app(scope, receive, send)
             return
         if self._watcher is None:
-            self._watcher = asyncio.ensure_future(self.store.watch(self._on_change))
+            self._watcher = asyncio.ensure_future(self._watch())
         path: str = scope["path"]
         if self.admin is not None and path.startswith(self._admin_prefix):
             rest = path[len(self._admin_prefix) :]
@@ -227,6 +227,15 @@ class MeterGuard:
                 headers=[(b"retry-after", str(STORE_RETRY_AFTER).encode())],
             ),
         )
+
+    async def _watch(self) -> None:
+        """Background work of a gateway process: warn about a lossy store, then follow changes."""
+        try:
+            for warning in await self.store.diagnose():
+                log.warning("%s", warning)
+        except StoreError:
+            pass  # an unreachable store shows in every request; nothing to add here
+        await self.store.watch(self._on_change)
 
     def _on_change(self, event: str) -> None:
         # A key was revoked or a customer changed somewhere: drop every cached lookup. Changes

@@ -155,4 +155,5 @@ class Store(Protocol):
 
     # lifecycle ----------------------------------------------------------------------------------
     async def ping(self) -> None: ...  # raises StoreError when unhealthy
+    async def diagnose(self) -> list[str]: ...  # warnings about settings that can lose usage
     async def aclose(self) -> None: ...

@@ -231,5 +231,8 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    async def diagnose(self) -> list[str]:
+        return ["memory:// keeps usage in this process only: it is lost when the process ends"]
+
     async def aclose(self) -> None:
         return None

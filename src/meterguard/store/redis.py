@@ -449,6 +449,25 @@ class RedisStore:
             finally:
                 await pubsub.aclose()
 
+    async def diagnose(self) -> list[str]:
+        """Settings that lose usage: no AOF (a restart forgets it), key eviction (under-billing).
+
+        Managed Redis services often refuse CONFIG; then nothing can be said and nothing is.
+        """
+        try:
+            with _translated():
+                config = await self._client().config_get("appendonly")
+                config.update(await self._client().config_get("maxmemory-policy"))
+        except StoreError:
+            return []
+        warnings = []
+        if config.get("appendonly") != "yes":
+            warnings.append("Redis runs without appendonly (AOF): a Redis restart loses usage since its last snapshot")
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            warnings.append(f"Redis maxmemory-policy is {policy}: evicted counters are usage that is never billed")
+        return warnings
+
     async def ping(self) -> None:
         with _translated():
             await self._client().ping()
