@@ -8,7 +8,7 @@ are wrapped once, here at the boundary, as :class:`~meterguard.errors.StoreError
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -18,6 +18,13 @@ Reason = Literal["rate_limited", "quota", "spend_cap"]
 CustomerStatus = Literal["active", "suspended"]
 OTHER_ROUTE = "other"
 MAX_UNLISTED_ROUTES = 200  # distinct unmatched "METHOD /path" labels kept per customer and period
+
+
+#: Event stream fields (version 1). Every event has ``v``, ``type``, ``customer`` and ``ts`` (the
+#: store's clock, epoch seconds). ``type: usage`` adds ``period``, ``day``, ``calls``, ``records``,
+#: ``replays`` and ``routes`` / ``keys`` (JSON objects of ``[calls, records]``); other types
+#: (``plan``, ``alert``, ...) add their own fields. An event's id is unique within its customer.
+EVENT_VERSION = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,13 @@ class Store(Protocol):
     async def find_key(self, key_hash: str) -> KeyRecord | None: ...
     async def list_keys(self, customer: str) -> list[KeyRecord]: ...
     async def revoke_key(self, key_id: str) -> bool: ...  # False when unknown
+
+    # audit log: one append-only stream of events per customer ------------------------------------
+    async def append_event(self, customer: str, fields: Mapping[str, str]) -> str: ...  # the event's id
+    async def read_events(
+        self, customer: str, group: str, consumer: str, count: int, *, pending: bool = False
+    ) -> list[tuple[str, dict[str, str]]]: ...  # new events, or with pending=True those read, not acked
+    async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None: ...
 
     # change events: a revoked key or changed customer reaches every process's cache at once ------
     async def notify(self, event: str) -> None: ...

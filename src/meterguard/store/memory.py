@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .._types import Clock
@@ -68,6 +68,10 @@ class MemoryStore:
         self._keys: dict[str, tuple[str, KeyRecord]] = {}  # hash -> (hash, record)
         self._key_ids: dict[str, str] = {}  # key id -> hash
         self._watchers: list[Callable[[str], None]] = []
+        self._events: defaultdict[str, list[tuple[str, dict[str, str]]]] = defaultdict(list)
+        self._delivered: dict[tuple[str, str], int] = {}  # (customer, group) -> events handed out
+        self._pending: defaultdict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
+        self._event_seq = 0
 
     # metering -------------------------------------------------------------------------------------
 
@@ -212,6 +216,31 @@ class MemoryStore:
         _, record = self._keys[key_hash]
         self._keys[key_hash] = (key_hash, replace(record, revoked=True))
         return True
+
+    # audit log --------------------------------------------------------------------------------------
+
+    async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:
+        self._event_seq += 1
+        event_id = f"{int(self._clock() * 1000)}-{self._event_seq}"
+        self._events[customer].append((event_id, dict(fields)))
+        return event_id
+
+    async def read_events(
+        self, customer: str, group: str, consumer: str, count: int, *, pending: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
+        held = self._pending[(customer, group)]
+        if pending:
+            return list(held.items())[:count]
+        start = self._delivered.get((customer, group), 0)
+        batch = self._events[customer][start : start + count]
+        self._delivered[(customer, group)] = start + len(batch)
+        held.update(batch)
+        return batch
+
+    async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None:
+        held = self._pending[(customer, group)]
+        for event_id in ids:
+            held.pop(event_id, None)
 
     # change events ------------------------------------------------------------------------------------
 

@@ -416,6 +416,34 @@ class RedisStore:
 
     # lifecycle ------------------------------------------------------------------------------------
 
+    # audit log --------------------------------------------------------------------------------------
+
+    def _events_key(self, customer: str) -> str:
+        return f"{self._tag(customer)}:events"
+
+    async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:
+        with _translated():
+            return str(await self._client().xadd(self._events_key(customer), dict(fields)))
+
+    async def read_events(
+        self, customer: str, group: str, consumer: str, count: int, *, pending: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
+        key = self._events_key(customer)
+        client = self._client()
+        with _translated():
+            try:
+                await client.xgroup_create(key, group, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            reply = await client.xreadgroup(group, consumer, {key: "0" if pending else ">"}, count=count)
+        return [(str(event_id), dict(fields)) for _, entries in reply or () for event_id, fields in entries]
+
+    async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None:
+        if ids:
+            with _translated():
+                await self._client().xack(self._events_key(customer), group, *ids)
+
     # change events --------------------------------------------------------------------------------
 
     def _events_channel(self) -> str:
