@@ -566,3 +566,29 @@ async def test_route_windows_of_the_same_length_count_apart(make: Factory, clock
     assert (await client.get("/v1/posts/1?n=0", headers={"x-api-key": key})).status_code == 200
     refused = await client.get("/v1/posts/1?n=0", headers={"x-api-key": key})
     assert problem(refused, 429, QUOTA_EXCEEDED)["violated-policies"] == ["route-1m"]
+
+
+# -- idempotency -----------------------------------------------------------------------------------
+
+
+async def test_idempotent_retry_is_served_again_but_not_billed(make: Factory, clock: Clock) -> None:
+    client, guard = await make(clock=clock)
+    key = await customer(guard)
+    headers = {"x-api-key": key, "idempotency-key": "order-42"}
+    first = await client.get("/v1/posts/search?n=4", headers=headers)
+    assert first.status_code == 200 and "idempotent-replay" not in first.headers
+    retry = await client.get("/v1/posts/search?n=4", headers=headers)
+    assert retry.status_code == 200
+    assert retry.headers["idempotent-replay"] == "true"
+    assert len(retry.json()["data"]) == 4
+    usage = await guard.store.usage("acme", "2026-11")
+    assert (usage.calls, usage.records, usage.replays) == (1, 4, 1)
+
+
+@pytest.mark.parametrize("value", [b"", b"a" * 256, b"with space", b"\xff\xfe", b"tab\there"])
+async def test_malformed_idempotency_key_is_400(make: Factory, value: bytes) -> None:
+    client, guard = await make()
+    key = await customer(guard)
+    response = await client.get("/v1/posts/1", headers=[(b"x-api-key", key.encode()), (b"idempotency-key", value)])
+    problem(response, 400, PROBLEMS + "invalid-idempotency-key")
+    assert (await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)).calls == 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ._types import Clock
 from .billing import cap_cents, meters
 from .config import Config
+from .lease import FastPath
 from .periods import Period, day_id, period_for
 from .plans import Route, Window
 from .responses import policy_header
@@ -51,6 +52,7 @@ class MeterEngine:
         self._terms: dict[tuple[str, str | None], Terms] = {}
         self._periods: dict[int, Period] = {}
         self._day: tuple[str, float] = ("", 0.0)
+        self._fast = FastPath(store) if config.consistency == "fast" else None
 
     def terms(self, plan_name: str, route: Route | None) -> Terms:
         key = (plan_name, route.match if route is not None else None)
@@ -86,42 +88,50 @@ class MeterEngine:
         route: Route | None,
         label: str,
         weight: int,
+        idempotency_key: str | None = None,
     ) -> tuple[Decision, Terms, Ticket]:
         now = self._clock()
         terms = self.terms(plan_name, route)
         period = self.period(anchor_day, now)
         ticket = Ticket(customer, key_id, label, route is not None, period, self.day(now))
-        decision = await self._store.admit(
-            AdmitRequest(
-                customer=customer,
-                key_id=key_id,
-                route=label,
-                listed=route is not None,
-                weight=weight,
-                windows=terms.windows,
-                strategy=self._config.plans[plan_name].strategy,
-                period_id=period.id,
-                period_end=period.end_ts,
-                calls=terms.calls,
-                records=terms.records,
-                spend_cap_cents=terms.spend_cap_cents,
-                day=ticket.day,
-            )
+        request = AdmitRequest(
+            customer=customer,
+            key_id=key_id,
+            route=label,
+            listed=route is not None,
+            weight=weight,
+            windows=terms.windows,
+            strategy=self._config.plans[plan_name].strategy,
+            period_id=period.id,
+            period_end=period.end_ts,
+            calls=terms.calls,
+            records=terms.records,
+            spend_cap_cents=terms.spend_cap_cents,
+            day=ticket.day,
+            idempotency_key=idempotency_key,
         )
+        decision = await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
         return decision, terms, ticket
 
     async def settle(self, ticket: Ticket, records: int) -> None:
         if records <= 0:
             return
-        await self._store.settle(
-            Settlement(
-                customer=ticket.customer,
-                key_id=ticket.key_id,
-                route=ticket.route,
-                listed=ticket.listed,
-                period_id=ticket.period.id,
-                period_end=ticket.period.end_ts,
-                records=records,
-                day=ticket.day,
-            )
+        settlement = Settlement(
+            customer=ticket.customer,
+            key_id=ticket.key_id,
+            route=ticket.route,
+            listed=ticket.listed,
+            period_id=ticket.period.id,
+            period_end=ticket.period.end_ts,
+            records=records,
+            day=ticket.day,
         )
+        if self._fast is not None:
+            self._fast.settle(settlement)
+        else:
+            await self._store.settle(settlement)
+
+    async def aclose(self) -> None:
+        """Flush the fast path's local usage and give its leases back."""
+        if self._fast is not None:
+            await self._fast.aclose()

@@ -24,6 +24,7 @@ from .meter import MeterEngine, Terms, Ticket
 from .records import count_json, is_json, parse_header
 from .responses import (
     CUSTOMER_SUSPENDED,
+    INVALID_IDEMPOTENCY_KEY,
     PLAN_UNAVAILABLE,
     QUOTA_EXCEEDED,
     ROUTE_NOT_IN_PLAN,
@@ -42,6 +43,7 @@ from .store.base import Decision, Store
 log = logging.getLogger("meterguard")
 
 STORE_RETRY_AFTER = 5
+MAX_IDEMPOTENCY_KEY = 255
 _WWW_AUTHENTICATE = b'Bearer realm="meterguard"'
 
 
@@ -160,6 +162,12 @@ class MeterGuard:
             )
             return
 
+        try:
+            idempotency_key = _idempotency_key(headers)
+        except ValueError:
+            await self._refuse(send, *problem(400, INVALID_IDEMPOTENCY_KEY, "Idempotency-Key must be 1-255 "
+                                              "printable ASCII characters."))  # fmt: skip
+            return
         label = route.match if route is not None else f"{method} {path}"
         try:
             decision, terms, ticket = await self.engine.admit(
@@ -170,6 +178,7 @@ class MeterGuard:
                 route,
                 label,
                 route.weight if route is not None else 1,
+                idempotency_key,
             )
         except StoreError as exc:
             await self._store_failed(exc, scope, receive, send)
@@ -186,11 +195,14 @@ class MeterGuard:
             "calls_remaining": _left(terms.calls.included, decision.calls_used),
             "records_remaining": _left(terms.records.included, decision.records_used),
         }
-        responder = _Responder(self, send, ticket, metered)
+        if decision.replay:
+            # A retry of a request already billed: served again, billed nothing (records included).
+            metered = [*metered, (b"idempotent-replay", b"true")]
+        responder = _Responder(self, send, ticket, metered, bill=not decision.replay)
         try:
             await self.app(scope, receive, responder.send)
         finally:
-            if not responder.settled and responder.records:
+            if not responder.settled and responder.records and not decision.replay:
                 # The app failed or the client left after the records header but before the last
                 # chunk: the records were produced, so they are billed.
                 await self.settle(ticket, responder.records)
@@ -251,14 +263,26 @@ class MeterGuard:
         return send_then_close
 
     async def aclose(self) -> None:
-        """Stop watching for changes, wait for pending settlements, then close the store."""
+        """Stop watching for changes, settle and flush what is pending, then close the store."""
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.engine.aclose()
         await self.store.aclose()
+
+
+def _idempotency_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request's Idempotency-Key (draft-ietf-httpapi-idempotency-key-header); ValueError if malformed."""
+    for name, value in headers:
+        if name == b"idempotency-key":
+            text = value.strip()
+            if 0 < len(text) <= MAX_IDEMPOTENCY_KEY and all(33 <= byte <= 126 for byte in text):
+                return text.decode("ascii")
+            raise ValueError("malformed Idempotency-Key")
+    return None
 
 
 def _left(included: int | None, used: int) -> int | None:
@@ -305,10 +329,11 @@ class _Responder:
     only up to ``records.max_body_bytes`` (starlette's GZipMiddleware pattern).
     """
 
-    __slots__ = ("guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered")
+    __slots__ = ("guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_bill")
 
-    def __init__(self, guard: MeterGuard, send: Send, ticket: Ticket, metered: Headers) -> None:
+    def __init__(self, guard: MeterGuard, send: Send, ticket: Ticket, metered: Headers, *, bill: bool = True) -> None:
         self.guard = guard
+        self._bill = bill
         self._send = send
         self.ticket = ticket
         self.metered = metered
@@ -378,5 +403,5 @@ class _Responder:
     async def _finish(self) -> None:
         if not self.settled:
             self.settled = True
-            if self.records:
+            if self.records and self._bill:
                 await self.guard.settle(self.ticket, self.records)

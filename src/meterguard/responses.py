@@ -23,8 +23,10 @@ ROUTE_NOT_IN_PLAN = PROBLEMS + "route-not-in-plan"
 SPEND_CAP_REACHED = PROBLEMS + "spend-cap-reached"
 STORE_UNAVAILABLE = PROBLEMS + "store-unavailable"
 PLAN_UNAVAILABLE = PROBLEMS + "plan-unavailable"
+INVALID_IDEMPOTENCY_KEY = PROBLEMS + "invalid-idempotency-key"
 
 TITLES = {
+    400: "Bad Request",
     401: "Unauthorized",
     402: "Payment Required",
     403: "Forbidden",

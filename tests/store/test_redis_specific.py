@@ -77,7 +77,8 @@ async def raw(kind: str, redis_url: str, cluster_url: str) -> AsyncIterator[Redi
 async def test_every_counter_key_expires(
     kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
 ) -> None:
-    """Every key a metering script writes carries a TTL set by that same script (limits#14)."""
+    """Every key a metering script writes carries a TTL set by that same script (limits#14); the
+    event stream too (as long as the period counters: it is the audit log of the same usage)."""
     store = await store_factory(kind)
     await store.create_customer(CustomerRecord("acme", "pro"))
     await store.add_key("hash1", KeyRecord("kid1", "acme", "mg_live_ab", created_at=1.0))
@@ -92,7 +93,8 @@ async def test_every_counter_key_expires(
     metadata = {":customer", ":customers", ":keys", ":used"}
     counters = [key for key in keys if not any(key.endswith(suffix) for suffix in metadata) and ":key" not in key]
     assert {key.rsplit(":", 2)[-2] for key in counters} >= {"p", "d", "w"}
-    assert len(counters) == 6  # 2 periods, 2 days, 2 windows
+    assert len(counters) == 7  # 2 periods, 2 days, 2 windows, the event stream
+    assert f"{key_prefix}:{{c:acme}}:events" in counters
     for key in counters:
         assert await raw.ttl(key) > 0, key
     period_ttl = await raw.ttl(f"{key_prefix}:{{c:acme}}:p:{PERIOD}")

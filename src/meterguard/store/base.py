@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
 from ..plans import Window
@@ -33,11 +34,24 @@ class Meter:
 
     included: int | None  # None: no quota
     unit: int = 0  # overage unit; 0: not billed past the quota (block)
-    price_micros: int = 0  # price per unit in millionths of the currency
+    price_micros: int = 0  # price per unit in millionths of the currency: the first tier's
+    #: Graduated tiers ``(up_to, price_micros)``: ``up_to`` counts overage units (cumulative) and
+    #: is None on the last tier. Left empty, a billed meter gets the one flat tier of
+    #: ``price_micros``, so that billing has a single code path.
+    tiers: tuple[tuple[int | None, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.tiers and self.unit > 0:
+            object.__setattr__(self, "tiers", ((None, self.price_micros),))
 
     @property
     def billed(self) -> bool:
         return self.unit > 0
+
+    @property
+    def flat(self) -> bool:
+        """One price for every overage unit (what the Lua scripts price until they learn tiers)."""
+        return len(self.tiers) <= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,8 @@ class AdmitRequest:
     records: Meter
     spend_cap_cents: int | None  # None: no cap
     day: str  # YYYY-MM-DD, for the daily audit counters
+    lease: int = 0  # fast path: extra units wanted for local decisions (0: exact, this request only)
+    idempotency_key: str | None = None  # a retry of an admitted request with this key is not billed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,9 @@ class Decision:
     records_used: int
     spend_cents: int  # overage spend so far in the period, before this call
     now: float  # the store's clock, epoch seconds
+    granted: int = 0  # extra units leased to the caller (fast path), already counted in every window
+    replay: bool = False  # an idempotent retry: served, counted in the windows, not billed
+    slots: tuple[int, ...] = ()  # the slot index of each window at the decision, for giving units back
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +106,29 @@ class Settlement:
     period_end: int
     records: int
     day: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    route: str
+    listed: bool
+    key_id: str
+    calls: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """A fast-path process's local usage of one customer and period, and its unused leases."""
+
+    customer: str
+    period_id: str
+    period_end: int
+    day: str
+    rows: tuple[UsageRow, ...]
+    consumed: int  # leased units used since the last flush (already in the windows)
+    returned: int  # leased units given back unused
+    windows: tuple[tuple[Window, int, int], ...] = ()  # (window, slot index, units to take back out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +146,7 @@ class Usage:
     rejected: Mapping[str, int] = field(default_factory=dict)  # by Reason
     by_route: Mapping[str, Counts] = field(default_factory=dict)
     by_key: Mapping[str, Counts] = field(default_factory=dict)
+    replays: int = 0  # idempotent retries served unbilled
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +165,10 @@ class CustomerRecord:
     status: CustomerStatus = "active"
     anchor_day: int = 1
     created_at: float = 0.0
+    spend_cap: Decimal | None = None  # overage spend cap of this customer; None: the plan's
+    #: ``(changed_at, plan)`` for every plan this customer has been put on, oldest first, so that a
+    #: statement can name the plan in force at a period's end without scanning the event stream.
+    plan_history: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +181,33 @@ class KeyRecord:
     revoked: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A webhook delivery in the store's queue (alerts.py); it outlives the process that queued it."""
+
+    id: str
+    payload: str  # the JSON body, exactly as it is signed and sent
+    attempts: int = 0  # failed attempts so far
+    created_at: float = 0.0  # epoch seconds; a delivery is given up 24 h after this
+
+
+@runtime_checkable
+class AlertQueue(Protocol):
+    """Once-only alert claims and a durable, leased queue of webhook deliveries.
+
+    Kept apart from :class:`Store` until every backend has it; alerts.py needs only this.
+    """
+
+    async def claim_alert(
+        self, customer: str, period_id: str, name: str, delivery: Delivery | None, due_at: float, keep_seconds: int
+    ) -> bool: ...  # True once per (customer, period, name); the delivery (if any) is queued in the same atomic step
+    async def due_deliveries(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[Delivery]: ...  # due ones, each leased (hidden from other callers) for lease_seconds
+    async def retry_delivery(self, delivery_id: str, due_at: float, attempts: int) -> None: ...
+    async def finish_delivery(self, delivery_id: str) -> None: ...  # delivered or given up: forget it
+
+
 @runtime_checkable
 class Store(Protocol):
     """What every backend provides. All methods may raise StoreError."""
@@ -143,6 +217,7 @@ class Store(Protocol):
     # metering ---------------------------------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> Decision: ...
     async def settle(self, settlement: Settlement) -> None: ...
+    async def flush(self, flush: Flush) -> None: ...
     async def usage(self, customer: str, period_id: str) -> Usage: ...
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]: ...
 

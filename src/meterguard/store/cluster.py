@@ -12,8 +12,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 from ..errors import ConfigError, ConfigIssue
+from ._batch import Op
 from .redis import DEFAULT_TIMEOUT_SECONDS, RedisStore, no_retry
 
 DEFAULT_PORT = 6379
@@ -54,6 +56,10 @@ class RedisClusterStore(RedisStore):
     def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
         super().__init__(url, key_prefix=key_prefix)
         self._nodes = startup_nodes(url)  # validated now, connected on first use
+
+    def _slot(self, op: Op) -> int:
+        # A script may only touch keys of one slot; each operation's keys share the customer's tag.
+        return int(key_slot(op.keys[0].encode()))
 
     def _connect(self) -> Any:
         parts = urlsplit(self.url)

@@ -8,6 +8,7 @@ asyncio each decision is atomic. Good for development, tests and single-process 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import defaultdict
@@ -19,6 +20,7 @@ from ..billing import spend_cents
 from ..errors import CustomerExists
 from ..windows import estimate, remaining, reset_after, wait
 from .base import (
+    EVENT_VERSION,
     MAX_UNLISTED_ROUTES,
     OTHER_ROUTE,
     AdmitRequest,
@@ -26,6 +28,8 @@ from .base import (
     CustomerRecord,
     DayUsage,
     Decision,
+    Delivery,
+    Flush,
     KeyRecord,
     Reason,
     Settlement,
@@ -33,11 +37,14 @@ from .base import (
     WindowState,
 )
 
+IDEMPOTENCY_TTL_SECONDS = 86_400
+
 
 @dataclass(slots=True)
 class _Tally:
     calls: int = 0
     records: int = 0
+    replays: int = 0
     rejected: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     by_route: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     by_key: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
@@ -72,6 +79,9 @@ class MemoryStore:
         self._delivered: dict[tuple[str, str], int] = {}  # (customer, group) -> events handed out
         self._pending: defaultdict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
         self._event_seq = 0
+        self._alert_claims: set[tuple[str, str, str]] = set()
+        self._deliveries: dict[str, tuple[Delivery, float]] = {}  # id -> (delivery, due at)
+        self._idempotency: dict[tuple[str, str], float] = {}  # (customer, key) -> expiry
 
     # metering -------------------------------------------------------------------------------------
 
@@ -111,9 +121,11 @@ class MemoryStore:
 
         reason: Reason | None = None
         spend = spend_cents(tally.calls, tally.records, request.calls, request.records)
+        idempotency = (request.customer, request.idempotency_key) if request.idempotency_key is not None else None
+        replay = idempotency is not None and self._idempotency.get(idempotency, 0.0) > now
         if violated:
             reason = "rate_limited"
-        else:
+        elif not replay:
             calls, records = request.calls, request.records
             if calls.included is not None and not calls.billed and tally.calls + request.weight > calls.included:
                 violated.append("calls-period")
@@ -141,33 +153,81 @@ class MemoryStore:
 
         for counts, index in slots:
             counts[index] = counts.get(index, 0) + request.weight
+        window_slots = tuple(index for _, index in slots)
         day = self._days[(request.customer, request.day)]
-        for target in (tally, day):
-            target.calls += request.weight
-            target.by_route[_route_label(target, request.route, request.listed)][0] += request.weight
-            target.by_key[request.key_id][0] += request.weight
+        if replay:
+            tally.replays += 1
+            day.replays += 1
+            self._usage_event(request.customer, request.period_id, request.day, now, replays=1)
+            return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now,
+                            replay=True, slots=window_slots)  # fmt: skip
+        label = self._count(tally, day, request.route, request.listed, request.key_id, request.weight, 0)
+        self._usage_event(request.customer, request.period_id, request.day, now, request.weight, 0, 0, label,
+                          request.key_id)  # fmt: skip
+        if idempotency is not None:
+            self._idempotency[idempotency] = now + IDEMPOTENCY_TTL_SECONDS
         entry = self._key_ids.get(request.key_id)
         if entry is not None:
             key_hash = entry
             _, record = self._keys[key_hash]
             self._keys[key_hash] = (key_hash, replace(record, last_used=now))
-        return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now)
+        return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now, slots=window_slots)
+
+    def _count(
+        self, tally: _Tally, day: _Tally, route: str, listed: bool, key_id: str, calls: int, records: int
+    ) -> str:
+        label = route
+        for index, target in enumerate((tally, day)):
+            name = _route_label(target, route, listed)
+            if index == 0:
+                label = name
+            target.calls += calls
+            target.records += records
+            target.by_route[name][0] += calls
+            target.by_route[name][1] += records
+            target.by_key[key_id][0] += calls
+            target.by_key[key_id][1] += records
+        return label
+
+    def _usage_event(
+        self, customer: str, period_id: str, day: str, now: float, calls: int = 0, records: int = 0,
+        replays: int = 0, route: str | None = None, key_id: str | None = None,
+    ) -> None:  # fmt: skip
+        self._event_seq += 1
+        fields = {
+            "v": EVENT_VERSION, "type": "usage", "customer": customer, "period": period_id, "day": day,
+            "ts": repr(now), "calls": str(calls), "records": str(records), "replays": str(replays),
+            "routes": json.dumps({route: [calls, records]} if route is not None else {}),
+            "keys": json.dumps({key_id: [calls, records]} if key_id is not None else {}),
+        }  # fmt: skip
+        self._events[customer].append((f"{int(now * 1000)}-{self._event_seq}", fields))
 
     async def settle(self, settlement: Settlement) -> None:
         if settlement.records <= 0:
             return
         tally = self._periods[(settlement.customer, settlement.period_id)]
         day = self._days[(settlement.customer, settlement.day)]
-        for target in (tally, day):
-            target.records += settlement.records
-            target.by_route[_route_label(target, settlement.route, settlement.listed)][1] += settlement.records
-            target.by_key[settlement.key_id][1] += settlement.records
+        label = self._count(tally, day, settlement.route, settlement.listed, settlement.key_id, 0, settlement.records)
+        self._usage_event(settlement.customer, settlement.period_id, settlement.day, self._clock(), 0,
+                          settlement.records, 0, label, settlement.key_id)  # fmt: skip
+
+    async def flush(self, flush: Flush) -> None:
+        # The memory store never leases (it decides in-process already): only usage comes back.
+        tally = self._periods[(flush.customer, flush.period_id)]
+        day = self._days[(flush.customer, flush.day)]
+        for row in flush.rows:
+            label = self._count(tally, day, row.route, row.listed, row.key_id, row.calls, row.records)
+            self._usage_event(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
+                              label, row.key_id)  # fmt: skip
 
     async def usage(self, customer: str, period_id: str) -> Usage:
         tally = self._periods.get((customer, period_id))
         if tally is None:
             return Usage()
-        return Usage(tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key))
+        return Usage(
+            tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key),
+            tally.replays,
+        )  # fmt: skip
 
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]:
         result = []
@@ -241,6 +301,36 @@ class MemoryStore:
         held = self._pending[(customer, group)]
         for event_id in ids:
             held.pop(event_id, None)
+
+    # alert queue ------------------------------------------------------------------------------------
+
+    async def claim_alert(
+        self, customer: str, period_id: str, name: str, delivery: Delivery | None, due_at: float, keep_seconds: int
+    ) -> bool:
+        claim = (customer, period_id, name)
+        if claim in self._alert_claims:
+            return False
+        self._alert_claims.add(claim)
+        if delivery is not None:
+            self._deliveries[delivery.id] = (delivery, due_at)
+        return True
+
+    async def due_deliveries(self, now: float, limit: int, lease_seconds: float) -> list[Delivery]:
+        due = sorted((at, delivery.id) for delivery, at in self._deliveries.values() if at <= now)[:limit]
+        leased = []
+        for _, delivery_id in due:
+            delivery, _ = self._deliveries[delivery_id]
+            self._deliveries[delivery_id] = (delivery, now + lease_seconds)
+            leased.append(delivery)
+        return leased
+
+    async def retry_delivery(self, delivery_id: str, due_at: float, attempts: int) -> None:
+        entry = self._deliveries.get(delivery_id)
+        if entry is not None:
+            self._deliveries[delivery_id] = (replace(entry[0], attempts=attempts), due_at)
+
+    async def finish_delivery(self, delivery_id: str) -> None:
+        self._deliveries.pop(delivery_id, None)
 
     # change events ------------------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import CustomerExists, StoreError, StoreUnavailable
+from ._batch import Batcher
+from ._batch import Op as _Op
 from .base import (
     MAX_UNLISTED_ROUTES,
     OTHER_ROUTE,
@@ -50,6 +52,7 @@ from .base import (
     CustomerRecord,
     DayUsage,
     Decision,
+    Flush,
     KeyRecord,
     Reason,
     Settlement,
@@ -65,6 +68,7 @@ PERIOD_AUDIT_SECONDS = 400 * DAY  # period counters outlive the period end this 
 DAY_TTL_SECONDS = 400 * DAY  # daily counters, from their last write
 WINDOW_SLACK_SECONDS = 60  # windows live 2 x their length (the sliding estimate reads 2 slots) + this
 DEFAULT_TIMEOUT_SECONDS = 2.0
+IDEMPOTENCY_TTL_SECONDS = DAY  # a retry within 24 h of an admitted request is not billed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +83,7 @@ def _load(name: str) -> _Script:
     return _Script(name, text, hashlib.sha1(text.encode()).hexdigest())
 
 
-ADMIT = _load("admit")
-SETTLE = _load("settle")
+METER = _load("meter")
 CREATE_CUSTOMER = _load("create_customer")
 
 
@@ -154,6 +157,11 @@ class RedisStore:
         self.url = url
         self._prefix = key_prefix
         self._redis: Any = None
+        self._batcher = Batcher(self._run, self._slot)
+
+    def _slot(self, op: _Op) -> int:
+        """Operations that may share one script call: all of them on a single server."""
+        return 0
 
     # connection -----------------------------------------------------------------------------------
 
@@ -203,15 +211,22 @@ class RedisStore:
 
     async def admit(self, request: AdmitRequest) -> Decision:
         tag = self._tag(request.customer)
+        events = f"{tag}:events"
+        idempotent = request.idempotency_key is not None
         keys = [
             self._period_key(request.customer, request.period_id),
             self._day_key(request.customer, request.day),
             f"{tag}:keys",
             f"{tag}:used",
+            events,
+            f"{tag}:idem:{request.idempotency_key}" if idempotent else events,
             *(f"{tag}:w:{quote(window.counter, safe='')}" for window in request.windows),
         ]
         calls, records = request.calls, request.records
         args: list[str | int | float] = [
+            request.customer,
+            request.period_id,
+            request.day,
             request.weight,
             1 if request.strategy == "sliding" else 0,
             request.route,
@@ -230,12 +245,15 @@ class RedisStore:
             records.unit,
             records.price_micros,
             -1 if request.spend_cap_cents is None else request.spend_cap_cents,
+            request.lease,
+            1 if idempotent else 0,
+            IDEMPOTENCY_TTL_SECONDS,
         ]
         for window in request.windows:
             args += [window.limit, window.seconds]
-        reply = await self._script(ADMIT, keys, args)
+        reply, now = await self._batcher.submit(_Op("A", keys, args))
         (admitted, reason, violated_windows, calls_violated, records_violated, retry_after,
-         remaining, resets, calls_used, records_used, spend, sec, usec) = reply  # fmt: skip
+         remaining, resets, calls_used, records_used, spend, granted, replay, slots) = reply  # fmt: skip
         violated = [request.windows[int(index) - 1].name for index in violated_windows]
         if int(calls_violated):
             violated.append("calls-period")
@@ -254,17 +272,28 @@ class RedisStore:
             calls_used=int(calls_used),
             records_used=int(records_used),
             spend_cents=int(spend),
-            now=int(sec) + int(usec) / 1_000_000,  # the script's `now`, computed the same way
+            now=now,
+            granted=int(granted),
+            replay=int(replay) == 1,
+            slots=tuple(int(slot) for slot in slots),
         )
+
+    def _common(self, customer: str, period_id: str, day: str, period_end: int) -> list[str | int | float]:
+        return [customer, period_id, day, period_end, PERIOD_AUDIT_SECONDS, DAY_TTL_SECONDS]
 
     async def settle(self, settlement: Settlement) -> None:
         if settlement.records <= 0:
             return
+        customer = settlement.customer
         keys = [
-            self._period_key(settlement.customer, settlement.period_id),
-            self._day_key(settlement.customer, settlement.day),
+            self._period_key(customer, settlement.period_id),
+            self._day_key(customer, settlement.day),
+            f"{self._tag(customer)}:events",
         ]
         args: list[str | int | float] = [
+            customer,
+            settlement.period_id,
+            settlement.day,
             settlement.records,
             settlement.route,
             1 if settlement.listed else 0,
@@ -275,7 +304,37 @@ class RedisStore:
             MAX_UNLISTED_ROUTES,
             OTHER_ROUTE,
         ]
-        await self._script(SETTLE, keys, args)
+        await self._batcher.submit(_Op("S", keys, args))
+
+    async def flush(self, flush: Flush) -> None:
+        tag = self._tag(flush.customer)
+        keys = [
+            self._period_key(flush.customer, flush.period_id),
+            self._day_key(flush.customer, flush.day),
+            f"{tag}:events",
+            f"{tag}:keys",
+            f"{tag}:used",
+            *(f"{tag}:w:{quote(window.counter, safe='')}" for window, _, _ in flush.windows),
+        ]
+        args = self._common(flush.customer, flush.period_id, flush.day, flush.period_end)
+        args += [MAX_UNLISTED_ROUTES, OTHER_ROUTE, flush.consumed, flush.returned, len(flush.rows)]
+        for row in flush.rows:
+            args += [row.route, 1 if row.listed else 0, row.key_id, row.calls, row.records]
+        for _, slot, units in flush.windows:
+            args += [slot, units]
+        await self._batcher.submit(_Op("F", keys, args))
+
+    async def _run(self, ops: Sequence[_Op]) -> tuple[list[Any], float]:
+        """One METER call for ``ops`` (all of one hash slot on a cluster)."""
+        keys: list[str] = []
+        args: list[str | int | float] = [len(ops)]
+        for op in ops:
+            keys += op.keys
+            args += [op.code, len(op.keys), len(op.args), *op.args]
+        reply = await self._script(METER, keys, args)
+        sec, usec, *results = reply
+        # The script's `now`, computed the same way as in the script.
+        return results, int(sec) + int(usec) / 1_000_000
 
     async def usage(self, customer: str, period_id: str) -> Usage:
         with _translated():
@@ -289,6 +348,7 @@ class RedisStore:
             rejected=rejected,
             by_route=_counts(fields, "r"),
             by_key=_counts(fields, "k"),
+            replays=_int(fields.get("replays")),
         )
 
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]:
@@ -501,6 +561,7 @@ class RedisStore:
             await self._client().ping()
 
     async def aclose(self) -> None:
+        await self._batcher.drain()
         client, self._redis = self._redis, None
         if client is not None:
             with _translated():

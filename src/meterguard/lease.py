@@ -1,0 +1,283 @@
+"""The fast path (``consistency: fast``): local decisions from leased units, usage flushed each second.
+
+A process leases a small block of a customer's budget in the same atomic step that admits a
+request: the block is counted in every rate window at once and reserved against the calls
+quota, so the sum of every process's local decisions can never pass a limit. Requests then
+draw on the lease with no store round trip; their usage (and their records) is flushed to the
+store at least every second, and unused units go back when a lease expires, on idle and at
+shutdown.
+
+Lease sizes follow each customer's observed rate (about half a second of traffic, from 1 up to
+MAX_LEASE units) and the store grants at most an eighth of what is left, so near a limit leases
+shrink to nothing and every decision is made in the store again. Billed overage is never
+leased: past the included quota every request is decided in the store, so the spend cap is
+exact. What a process killed with SIGKILL loses is its usage not yet flushed: at most the units
+of the leases it held, and at most one flush interval of its traffic (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .errors import StoreError
+from .plans import Window
+from .store.base import AdmitRequest, Decision, Flush, Settlement, Store, UsageRow, WindowState
+
+log = logging.getLogger("meterguard.fast")
+
+FLUSH_INTERVAL_SECONDS = 0.5  # "at least every second", with room for a slow round trip
+LEASE_SECONDS = 1.0  # a lease lives at most this long, and never past the end of a window slot
+TARGET_LEASE_SECONDS = 0.5  # a lease should carry about this much of the customer's traffic
+FIRST_LEASE = 4
+MAX_LEASE = 256
+
+LeaseKey = tuple[str, str, tuple[Window, ...]]  # customer, period id, the windows the request touches
+PendingKey = tuple[str, str, int, str]  # customer, period id, period end, day
+
+
+@dataclass(slots=True)
+class Lease:
+    units: int  # left to hand out here
+    granted: int
+    started: float  # monotonic
+    expires: float  # monotonic
+    snapshot: Decision  # the store's decision that granted it
+    used: int = 0
+    period_end: int = 0
+    day: str = ""
+    flushed_mark: int = 0  # records this process had flushed when the lease was asked for
+
+
+@dataclass(slots=True)
+class _Pending:
+    rows: dict[tuple[str, bool, str], list[int]] = field(default_factory=dict)  # (route, listed, key) -> [c, r]
+    consumed: int = 0
+    returned: int = 0
+    windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
+
+    def empty(self) -> bool:
+        return not self.rows and not self.consumed and not self.returned and not self.windows
+
+    def merge(self, other: _Pending) -> None:
+        for row, (calls, records) in other.rows.items():
+            counts = self.rows.setdefault(row, [0, 0])
+            counts[0] += calls
+            counts[1] += records
+        self.consumed += other.consumed
+        self.returned += other.returned
+        for slot, units in other.windows.items():
+            self.windows[slot] = self.windows.get(slot, 0) + units
+
+
+class FastPath:
+    def __init__(self, store: Store, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._monotonic = monotonic
+        self._leases: dict[LeaseKey, Lease] = {}
+        self._sizes: dict[LeaseKey, int] = {}
+        self._leasing: set[LeaseKey] = set()
+        self._pending: dict[PendingKey, _Pending] = {}
+        # Records this process settled and flushed, per customer and period, so that a lease knows
+        # which of its own records its snapshot of the store cannot have seen yet.
+        self._settled: dict[tuple[str, str], int] = {}
+        self._flushed: dict[tuple[str, str], int] = {}
+        self._records_per_call: dict[tuple[str, str], float] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # admission -----------------------------------------------------------------------------------
+
+    async def admit(self, request: AdmitRequest) -> Decision:
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_forever())
+        key: LeaseKey = (request.customer, request.period_id, request.windows)
+        now = self._monotonic()
+        lease = self._leases.get(key)
+        if lease is not None:
+            if (
+                lease.units >= request.weight
+                and now < lease.expires
+                and request.idempotency_key is None
+                and self._records_left(request, lease)
+            ):
+                return self._take(lease, request, now)
+            self._retire(key, lease, now)
+        # One lease request per key at a time: a burst that finds no lease must not take one lease
+        # per request (each would hold units until it expires); the others are decided exactly.
+        wanted = 0
+        period = (request.customer, request.period_id)
+        flushed_mark = self._flushed.get(period, 0)
+        if request.idempotency_key is None and key not in self._leasing:
+            wanted = self._lease_size(key, request, lease)
+            if wanted:
+                self._leasing.add(key)
+        try:
+            decision = await self._store.admit(replace(request, lease=wanted))
+        finally:
+            if wanted:
+                self._leasing.discard(key)
+        if decision.granted > 0:
+            previous = self._leases.get(key)
+            if previous is not None:  # a concurrent request's lease: give its units back
+                self._retire(key, previous, self._monotonic())
+            now = self._monotonic()
+            slot_left = min((state.window.seconds - decision.now % state.window.seconds
+                             for state in decision.windows), default=LEASE_SECONDS)  # fmt: skip
+            self._leases[key] = Lease(
+                units=decision.granted,
+                granted=decision.granted,
+                started=now,
+                expires=now + min(LEASE_SECONDS, slot_left),
+                snapshot=decision,
+                period_end=request.period_end,
+                day=request.day,
+                flushed_mark=flushed_mark,
+            )
+        return decision
+
+    def _lease_size(self, key: LeaseKey, request: AdmitRequest, last: Lease | None) -> int:
+        wanted = self._sizes.get(key, FIRST_LEASE)
+        records = request.records
+        if records.included is not None and not records.billed and last is not None:
+            # Records are known only after the response: lease no more calls than an eighth of the
+            # records left could pay for at this customer's records per call, so that near the
+            # records quota every request is decided in the store again.
+            left = records.included - self._records_known(request, last)
+            per_call = self._records_per_call.get((request.customer, request.period_id), 1.0)
+            wanted = min(wanted, max(0, math.floor(left / 8 / max(per_call, 1e-9))))
+        return wanted
+
+    def _records_known(self, request: AdmitRequest, lease: Lease) -> int:
+        period = (request.customer, request.period_id)
+        return lease.snapshot.records_used + self._settled.get(period, 0) - lease.flushed_mark
+
+    def _records_left(self, request: AdmitRequest, lease: Lease) -> bool:
+        records = request.records
+        if records.included is None or records.billed:
+            return True
+        return self._records_known(request, lease) < records.included
+
+    def _take(self, lease: Lease, request: AdmitRequest, now: float) -> Decision:
+        lease.units -= request.weight
+        lease.used += request.weight
+        pending = self._pending_for(request.customer, request.period_id, request.period_end, request.day)
+        counts = pending.rows.setdefault((request.route, request.listed, request.key_id), [0, 0])
+        counts[0] += request.weight
+        pending.consumed += request.weight
+        snapshot = lease.snapshot
+        age = now - lease.started
+        return Decision(
+            admitted=True,
+            reason=None,
+            violated=(),
+            retry_after=0.0,
+            # The leased units still here are this customer's to use: the store counted them already.
+            windows=tuple(
+                WindowState(state.window, state.remaining + lease.units, max(state.reset_after - age, 0.0))
+                for state in snapshot.windows
+            ),
+            calls_used=snapshot.calls_used + lease.used,
+            records_used=self._records_known(request, lease),
+            spend_cents=snapshot.spend_cents,
+            now=snapshot.now + age,
+            slots=snapshot.slots,
+        )
+
+    def _retire(self, key: LeaseKey, lease: Lease, now: float) -> None:
+        """End a lease: size the next one from its rate, and give its unused units back."""
+        if self._leases.get(key) is lease:
+            del self._leases[key]
+        age = max(now - lease.started, 1e-3)
+        rate = lease.used / age
+        self._sizes[key] = max(1, min(MAX_LEASE, math.ceil(rate * TARGET_LEASE_SECONDS)))
+        if lease.units > 0:
+            pending = self._pending_for(key[0], key[1], lease.period_end, lease.day)
+            pending.returned += lease.units
+            for state, slot in zip(lease.snapshot.windows, lease.snapshot.slots, strict=False):
+                pending.windows[(state.window, slot)] = pending.windows.get((state.window, slot), 0) + lease.units
+            lease.units = 0
+
+    # settlement and flushing -----------------------------------------------------------------------
+
+    def settle(self, settlement: Settlement) -> None:
+        """Records of a response, counted locally and flushed with the next batch."""
+        if settlement.records <= 0:
+            return
+        pending = self._pending_for(settlement.customer, settlement.period_id, settlement.period_end, settlement.day)
+        counts = pending.rows.setdefault((settlement.route, settlement.listed, settlement.key_id), [0, 0])
+        counts[1] += settlement.records
+        period = (settlement.customer, settlement.period_id)
+        self._settled[period] = self._settled.get(period, 0) + settlement.records
+        average = self._records_per_call.get(period)
+        self._records_per_call[period] = (
+            settlement.records if average is None else 0.8 * average + 0.2 * settlement.records
+        )
+
+    def _pending_for(self, customer: str, period_id: str, period_end: int, day: str) -> _Pending:
+        key = (customer, period_id, period_end, day)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending()
+        return pending
+
+    async def flush(self) -> None:
+        """Send every pending usage and returned lease to the store; keep what fails for next time."""
+        now = self._monotonic()
+        for lease_key, lease in list(self._leases.items()):
+            if now >= lease.expires:
+                self._retire(lease_key, lease, now)
+        batch, self._pending = self._pending, {}
+        sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
+        results = await asyncio.gather(
+            *(self._store.flush(_as_flush(key, pending)) for key, pending in sent), return_exceptions=True
+        )
+        for (key, pending), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                # Billed usage is never dropped: keep it and send it again with the next flush.
+                log.warning("fast path: could not flush usage of %s (kept for the next flush): %s", key[0], result)
+                self._pending_for(*key).merge(pending)
+            else:
+                period = (key[0], key[1])
+                self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+            try:
+                await self.flush()
+            except StoreError as exc:  # pragma: no cover - flush() keeps failures itself
+                log.warning("fast path: flush failed: %s", exc)
+
+    async def aclose(self) -> None:
+        """Give every lease back and flush everything (at shutdown)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        now = self._monotonic()
+        for key, lease in list(self._leases.items()):
+            self._retire(key, lease, now)
+        await self.flush()
+        if self._pending:
+            log.error("fast path: usage could not be flushed at shutdown: %s", sorted(k[0] for k in self._pending))
+
+
+def _as_flush(key: PendingKey, pending: _Pending) -> Flush:
+    customer, period_id, period_end, day = key
+    return Flush(
+        customer=customer,
+        period_id=period_id,
+        period_end=period_end,
+        day=day,
+        rows=tuple(
+            UsageRow(route, listed, key_id, calls, records)
+            for (route, listed, key_id), (calls, records) in pending.rows.items()
+        ),
+        consumed=pending.consumed,
+        returned=pending.returned,
+        windows=tuple((window, slot, units) for (window, slot), units in pending.windows.items()),
+    )

@@ -1,0 +1,381 @@
+-- Every metering write of meterguard, batched: one call carries many operations, each atomic.
+--
+-- A gateway process collects the admissions, settlements and flushes of one event-loop tick and
+-- sends them here in one EVALSHA (on a cluster: one call per hash slot). Each operation touches
+-- the keys of one customer only, under the customer's hash tag. The arithmetic is that of
+-- windows.py, billing.py and store/memory.py, which are the reference.
+--
+-- ARGV[1] = number of operations; then, per operation: code, number of keys, number of args,
+-- args. KEYS hold each operation's keys in order. Codes:
+--   A  admit one request (optionally leasing extra units for the fast path, optionally idempotent)
+--   S  settle the records of one response
+--   F  flush a fast-path process's local usage and give back unused leased units
+-- Returns {sec, usec, reply of op 1, reply of op 2, ...}; a failed op's reply is {'err', message}
+-- and does not stop the others. Usage of every op lands, aggregated per customer, period and day,
+-- as one event in the customer's stream, in the same atomic step as the counters.
+-- Floats travel as strings ("%.17g" round-trips a double); Lua numbers become integers in replies.
+
+local time = redis.call('TIME')
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local now = sec + usec / 1000000
+
+local function f(x) return string.format('%.17g', x) end
+local function int(x) return string.format('%.0f', x) end
+local function slot_name(index) return string.format('%.0f', index) end
+
+-- windows.estimate
+local function estimate(sliding, previous, current, elapsed, seconds)
+  if not sliding then return current end
+  return previous * (seconds - elapsed) / seconds + current
+end
+
+-- windows.wait
+local function wait(sliding, previous, current, elapsed, seconds, limit, w)
+  local to_next_slot = seconds - elapsed
+  if w > limit then return seconds end
+  if not sliding then return to_next_slot end
+  if current + w <= limit and previous > 0 then
+    local needed_elapsed = seconds - (limit - w - current) * seconds / previous
+    return math.max(needed_elapsed - elapsed, 0.001)
+  end
+  local needed_elapsed = 0.0
+  if current > 0 then needed_elapsed = seconds * (1 - (limit - w) / current) end
+  return to_next_slot + math.max(needed_elapsed, 0.0)
+end
+
+-- windows.reset_after: when a full window next has room for one unit, else its slot end
+local function reset_after(sliding, previous, current, elapsed, seconds, limit)
+  if estimate(sliding, previous, current, elapsed, seconds) + 1 > limit then
+    return wait(sliding, previous, current, elapsed, seconds, limit, 1)
+  end
+  return seconds - elapsed
+end
+
+-- Exact floor((2*a*b + d) / (2*d)) for non-negative integers a, b < 2^52 and d < 2^51: doubles
+-- hold integers exactly only up to 2^53, and 26e9 records at $5/1000 already overflow that.
+local B = 16777216 -- 2^24
+local function limbs(x)
+  local out = {}
+  for i = 1, 3 do
+    local low = x % B
+    out[i] = low
+    x = (x - low) / B
+  end
+  return out
+end
+local function half_up_div(a, b, d)
+  local n = 2 * a * b + d
+  local den = 2 * d
+  if 2 * a * b < 4503599627370496 and d < 4503599627370496 then -- 2^52: every term exact
+    local q = math.floor(n / den)
+    local r = n - q * den
+    if r < 0 then q = q - 1 elseif r >= den then q = q + 1 end
+    return q
+  end
+  local x, y, z = limbs(2 * a), limbs(b), limbs(d)
+  local c = {0, 0, 0, 0, 0, 0, 0}
+  for i = 1, 3 do
+    for j = 1, 3 do c[i + j - 1] = c[i + j - 1] + x[i] * y[j] end
+  end
+  for i = 1, 3 do c[i] = c[i] + z[i] end
+  local carry = 0
+  for i = 1, 7 do
+    local v = c[i] + carry
+    c[i] = v % B
+    carry = (v - c[i]) / B
+  end
+  local q, r = 0, 0
+  for i = 7, 1, -1 do
+    local limb = c[i]
+    for bit = 23, 0, -1 do
+      local p = 2 ^ bit
+      local b1 = math.floor(limb / p) % 2
+      r = 2 * r + b1
+      q = 2 * q
+      if r >= den then r = r - den; q = q + 1 end
+    end
+  end
+  return q
+end
+
+-- billing.line_cents / billing.over
+local function line_cents(used, included, unit, price)
+  if included < 0 or unit <= 0 then return 0 end
+  local over = used - included
+  if over <= 0 then return 0 end
+  return half_up_div(over, price, unit * 10000)
+end
+
+-- memory._route_label: unmatched "METHOD /path" labels are bounded per hash (period or day)
+local function label(hash, route, listed, max_unlisted, other)
+  if listed or redis.call('HEXISTS', hash, 'u:' .. route) == 1 then return route end
+  local n = tonumber(redis.call('HGET', hash, 'un') or '0')
+  if n >= max_unlisted then return other end
+  redis.call('HSET', hash, 'u:' .. route, '1')
+  redis.call('HINCRBY', hash, 'un', 1)
+  return route
+end
+
+-- Usage events, aggregated per (stream, period, day) over the whole batch and written at the end.
+local events, event_order = {}, {}
+local function event(stream, customer, period_id, day, ttl)
+  local id = stream .. '\n' .. period_id .. '\n' .. day
+  local e = events[id]
+  if e == nil then
+    e = {stream = stream, customer = customer, period = period_id, day = day, ttl = ttl,
+         calls = 0, records = 0, replays = 0, routes = {}, keys = {}, n = 0}
+    events[id] = e
+    event_order[#event_order + 1] = id
+  end
+  return e
+end
+local function add_usage(e, route, key_id, calls, records)
+  e.calls = e.calls + calls
+  e.records = e.records + records
+  local r = e.routes[route] or {0, 0}
+  r[1], r[2] = r[1] + calls, r[2] + records
+  e.routes[route] = r
+  local k = e.keys[key_id] or {0, 0}
+  k[1], k[2] = k[1] + calls, k[2] + records
+  e.keys[key_id] = k
+  e.n = e.n + 1
+end
+
+-- Count usage in the period and day hashes (and the event), returning the period's route label.
+local function count(period, day, route, listed, key_id, calls, records, max_unlisted, other)
+  local route_label
+  for i, hash in ipairs({period, day}) do
+    local name = label(hash, route, listed, max_unlisted, other)
+    if i == 1 then route_label = name end
+    if calls ~= 0 then
+      redis.call('HINCRBY', hash, 'calls', calls)
+      redis.call('HINCRBY', hash, 'r:c:' .. name, calls)
+      redis.call('HINCRBY', hash, 'k:c:' .. key_id, calls)
+    end
+    if records ~= 0 then
+      redis.call('HINCRBY', hash, 'records', records)
+      redis.call('HINCRBY', hash, 'r:r:' .. name, records)
+      redis.call('HINCRBY', hash, 'k:r:' .. key_id, records)
+    end
+  end
+  return route_label
+end
+
+local function expire_counters(period, day, period_end, audit, day_ttl)
+  -- never an expiry in the past, even for a period id that ended long ago (a replayed record)
+  redis.call('EXPIREAT', period, math.max(period_end + audit, sec + day_ttl))
+  redis.call('EXPIRE', day, day_ttl)
+end
+
+-- A: KEYS period, day, key index, last-used, events, idempotency (or the events key again when
+--    none), one hash per window.
+--    ARGV customer, period id, day, weight, sliding, route, listed, key_id, period end, audit,
+--    day ttl, max unlisted, other, window slack, calls included (-1 none), calls unit, calls
+--    price, records included, records unit, records price, cap (-1 none), lease wanted,
+--    idempotent (1/0), idempotency ttl, then limit, seconds per window.
+-- Reply {admitted, reason, {violated window indexes}, calls_violated, records_violated,
+--        retry_after, {remaining}, {reset_after}, calls_used, records_used, spend, granted,
+--        replay, {slot index per window}}
+local function admit(k, a)
+  local period, day, key_index, used_hash, stream, idem = k[1], k[2], k[3], k[4], k[5], k[6]
+  local customer, period_id, day_id = a[1], a[2], a[3]
+  local weight, sliding = tonumber(a[4]), a[5] == '1'
+  local route, listed, key_id = a[6], a[7] == '1', a[8]
+  local period_end, audit, day_ttl = tonumber(a[9]), tonumber(a[10]), tonumber(a[11])
+  local max_unlisted, other, slack = tonumber(a[12]), a[13], tonumber(a[14])
+  local calls_included, calls_unit, calls_price = tonumber(a[15]), tonumber(a[16]), tonumber(a[17])
+  local records_included, records_unit, records_price = tonumber(a[18]), tonumber(a[19]), tonumber(a[20])
+  local cap, lease_wanted = tonumber(a[21]), tonumber(a[22])
+  local idempotent, idem_ttl = a[23] == '1', tonumber(a[24])
+  local first_window = 25
+  local nwindows = #k - 6
+
+  -- An idempotent retry already billed once is served again unbilled: it still passes (and
+  -- fills) the rate windows, which protect the service, but touches no quota or charge.
+  local replay = idempotent and redis.call('EXISTS', idem) == 1
+
+  local remaining, resets, violated, slots, state = {}, {}, {}, {}, {}
+  local retry_after = 0.0
+  local room = math.huge -- units every window could still take after this request
+  for i = 1, nwindows do
+    local limit = tonumber(a[first_window + 2 * (i - 1)])
+    local seconds = tonumber(a[first_window + 2 * (i - 1) + 1])
+    local index = math.floor(now / seconds)
+    local elapsed = now - index * seconds
+    local counts = redis.call('HMGET', k[6 + i], slot_name(index - 1), slot_name(index))
+    local previous, current = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
+    local used = estimate(sliding, previous, current, elapsed, seconds)
+    if used + weight > limit then
+      violated[#violated + 1] = i
+      retry_after = math.max(retry_after, wait(sliding, previous, current, elapsed, seconds, limit, weight))
+    else
+      room = math.min(room, math.floor(limit - used - weight + 1e-9))
+    end
+    state[i] = {index, previous, current, elapsed, seconds, limit}
+    slots[i] = index
+  end
+
+  local calls_used = tonumber(redis.call('HGET', period, 'calls') or '0')
+  local reserved = tonumber(redis.call('HGET', period, 'rs') or '0')
+  local records_used = tonumber(redis.call('HGET', period, 'records') or '0')
+  -- Units leased to fast-path processes count as used until they are flushed or given back.
+  local committed = calls_used + reserved
+  local spend = line_cents(committed, calls_included, calls_unit, calls_price)
+    + line_cents(records_used, records_included, records_unit, records_price)
+
+  local reason = ''
+  local calls_violated, records_violated = 0, 0
+  if #violated > 0 then
+    reason = 'rate_limited'
+  elseif not replay then
+    if calls_included >= 0 and calls_unit <= 0 and committed + weight > calls_included then calls_violated = 1 end
+    if records_included >= 0 and records_unit <= 0 and records_used >= records_included then records_violated = 1 end
+    if calls_violated == 1 or records_violated == 1 then
+      reason = 'quota'
+      retry_after = period_end - now
+    elseif cap >= 0 and spend >= cap then
+      reason = 'spend_cap'
+      retry_after = period_end - now
+    end
+  end
+
+  -- The lease: extra units reserved in every window and against the calls quota, so that no
+  -- process can ever admit past a limit. Near a limit it shrinks to nothing: a process may take
+  -- only an eighth of what is left. Billed overage is never leased (the spend cap is exact).
+  local granted = 0
+  if reason == '' and not replay and lease_wanted > 0 then
+    local left = room
+    if calls_included >= 0 then
+      left = math.min(left, calls_included - committed - weight)
+    end
+    if records_included >= 0 and records_unit <= 0 and records_used >= records_included then left = 0 end
+    if left ~= math.huge then left = math.floor(left / 8) end
+    granted = math.max(0, math.min(lease_wanted, left))
+  end
+
+  for i = 1, nwindows do
+    local s = state[i]
+    local after = s[3]
+    if reason == '' then after = after + weight + granted end
+    remaining[i] = math.max(0, math.floor(s[6] - estimate(sliding, s[2], after, s[4], s[5]) + 1e-9))
+    resets[i] = f(reset_after(sliding, s[2], after, s[4], s[5], s[6]))
+  end
+
+  local function reply(admitted)
+    return {admitted, reason, violated, calls_violated, records_violated, f(retry_after), remaining, resets,
+            int(calls_used), int(records_used), int(spend), granted, replay and 1 or 0, slots}
+  end
+
+  if reason ~= '' then
+    redis.call('HINCRBY', period, 'x:' .. reason, 1)
+    expire_counters(period, day, period_end, audit, day_ttl)
+    return reply(0)
+  end
+
+  for i = 1, nwindows do
+    local s = state[i]
+    local key = k[6 + i]
+    redis.call('HINCRBY', key, slot_name(s[1]), weight + granted)
+    if s[3] == 0 then
+      -- a new slot: drop the ones the sliding estimate no longer reads
+      for _, field in ipairs(redis.call('HKEYS', key)) do
+        if tonumber(field) < s[1] - 1 then redis.call('HDEL', key, field) end
+      end
+    end
+    redis.call('EXPIRE', key, 2 * s[5] + slack)
+  end
+
+  local e = event(stream, customer, period_id, day_id, audit)
+  if replay then
+    redis.call('HINCRBY', period, 'replays', 1)
+    redis.call('HINCRBY', day, 'replays', 1)
+    e.replays = e.replays + 1
+    e.n = e.n + 1
+  else
+    local route_label = count(period, day, route, listed, key_id, weight, 0, max_unlisted, other)
+    add_usage(e, route_label, key_id, weight, 0)
+    calls_used = calls_used + weight
+    if idempotent then redis.call('SET', idem, '1', 'EX', idem_ttl) end
+  end
+  if granted > 0 then redis.call('HINCRBY', period, 'rs', granted) end
+  expire_counters(period, day, period_end, audit, day_ttl)
+  if redis.call('HEXISTS', key_index, key_id) == 1 then
+    redis.call('HSET', used_hash, key_id, f(now))
+  end
+  return reply(1)
+end
+
+-- S: KEYS period, day, events.
+--    ARGV customer, period id, day, records, route, listed, key_id, period end, audit, day ttl,
+--    max unlisted, other.
+local function settle(k, a)
+  local period, day, stream = k[1], k[2], k[3]
+  local records = tonumber(a[4])
+  local route_label = count(period, day, a[5], a[6] == '1', a[7], 0, records, tonumber(a[11]), a[12])
+  expire_counters(period, day, tonumber(a[8]), tonumber(a[9]), tonumber(a[10]))
+  add_usage(event(stream, a[1], a[2], a[3], tonumber(a[9])), route_label, a[7], 0, records)
+  return 1
+end
+
+-- F: KEYS period, day, events, key index, last-used, then one hash per window being given back.
+--    ARGV customer, period id, day, period end, audit, day ttl, max unlisted, other,
+--    consumed (leased units used: reserved -> calls), returned (leased units unused),
+--    number of usage rows, then per row: route, listed, key_id, calls, records;
+--    then per window hash: slot index, units to give back.
+local function flush(k, a)
+  local period, day, stream, key_index, used_hash = k[1], k[2], k[3], k[4], k[5]
+  local customer, period_id, day_id = a[1], a[2], a[3]
+  local period_end, audit, day_ttl = tonumber(a[4]), tonumber(a[5]), tonumber(a[6])
+  local max_unlisted, other = tonumber(a[7]), a[8]
+  local consumed, returned = tonumber(a[9]), tonumber(a[10])
+  local rows = tonumber(a[11])
+  local e = event(stream, customer, period_id, day_id, audit)
+  local i = 12
+  for _ = 1, rows do
+    local key_id, calls, records = a[i + 2], tonumber(a[i + 3]), tonumber(a[i + 4])
+    local route_label = count(period, day, a[i], a[i + 1] == '1', key_id, calls, records, max_unlisted, other)
+    add_usage(e, route_label, key_id, calls, records)
+    if calls > 0 and redis.call('HEXISTS', key_index, key_id) == 1 then
+      redis.call('HSET', used_hash, key_id, f(now))
+    end
+    i = i + 5
+  end
+  if consumed + returned > 0 then
+    local left = redis.call('HINCRBY', period, 'rs', -(consumed + returned))
+    if left < 0 then redis.call('HSET', period, 'rs', 0) end
+  end
+  for w = 6, #k do
+    local slot, units = a[i], tonumber(a[i + 1])
+    if units > 0 and redis.call('HEXISTS', k[w], slot) == 1 then
+      local left = redis.call('HINCRBY', k[w], slot, -units)
+      if left < 0 then redis.call('HSET', k[w], slot, 0) end
+    end
+    i = i + 2
+  end
+  expire_counters(period, day, period_end, audit, day_ttl)
+  return 1
+end
+
+local handlers = {A = admit, S = settle, F = flush}
+local out = {time[1], time[2]}
+local ki, ai = 1, 2
+for op = 1, tonumber(ARGV[1]) do
+  local code, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[ki + j - 1] end
+  for j = 1, na do a[j] = ARGV[ai + 2 + j] end
+  ki, ai = ki + nk, ai + 3 + na
+  local ok, result = pcall(handlers[code], k, a)
+  if ok then out[#out + 1] = result else out[#out + 1] = {'err', tostring(result)} end
+end
+
+for _, id in ipairs(event_order) do
+  local e = events[id]
+  if e.n > 0 then
+    redis.call('XADD', e.stream, '*', 'v', '1', 'type', 'usage', 'customer', e.customer, 'period', e.period,
+               'day', e.day, 'ts', f(now), 'calls', int(e.calls), 'records', int(e.records),
+               'replays', int(e.replays), 'routes', cjson.encode(e.routes), 'keys', cjson.encode(e.keys))
+    redis.call('EXPIRE', e.stream, e.ttl)
+  end
+end
+return out

@@ -1,0 +1,111 @@
+"""Store semantics behind the fast path (leases, flushes) and idempotent replays, on every store.
+
+The memory store decides in-process and never leases (``granted`` is always 0); Redis and
+Redis Cluster grant leases. Replays behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from meterguard.plans import Window
+from meterguard.store.base import Flush, Meter, Store, UsageRow
+
+from .test_store_behaviour import PERIOD, TODAY, period_end, request
+
+HOUR = Window("1h", 1000, 3600)
+
+
+@pytest.fixture
+def leasing(store: Store) -> bool:
+    return store.url.startswith("redis")
+
+
+async def test_a_lease_is_counted_in_every_window_and_reserved_against_the_quota(store: Store, leasing: bool) -> None:
+    first = await store.admit(replace(request("acme", windows=(HOUR,), calls=Meter(100)), lease=50))
+    assert first.admitted
+    if not leasing:
+        assert first.granted == 0
+        return
+    # An eighth of what is left after this request: (100 - 1) // 8 = 12.
+    assert first.granted == 12
+    assert first.windows[0].remaining == 1000 - 1 - 12
+    assert first.calls_used == 1  # reserved units are not usage
+    usage = await store.usage("acme", PERIOD)
+    assert usage.calls == 1
+    # The reservation counts against the quota for everybody else.
+    exact = [await store.admit(request("acme", calls=Meter(100))) for _ in range(90)]
+    assert sum(decision.admitted for decision in exact) == 100 - 1 - 12
+
+
+async def test_near_the_limit_a_lease_shrinks_to_nothing(store: Store, leasing: bool) -> None:
+    decisions = [await store.admit(replace(request("acme", calls=Meter(20)), lease=50)) for _ in range(20)]
+    admitted = sum(decision.admitted for decision in decisions)
+    granted = sum(decision.granted for decision in decisions)
+    assert admitted + granted <= 20  # never a unit past the quota, leased or not
+    assert decisions[-1].granted == 0
+    if leasing:
+        assert granted > 0
+
+
+async def test_flush_turns_used_lease_units_into_usage_and_gives_the_rest_back(store: Store, leasing: bool) -> None:
+    if not leasing:
+        pytest.skip("the memory store never leases")  # its flush is covered below
+    first = await store.admit(replace(request("acme", windows=(HOUR,), calls=Meter(100)), lease=8))
+    assert first.granted == 8
+    await store.flush(
+        Flush("acme", PERIOD, period_end(), TODAY,
+              rows=(UsageRow("GET /v1/posts/search", True, "key1", 5, 40),), consumed=5, returned=3,
+              windows=((HOUR, first.slots[0], 3),))
+    )  # fmt: skip
+    usage = await store.usage("acme", PERIOD)
+    assert (usage.calls, usage.records) == (6, 40)
+    assert usage.by_key["key1"] == type(usage.by_key["key1"])(6, 40)
+    # Nothing is reserved any more: 94 calls are left, and the window got its 3 units back.
+    after = await store.admit(request("acme", windows=(HOUR,), calls=Meter(100)))
+    assert after.windows[0].remaining == 1000 - 6 - 1
+    decisions = [await store.admit(request("acme", calls=Meter(100))) for _ in range(100)]
+    assert sum(decision.admitted for decision in decisions) == 100 - 7
+
+
+async def test_flush_of_usage_alone(store: Store) -> None:
+    await store.flush(
+        Flush("acme", PERIOD, period_end(), TODAY,
+              rows=(UsageRow("GET /a", True, "key1", 2, 7), UsageRow("GET /b", False, "key2", 1, 0)),
+              consumed=0, returned=0)
+    )  # fmt: skip
+    usage = await store.usage("acme", PERIOD)
+    assert (usage.calls, usage.records) == (3, 7)
+    assert set(usage.by_route) == {"GET /a", "GET /b"}
+    day = (await store.daily("acme", [TODAY]))[0]
+    assert (day.calls, day.records) == (3, 7)
+
+
+async def test_an_idempotent_retry_is_served_unbilled_but_still_rate_limited(store: Store) -> None:
+    window = Window("1h", 3, 3600)
+    first = await store.admit(replace(request("acme", windows=(window,), calls=Meter(2)), idempotency_key="order-1"))
+    assert first.admitted and not first.replay
+    retry = await store.admit(replace(request("acme", windows=(window,), calls=Meter(2)), idempotency_key="order-1"))
+    assert retry.admitted and retry.replay
+    usage = await store.usage("acme", PERIOD)
+    assert (usage.calls, usage.replays) == (1, 1)
+    # The window protects the service, replays included: the third unit is the last.
+    assert (await store.admit(request("acme", windows=(window,), calls=Meter(2)))).admitted
+    refused = await store.admit(replace(request("acme", windows=(window,), calls=Meter(2)), idempotency_key="order-1"))
+    assert not refused.admitted and refused.reason == "rate_limited"
+
+
+async def test_an_idempotency_key_of_a_refused_request_is_not_remembered(store: Store) -> None:
+    refused = await store.admit(replace(request("acme", calls=Meter(0)), idempotency_key="k"))
+    assert not refused.admitted
+    again = await store.admit(replace(request("acme", calls=Meter(1)), idempotency_key="k"))
+    assert again.admitted and not again.replay  # billed: the first attempt never was
+    assert (await store.usage("acme", PERIOD)).calls == 1
+
+
+async def test_idempotency_keys_are_per_customer(store: Store) -> None:
+    await store.admit(replace(request("acme"), idempotency_key="same"))
+    other = await store.admit(replace(request("globex"), idempotency_key="same"))
+    assert not other.replay
