@@ -377,7 +377,17 @@ def test_statement_formats(
     document = json.loads(run(runner, "statement", acme, "--format", "json", *opts).stdout)
     assert document["base"] == "5000.00"
     assert document["lines"] == [
-        {"meter": "calls", "included": 2, "used": 5, "units": 3, "unit": 1, "price": "1.00", "amount": "3.00"}
+        {
+            "meter": "calls",
+            "tier": 1,
+            "up_to": None,
+            "included": 2,
+            "used": 5,
+            "units": 3,
+            "unit": 1,
+            "price": "1.00",
+            "amount": "3.00",
+        }
     ]
     assert document["total"] == "5003.00" and document["currency"] == "USD"
     usage = json.loads(run(runner, "usage", acme, "--json", *state(backend, plans_file)).stdout)

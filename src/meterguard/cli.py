@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from . import export as export_module
 from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target
 from ._types import ASGIApp
 from .admin._documents import (
@@ -31,8 +33,9 @@ from .admin._documents import (
     key_json,
     plan_json,
 )
+from .billing import parse_amount
 from .config import Config, load_config
-from .customers import Directory
+from .customers import KEEP, Directory, Keep
 from .errors import (
     ConfigError,
     CustomerExists,
@@ -174,6 +177,17 @@ def _windows(windows: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{w['limit']}/{w['name']}" for w in windows) or "none"
 
 
+def _describe_price(meter: str, price: dict[str, Any], currency: str) -> str:
+    if "tiers" not in price:
+        return f"{meter} {price['price']} {currency} per {price['unit']:,}"
+    tiers, start = [], 0
+    for tier in price["tiers"]:
+        end = "" if tier["up_to"] is None else f"{tier['up_to']:,}"
+        tiers.append(f"{start:,}-{end}: {tier['price']}")
+        start = tier["up_to"] or 0
+    return f"{meter} per {price['unit']:,} over, graduated ({'; '.join(tiers)} {currency})"
+
+
 def _describe_plan(name: str, plan: dict[str, Any], currency: str) -> list[str]:
     quotas = plan["quotas"]
     quota_text = ", ".join(
@@ -184,11 +198,7 @@ def _describe_plan(name: str, plan: dict[str, Any], currency: str) -> list[str]:
     if overage == "block":
         overage_text = "block (refused past the quota)"
     else:
-        parts = [
-            f"{meter} {overage[meter]['price']} {currency} per {overage[meter]['unit']:,}"
-            for meter in ("calls", "records")
-            if overage[meter] is not None
-        ]
+        parts = [_describe_price(meter, overage[meter], currency) for meter in ("calls", "records") if overage[meter]]
         if overage["spend_cap"] is not None:
             parts.append(f"spend cap {overage['spend_cap']} {currency}")
         overage_text = "billed: " + ", ".join(parts)
@@ -284,18 +294,38 @@ def customers_list(as_json: bool, config_path: str, store_url: str | None) -> No
 @click.argument("customer_id", metavar="ID")
 @click.option("--plan", help="Move the customer to this plan.")
 @click.option("--status", type=click.Choice(["active", "suspended"]), help="Suspend or reactivate.")
+@click.option(
+    "--spend-cap",
+    metavar="AMOUNT|none",
+    help="This customer's overage spend cap per period, e.g. 1000.00; 'none' goes back to the plan's.",
+)
 @_state_options
 def customers_set(
-    customer_id: str, plan: str | None, status: str | None, config_path: str, store_url: str | None
+    customer_id: str,
+    plan: str | None,
+    status: str | None,
+    spend_cap: str | None,
+    config_path: str,
+    store_url: str | None,
 ) -> None:
-    """Change a customer's plan or status (gateways apply it within a second)."""
-    if plan is None and status is None:
-        raise click.UsageError("give --plan, --status or both")
+    """Change a customer's plan, status or spend cap (gateways apply it within a second)."""
+    if plan is None and status is None and spend_cap is None:
+        raise click.UsageError("give --plan, --status, --spend-cap or several")
+    cap: Decimal | None | Keep = KEEP
+    if spend_cap is not None:
+        if spend_cap.strip().lower() == "none":
+            cap = None
+        else:
+            try:
+                cap = parse_amount(spend_cap)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--spend-cap") from None
     with _errors():
         state = State(config_path, store_url)
         new_status = cast("CustomerStatus | None", status)  # click.Choice allows only the two
-        record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status))
-    click.echo(f"customer {record.id}: plan {record.plan}, {record.status}")
+        record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status, spend_cap=cap))
+    own_cap = f", spend cap {record.spend_cap}" if record.spend_cap is not None else ""
+    click.echo(f"customer {record.id}: plan {record.plan}, {record.status}{own_cap}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,12 +477,19 @@ def usage(customer: str, period: str | None, as_json: bool, config_path: str, st
     click.echo(json.dumps(document, indent=2) if as_json else _format_usage(document))
 
 
+def _tier_label(line: dict[str, Any], prefix: str) -> str:
+    # A flat price is one open-ended tier: no label, so flat statements read as they always have.
+    if line["tier"] == 1 and line["up_to"] is None:
+        return ""
+    return f"{prefix}{line['tier']}"
+
+
 def _statement_rows(doc: dict[str, Any]) -> list[list[str]]:
     rows = [[f"base price (plan {doc['plan']})", "", "", "", "", "", doc["base"]]]
     for line in doc["lines"]:
         rows.append(
             [
-                f"{line['meter']} overage",
+                f"{line['meter']} overage{_tier_label(line, ', tier ')}",
                 _num(line["included"]),
                 f"{line['used']:,}",
                 f"{line['units']:,}",
@@ -493,7 +530,7 @@ def _statement_csv(doc: dict[str, Any]) -> str:
         writer.writerow(
             [
                 *prefix,
-                f"overage:{line['meter']}",
+                f"overage:{line['meter']}{_tier_label(line, ':tier-')}",
                 "" if line["included"] is None else line["included"],
                 line["used"],
                 line["units"],
@@ -522,6 +559,57 @@ def statement(customer: str, period: str, fmt: str, config_path: str, store_url:
         click.echo(_statement_csv(document))
     else:
         click.echo(_statement_md(document))
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--since", metavar="YYYY-MM-DD|RFC3339", help="Only events at or after this time (older: skipped).")
+@click.option("--format", "fmt", type=click.Choice(list(export_module.FORMATS)), default="jsonl", show_default=True)
+@click.option(
+    "--output", "-o", metavar="FILE", help="Append to FILE, skipping events it already holds (default stdout)."
+)
+@click.option("--customer", "customer_ids", multiple=True, metavar="ID", help="Only this customer (repeatable).")
+@_state_options
+def export(
+    since: str | None,
+    fmt: str,
+    output: str | None,
+    customer_ids: tuple[str, ...],
+    config_path: str,
+    store_url: str | None,
+) -> None:
+    """Usage and billing events, each exactly once per output file (jsonl, csv or Stripe meter events)."""
+    since_ts = None
+    if since is not None:
+        try:
+            since_ts = export_module.parse_since(since)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    chosen = cast("export_module.Format", fmt)  # click.Choice allows only FORMATS
+    with _errors():
+        state = State(config_path, store_url)
+
+        async def work(s: State) -> export_module.ExportResult:
+            ids = list(customer_ids) or [record.id for record in await s.directory.all()]
+            try:
+                sink = export_module.open_sink(output, chosen)
+            except OSError as exc:
+                raise MeterGuardError(f"cannot open {output}: {exc.strerror}") from None
+            try:
+                return await export_module.export_events(s.store, ids, sink, since=since_ts)
+            finally:
+                sink.close()
+
+        result = state.run(work)
+    click.echo(
+        f"exported {result.written} events from {result.customers} customers"
+        f" ({result.duplicates} already in the output, {result.before_since} before --since)",
+        err=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,18 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, ConfigIssue
-from .plans import MeterPrice, Overage, Plan, Quotas, Route, RouteTable, Window, parse_match, window_name
+from .plans import (
+    MeterPrice,
+    Overage,
+    Plan,
+    Quotas,
+    Route,
+    RouteTable,
+    Tier,
+    Window,
+    parse_match,
+    window_name,
+)
 
 MAX_FILE_BYTES = 1024 * 1024
 _HASHED_KEY = re.compile(r"sha256:[0-9a-f]{64}\Z")
@@ -55,6 +66,40 @@ class JWTSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Where alerts are POSTed. The URL and secret may come from the environment; the secret
+    is read only when a deliverer starts, so commands that send nothing do not need it."""
+
+    url: str | None
+    url_env: str | None
+    secret_env: str
+    timeout_seconds: float = 5.0
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> tuple[str, bytes]:
+        """``(url, secret)``; raises ConfigError naming the variable that is unset or invalid."""
+        env = os.environ if environ is None else environ
+        issues: list[ConfigIssue] = []
+        url = self.url
+        if url is None and self.url_env is not None:
+            url = env.get(self.url_env) or None
+            if url is None:
+                issues.append(
+                    ConfigIssue("webhooks", None, "url_env", f"environment variable {self.url_env} is not set")
+                )
+            elif not _WEBHOOK_URL.match(url):
+                issues.append(ConfigIssue("webhooks", None, "url_env", f"{self.url_env} is not an http(s) URL"))
+        secret = env.get(self.secret_env, "")
+        if not secret:
+            issues.append(
+                ConfigIssue("webhooks", None, "secret_env", f"environment variable {self.secret_env} is not set")
+            )
+        if issues:
+            raise ConfigError(issues)
+        assert url is not None
+        return url, secret.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     plans: Mapping[str, Plan]
     routes: RouteTable
@@ -72,6 +117,7 @@ class Config:
     records_max_body_bytes: int = 1024 * 1024
     consistency: Literal["exact", "fast"] = "exact"
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    webhooks: WebhookSettings | None = None
     source: str = "<config>"
 
 
@@ -160,6 +206,16 @@ class _Records(_Model):
     max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
 
 
+_WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*$")
+
+
+class _Webhooks(_Model):
+    url: str | None = Field(default=None, pattern=_WEBHOOK_URL.pattern)
+    url_env: str | None = None
+    secret_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+
 class _Route(_Model):
     match: str
     weight: int = Field(default=1, ge=1, le=1_000_000)
@@ -173,9 +229,15 @@ class _Route(_Model):
         return value
 
 
+class _Tier(_Model):
+    up_to: int | None = Field(ge=1)  # cumulative overage units; null on the last tier
+    price: Money
+
+
 class _MeterPrice(_Model):
     unit: int = Field(ge=1)
-    price: Money
+    price: Money | None = None  # flat: one price for every overage unit
+    tiers: list[_Tier] | None = Field(default=None, min_length=1)  # graduated, Stripe-style
 
 
 class _Overage(_Model):
@@ -269,6 +331,7 @@ class _File(_Model):
     records: _Records = _Records()
     consistency: Literal["exact", "fast"] = "exact"
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    webhooks: _Webhooks | None = None
     routes: list[_Route] = []
     plans: dict[str, _Plan] = Field(min_length=1)
     customers: dict[str, _Customer] = {}
@@ -462,8 +525,8 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str, issues: list[Con
                 if getattr(terms, meter) is not None and getattr(raw_plan.quotas, meter) is None:
                     problem(("plans", name, "overage", meter), f"overage priced but quotas.{meter} is not set")
             overage = Overage(
-                calls=MeterPrice(terms.calls.unit, terms.calls.price) if terms.calls else None,
-                records=MeterPrice(terms.records.unit, terms.records.price) if terms.records else None,
+                calls=_meter_price(terms.calls, ("plans", name, "overage", "calls"), problem),
+                records=_meter_price(terms.records, ("plans", name, "overage", "records"), problem),
                 spend_cap=terms.spend_cap,
             )
         plans[name] = Plan(
@@ -494,6 +557,13 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str, issues: list[Con
             anchor_day=raw_customer.anchor_day,
         )
 
+    webhooks = None
+    if model.webhooks is not None:
+        raw_hooks = model.webhooks
+        if (raw_hooks.url is None) == (raw_hooks.url_env is None):
+            problem(("webhooks",), "set exactly one of url or url_env")
+        webhooks = WebhookSettings(raw_hooks.url, raw_hooks.url_env, raw_hooks.secret_env, raw_hooks.timeout_seconds)
+
     jwt_settings = None
     if model.auth.jwt is not None:
         jwt_settings = _jwt(model.auth.jwt, problem)
@@ -517,8 +587,34 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str, issues: list[Con
         records_max_body_bytes=model.records.max_body_bytes,
         consistency=model.consistency,
         on_store_error=model.on_store_error,
+        webhooks=webhooks,
         source=source,
     )
+
+
+def _meter_price(raw: _MeterPrice | None, loc: Loc, problem: Any) -> MeterPrice | None:
+    if raw is None:
+        return None
+    if (raw.price is None) == (raw.tiers is None):
+        problem(loc, "give either price (one price per unit) or tiers (graduated), not both or neither")
+        return None
+    if raw.tiers is None:
+        assert raw.price is not None
+        return MeterPrice(raw.unit, raw.price)
+    last = len(raw.tiers) - 1
+    previous = 0
+    for index, tier in enumerate(raw.tiers):
+        where = (*loc, "tiers", index, "up_to")
+        if tier.up_to is None:
+            if index != last:
+                problem(where, "only the last tier may be open-ended (up_to: null)")
+        elif index == last:
+            problem(where, "the last tier must be open-ended: up_to: null")
+        elif tier.up_to <= previous:
+            problem(where, f"up_to must be greater than the previous tier's ({previous})")
+        else:
+            previous = tier.up_to
+    return MeterPrice(raw.unit, tiers=tuple(Tier(tier.up_to, tier.price) for tier in raw.tiers))
 
 
 def _jwt(raw: _JWT, problem: Any) -> JWTSettings | None:

@@ -1,28 +1,61 @@
 """Customers and keys: the store's records, with the static customers of plans.yaml underneath.
 
 A customer written in plans.yaml is config, not state: its plan follows the file. A change
-made through the admin API or CLI (plan, status) is written to the store as a record of its
-own, which from then on takes precedence over the file for that customer.
+made through the admin API or CLI (plan, status, spend cap) is written to the store as a record
+of its own, which from then on takes precedence over the file for that customer.
+
+A plan change is kept twice: in the customer's ``plan_history`` (what statements read: the
+plan in force at a period's end, without scanning the event stream) and as a ``plan`` event in
+the customer's audit stream (what an export or an auditor reads).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import replace
+from decimal import Decimal
 
+from ._types import Clock
 from .config import Config
 from .errors import CustomerExists, CustomerNotFound, KeyNotFound, PlanNotFound, StoreError
 from .keys import display_prefix, generate_key, hash_key, key_id_for
-from .store.base import CustomerRecord, CustomerStatus, KeyRecord, Store
+from .store.base import EVENT_VERSION, CustomerRecord, CustomerStatus, KeyRecord, Store
 
 log = logging.getLogger("meterguard")
 
+MAX_PLAN_HISTORY = 240  # twenty years of monthly changes; older entries only matter to old statements
+
+
+class Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP  # "leave as it is", where None is a value (no per-customer spend cap)
+
+
+def plan_at(record: CustomerRecord, moment: float) -> str:
+    """The plan in force at ``moment``: the last change made before it.
+
+    Periods are half-open, so a change made exactly at a period's end belongs to the next one.
+    Before the first recorded change, the first recorded plan; with no history, the current plan.
+    """
+    if not record.plan_history:
+        return record.plan
+    plan = record.plan_history[0][1]
+    for changed_at, name in record.plan_history:
+        if changed_at >= moment:
+            break
+        plan = name
+    return plan
+
 
 class Directory:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, *, clock: Clock = time.time) -> None:
         self.config = config
         self.store = store
+        self._clock = clock
         self._static_keys: dict[str, KeyRecord] = {
             key_hash: KeyRecord(key_id_for(key_hash), customer.id, "(plans.yaml)", 0.0)
             for customer in config.customers.values()
@@ -63,20 +96,48 @@ class Directory:
             raise CustomerExists(customer)
         if anchor_day is None:
             # Under an anniversary anchor the customer's periods start on the day they joined.
-            anchor_day = time.gmtime().tm_mday if self.config.anchor == "anniversary" else 1
-        record = CustomerRecord(customer, plan, "active", anchor_day, time.time())
+            anchor_day = time.gmtime(self._clock()).tm_mday if self.config.anchor == "anniversary" else 1
+        now = self._clock()
+        # No history yet: the first plan change records the plan the customer had since created_at.
+        record = CustomerRecord(customer, plan, "active", anchor_day, now)
         await self.store.create_customer(record)
         return record
 
     async def update(
-        self, customer: str, *, plan: str | None = None, status: CustomerStatus | None = None
+        self,
+        customer: str,
+        *,
+        plan: str | None = None,
+        status: CustomerStatus | None = None,
+        spend_cap: Decimal | None | Keep = KEEP,
     ) -> CustomerRecord:
+        """Change a customer's plan, status or own spend cap (``None``: back to the plan's cap)."""
         record = await self.require(customer)
-        if plan is not None:
+        if plan is not None and plan != record.plan:
             self._check_plan(plan)
-            record = replace(record, plan=plan)
+            now = self._clock()
+            history = record.plan_history or ((record.created_at, record.plan),)
+            history = (*history, (now, plan))[-MAX_PLAN_HISTORY:]
+            # The event first: if the record cannot be written after it, a retry repeats the event,
+            # and an audit trail that says a change twice is better than one that misses it.
+            await self.store.append_event(
+                customer,
+                {
+                    "v": EVENT_VERSION,
+                    "type": "plan",
+                    "customer": customer,
+                    "ts": f"{now:.6f}",
+                    "plan": plan,
+                    "previous": record.plan,
+                },
+            )
+            record = replace(record, plan=plan, plan_history=history)
         if status is not None:
             record = replace(record, status=status)
+        if not isinstance(spend_cap, Keep):
+            if spend_cap is not None and (not spend_cap.is_finite() or spend_cap < 0):
+                raise ValueError(f"spend cap must be an amount >= 0, not {spend_cap}")
+            record = replace(record, spend_cap=spend_cap)
         await self.store.put_customer(record)
         await self._announce(f"customer:{customer}")
         return record

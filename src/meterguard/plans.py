@@ -46,15 +46,46 @@ class Quotas:
 
 
 @dataclass(frozen=True, slots=True)
-class MeterPrice:
-    """Overage price of one meter: ``price`` per ``unit`` units past the included quota."""
+class Tier:
+    """One graduated tier: ``price`` per unit for the overage units up to ``up_to`` (cumulative).
 
-    unit: int
+    ``up_to`` counts overage units, i.e. units past the included quota, as Stripe's graduated
+    tiers do; ``None`` means no upper end (the last tier).
+    """
+
+    up_to: int | None
     price: Decimal
 
     @property
     def price_micros(self) -> int:
         return int(self.price * MICROS)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPrice:
+    """Overage price of one meter: per ``unit`` units past the included quota, by graduated tiers.
+
+    A flat ``{unit, price}`` is a single open-ended tier, so billing has one code path; built
+    with ``price`` alone, ``tiers`` is filled in. ``price`` is the first tier's price.
+    """
+
+    unit: int
+    price: Decimal = Decimal("0")
+    tiers: tuple[Tier, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.tiers:
+            object.__setattr__(self, "tiers", (Tier(None, self.price),))
+        else:
+            object.__setattr__(self, "price", self.tiers[0].price)
+
+    @property
+    def price_micros(self) -> int:
+        return int(self.price * MICROS)
+
+    @property
+    def graduated(self) -> bool:
+        return len(self.tiers) > 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-from .billing import cap_cents, line_cents, meters, money, over
+from .billing import base_cents, cap_cents, meters, money, over, overage_lines
 from .config import Config
 from .periods import Period, rfc3339
+from .plans import Plan
 from .store.base import Counts, DayUsage, Meter, Usage
 
 
@@ -24,27 +26,41 @@ def _counts(table: Any) -> dict[str, dict[str, int]]:
     return {name: {"calls": c.calls, "records": c.records} for name, c in sorted(table.items())}
 
 
-def usage_document(config: Config, customer: str, plan_name: str, period: Period, usage: Usage) -> dict[str, Any]:
+def charges(
+    currency: str, plan: Plan, calls_used: int, records_used: int, spend_cap: Decimal | None = None
+) -> dict[str, Any]:
+    """The ``charges`` of the usage document; the statement is built from the same lines."""
+    overage_cents = sum(line.cents for line in overage_lines(plan, calls_used, records_used))
+    base = base_cents(plan)
+    cap = cap_cents(plan, spend_cap)
+    return {
+        "currency": currency,
+        "base": money(base),
+        "overage": money(overage_cents),
+        "total": money(base + overage_cents),
+        "spend_cap": money(cap) if cap is not None else None,
+    }
+
+
+def usage_document(
+    config: Config,
+    customer: str,
+    plan_name: str,
+    period: Period,
+    usage: Usage,
+    *,
+    spend_cap: Decimal | None = None,
+) -> dict[str, Any]:
+    """``plan_name`` is the plan in force at the period's end; ``spend_cap`` the customer's own cap."""
     plan = config.plans[plan_name]
     calls, records = meters(plan)
-    overage_cents = line_cents(over(usage.calls, calls), calls.unit, calls.price_micros) + line_cents(
-        over(usage.records, records), records.unit, records.price_micros
-    )
-    base_cents = int(plan.price * 100)
-    cap = cap_cents(plan)
     return {
         "customer": customer,
         "plan": plan_name,
         "period": {"start": rfc3339(period.start), "end": rfc3339(period.end)},
         "calls": _meter(usage.calls, calls),
         "records": _meter(usage.records, records),
-        "charges": {
-            "currency": config.currency,
-            "base": money(base_cents),
-            "overage": money(overage_cents),
-            "total": money(base_cents + overage_cents),
-            "spend_cap": money(cap) if cap is not None else None,
-        },
+        "charges": charges(config.currency, plan, usage.calls, usage.records, spend_cap),
         "rejected": {reason: usage.rejected.get(reason, 0) for reason in ("rate_limited", "quota", "spend_cap")},
         "by_route": _counts(usage.by_route),
         "by_key": _counts(usage.by_key),
@@ -67,4 +83,4 @@ def daily_document(customer: str, days: list[DayUsage]) -> dict[str, Any]:
     }
 
 
-__all__ = ["Counts", "daily_document", "usage_document"]
+__all__ = ["Counts", "charges", "daily_document", "usage_document"]

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
@@ -25,8 +26,9 @@ from starlette.routing import Route
 
 from .._types import Clock, Receive, Scope, Send
 from ..auth import Authenticator, AuthFailure
+from ..billing import parse_amount
 from ..config import Config, load_config
-from ..customers import Directory
+from ..customers import KEEP, Directory, Keep
 from ..errors import (
     ConfigError,
     ConfigIssue,
@@ -215,20 +217,34 @@ class AdminApp:
         body = await _json_object(request)
         if isinstance(body, Response):
             return body
-        errors = _unknown_fields(body, {"plan", "status"})
+        errors = _unknown_fields(body, {"plan", "status", "spend_cap"})
         plan, status = body.get("plan"), body.get("status")
         if "plan" in body and not isinstance(plan, str):
             errors.append({"field": "plan", "reason": "the name of a plan in plans.yaml"})
         if "status" in body and status not in _STATUSES:
             errors.append({"field": "status", "reason": f"one of {', '.join(_STATUSES)}"})
-        if not errors and plan is None and status is None:
-            errors.append({"field": "", "reason": "give at least one of plan, status"})
+        # null puts the customer back on the plan's cap; a number is refused: money is a string.
+        spend_cap: Decimal | None | Keep = KEEP
+        if "spend_cap" in body:
+            raw_cap = body["spend_cap"]
+            if raw_cap is None:
+                spend_cap = None
+            elif isinstance(raw_cap, str):
+                try:
+                    spend_cap = parse_amount(raw_cap)
+                except ValueError as exc:
+                    errors.append({"field": "spend_cap", "reason": str(exc)})
+            else:
+                errors.append({"field": "spend_cap", "reason": 'a decimal string such as "1000.00", or null'})
+        if not errors and plan is None and status is None and "spend_cap" not in body:
+            errors.append({"field": "", "reason": "give at least one of plan, status, spend_cap"})
         if errors:
             return invalid("The change is not valid.", errors)
         record = await self.directory.update(
             request.path_params["customer"],
             plan=plan if isinstance(plan, str) else None,
             status=status if status in _STATUSES else None,
+            spend_cap=spend_cap,
         )
         # Other processes see the change when their 1-second cache entries lapse; this one at once.
         self.authenticator.invalidate()
@@ -411,7 +427,7 @@ def create_admin_app(
     if store is None or isinstance(store, str):
         url = store or os.environ.get("MG_STORE") or loaded.store or "memory://"
         store = store_from_url(url, clock=clock) if clock is not None else store_from_url(url)
-    directory = Directory(loaded, store)
+    directory = Directory(loaded, store, clock=clock) if clock is not None else Directory(loaded, store)
     authenticator = Authenticator(loaded, directory)
     return AdminApp(
         config=loaded,

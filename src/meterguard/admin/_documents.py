@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..billing import line_cents, meters, money, over
+from ..billing import StatementLine, base_cents, cap_cents, money, overage_lines
 from ..config import Config
+from ..customers import plan_at
 from ..errors import PlanNotFound
 from ..periods import Period, day_id, period_for, period_named, rfc3339
 from ..plans import MeterPrice, Plan, Window
-from ..store.base import CustomerRecord, KeyRecord, Meter, Store, Usage
+from ..store.base import CustomerRecord, KeyRecord, Store, Usage
 from ..usage import daily_document, usage_document
 
 #: The same rule plans.yaml applies to customer ids: they end up inside store keys and hash tags.
@@ -46,6 +47,8 @@ def customer_json(record: CustomerRecord) -> dict[str, Any]:
         "status": record.status,
         "anchor_day": record.anchor_day,
         "created": timestamp(record.created_at),
+        "spend_cap": money_text(record.spend_cap),  # None: the plan's cap applies
+        "plan_history": [{"plan": plan, "since": timestamp(at)} for at, plan in record.plan_history],
     }
 
 
@@ -66,7 +69,14 @@ def _window(window: Window) -> dict[str, Any]:
 
 
 def _meter_price(price: MeterPrice | None) -> dict[str, Any] | None:
-    return None if price is None else {"unit": price.unit, "price": price_text(price.price)}
+    if price is None:
+        return None
+    if not price.graduated:
+        return {"unit": price.unit, "price": price_text(price.price)}
+    return {
+        "unit": price.unit,
+        "tiers": [{"up_to": tier.up_to, "price": price_text(tier.price)} for tier in price.tiers],
+    }
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -129,27 +139,30 @@ def resolve_period(config: Config, record: CustomerRecord, period_id: str | None
     return period_named(period_id, anchor)
 
 
-def plan_of(config: Config, record: CustomerRecord) -> Plan:
-    plan = config.plans.get(record.plan)
+def plan_of(config: Config, record: CustomerRecord, plan_name: str | None = None) -> Plan:
+    name = record.plan if plan_name is None else plan_name
+    plan = config.plans.get(name)
     if plan is None:
         # A stored customer may name a plan that a later plans.yaml removed.
-        raise PlanNotFound(f"customer {record.id!r} is on plan {record.plan!r}, which plans.yaml does not define")
+        raise PlanNotFound(f"customer {record.id!r} is on plan {name!r}, which plans.yaml does not define")
     return plan
 
 
 async def usage_for(
     config: Config, store: Store, record: CustomerRecord, period_id: str | None, now: float
-) -> tuple[Period, Usage]:
-    plan_of(config, record)
+) -> tuple[Period, str, Usage]:
+    """The period, the plan in force at its end (the one it is billed under) and its usage."""
     period = resolve_period(config, record, period_id, now)
-    return period, await store.usage(record.id, period.id)
+    plan_name = plan_at(record, period.end.timestamp())
+    plan_of(config, record, plan_name)
+    return period, plan_name, await store.usage(record.id, period.id)
 
 
 async def customer_usage(
     config: Config, store: Store, record: CustomerRecord, period_id: str | None, now: float
 ) -> dict[str, Any]:
-    period, usage = await usage_for(config, store, record, period_id, now)
-    return usage_document(config, record.id, record.plan, period, usage)
+    period, plan_name, usage = await usage_for(config, store, record, period_id, now)
+    return usage_document(config, record.id, plan_name, period, usage, spend_cap=record.spend_cap)
 
 
 def last_days(now: float, days: int) -> list[str]:
@@ -162,52 +175,52 @@ async def customer_daily(store: Store, customer: str, days: int, now: float) -> 
     return daily_document(customer, await store.daily(customer, last_days(now, days)))
 
 
-def _line(meter_name: str, used: int, meter: Meter, price: MeterPrice) -> dict[str, Any]:
-    units = over(used, meter)
+def _line(line: StatementLine) -> dict[str, Any]:
     return {
-        "meter": meter_name,
-        "included": meter.included,
-        "used": used,
-        "units": units,
-        "unit": price.unit,
-        "price": price_text(price.price),
-        "amount": money(line_cents(units, meter.unit, meter.price_micros)),
+        "meter": line.meter,
+        "tier": line.tier,
+        "up_to": line.up_to,
+        "included": line.included,
+        "used": line.used,
+        "units": line.units,
+        "unit": line.unit,
+        "price": price_text(line.price),
+        "amount": money(line.cents),
     }
 
 
-def statement_document(config: Config, record: CustomerRecord, period: Period, usage: Usage) -> dict[str, Any]:
-    """Base price, one line per overage meter, total. The cents are usage.py's, line for line."""
-    plan = plan_of(config, record)
-    calls, records = meters(plan)
-    lines: list[dict[str, Any]] = []
-    if plan.overage is not None:
-        if plan.overage.calls is not None:
-            lines.append(_line("calls", usage.calls, calls, plan.overage.calls))
-        if plan.overage.records is not None:
-            lines.append(_line("records", usage.records, records, plan.overage.records))
-    base_cents = int(plan.price * 100)
-    overage_cents = sum(
-        line_cents(over(used, meter), meter.unit, meter.price_micros)
-        for used, meter in ((usage.calls, calls), (usage.records, records))
-    )
+def statement_document(
+    config: Config, record: CustomerRecord, period: Period, usage: Usage, plan_name: str | None = None
+) -> dict[str, Any]:
+    """Base price, one line per overage tier reached, total: the usage document's charges, line for line.
+
+    ``plan_name`` is the plan in force at the period's end (default: the customer's plan); its
+    base price and overage terms price the whole period. There is no proration (docs/billing.md).
+    """
+    name = plan_name or plan_at(record, period.end.timestamp())
+    plan = plan_of(config, record, name)
+    lines = overage_lines(plan, usage.calls, usage.records)
+    base = base_cents(plan)
+    overage_cents = sum(line.cents for line in lines)
+    cap = cap_cents(plan, record.spend_cap)
     return {
         "customer": record.id,
-        "plan": record.plan,
+        "plan": name,
         "period": {"id": period.id, "start": rfc3339(period.start), "end": rfc3339(period.end)},
         "currency": config.currency,
-        "base": money(base_cents),
-        "lines": lines,
+        "base": money(base),
+        "lines": [_line(line) for line in lines],
         "overage": money(overage_cents),
-        "total": money(base_cents + overage_cents),
-        "spend_cap": money_text(plan.overage.spend_cap) if plan.overage is not None else None,
+        "total": money(base + overage_cents),
+        "spend_cap": money(cap) if cap is not None else None,
     }
 
 
 async def customer_statement(
     config: Config, store: Store, record: CustomerRecord, period_id: str | None, now: float
 ) -> dict[str, Any]:
-    period, usage = await usage_for(config, store, record, period_id, now)
-    return statement_document(config, record, period, usage)
+    period, plan_name, usage = await usage_for(config, store, record, period_id, now)
+    return statement_document(config, record, period, usage, plan_name)
 
 
 __all__ = [
