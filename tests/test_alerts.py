@@ -29,7 +29,6 @@ from meterguard.alerts import (
 from meterguard.config import Config, parse_config
 from meterguard.errors import ConfigError
 from meterguard.periods import period_named
-from meterguard.store._redis_alerts import RedisAlerts
 from meterguard.store.base import AlertQueue, Usage
 from meterguard.store.cluster import RedisClusterStore
 from meterguard.store.memory import MemoryStore
@@ -56,14 +55,6 @@ plans:
 """
 
 
-class AlertingRedisStore(RedisAlerts, RedisStore):
-    """What RedisStore becomes once it inherits the alert queue (the lead's change)."""
-
-
-class AlertingClusterStore(RedisAlerts, RedisClusterStore):
-    pass
-
-
 StoreMaker = Callable[[], AlertQueue]
 
 
@@ -80,9 +71,9 @@ async def make_store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIt
             return memory
         store: RedisStore
         if kind == "redis":
-            store = AlertingRedisStore(REDIS_URL, key_prefix=key_prefix)
+            store = RedisStore(REDIS_URL, key_prefix=key_prefix)
         else:
-            store = AlertingClusterStore(CLUSTER_URL, key_prefix=key_prefix)
+            store = RedisClusterStore(CLUSTER_URL, key_prefix=key_prefix)
         made.append(store)
         return store
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import jwt
 
 from ._types import Clock
+from .billing import to_cents
 from .config import Config, JWTSettings
 from .customers import Directory
 from .keys import PREFIX, hash_key, is_well_formed
@@ -34,6 +35,7 @@ class Principal:
     plan: str
     suspended: bool
     anchor_day: int
+    spend_cap_cents: int | None = None  # the customer's own cap; None: the plan's
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,4 +129,5 @@ class Authenticator:
         record = await self._directory.get(customer)
         if record is None:
             return AuthFailure("The credential belongs to no known customer.")
-        return Principal(customer, key_id, record.plan, record.status == "suspended", record.anchor_day)
+        cap = None if record.spend_cap is None else to_cents(record.spend_cap)
+        return Principal(customer, key_id, record.plan, record.status == "suspended", record.anchor_day, cap)

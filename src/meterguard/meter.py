@@ -89,7 +89,9 @@ class MeterEngine:
         label: str,
         weight: int,
         idempotency_key: str | None = None,
+        spend_cap_cents: int | None = None,
     ) -> tuple[Decision, Terms, Ticket]:
+        """``spend_cap_cents``: the customer's own cap, overriding the plan's."""
         now = self._clock()
         terms = self.terms(plan_name, route)
         period = self.period(anchor_day, now)
@@ -106,7 +108,7 @@ class MeterEngine:
             period_end=period.end_ts,
             calls=terms.calls,
             records=terms.records,
-            spend_cap_cents=terms.spend_cap_cents,
+            spend_cap_cents=terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,
             day=ticket.day,
             idempotency_key=idempotency_key,
         )

@@ -12,10 +12,12 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from os import PathLike
 from typing import Any
 
 from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
+from .alerts import Alerts, Deliverer
 from .auth import Authenticator, AuthFailure, Principal
 from .config import Config, load_config
 from .customers import Directory
@@ -38,11 +40,12 @@ from .responses import (
     rfc3339_ts,
 )
 from .store import store_from_url
-from .store.base import Decision, Store
+from .store.base import Decision, Store, Usage
 
 log = logging.getLogger("meterguard")
 
 STORE_RETRY_AFTER = 5
+ALERT_CHECK_SECONDS = 1.0
 MAX_IDEMPOTENCY_KEY = 255
 _WWW_AUTHENTICATE = b'Bearer realm="meterguard"'
 
@@ -78,6 +81,10 @@ class MeterGuard:
         self._background: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Future[None] | None = None  # started by the first request, in its loop
         self._admin_prefix = self.config.admin_path
+        # Alerts are checked at most once a second per customer, off the request path.
+        self._alerts = Alerts(self.config, self.store, clock=self.clock) if _has_alerts(self.config) else None
+        self._alerts_checked: dict[str, float] = {}
+        self._deliverer = Deliverer.from_config(self.config, self.store)
         self.admin: ASGIApp | None = None
         token = os.environ.get(self.config.admin_token_env)
         if token:
@@ -100,6 +107,8 @@ class MeterGuard:
             return
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch())
+            if self._deliverer is not None:
+                self._deliverer.start()
         path: str = scope["path"]
         if self.admin is not None and path.startswith(self._admin_prefix):
             rest = path[len(self._admin_prefix) :]
@@ -179,6 +188,7 @@ class MeterGuard:
                 label,
                 route.weight if route is not None else 1,
                 idempotency_key,
+                principal.spend_cap_cents,
             )
         except StoreError as exc:
             await self._store_failed(exc, scope, receive, send)
@@ -195,6 +205,8 @@ class MeterGuard:
             "calls_remaining": _left(terms.calls.included, decision.calls_used),
             "records_remaining": _left(terms.records.included, decision.records_used),
         }
+        if self._alerts is not None:
+            self._check_alerts(principal, terms, ticket, decision)
         if decision.replay:
             # A retry of a request already billed: served again, billed nothing (records included).
             metered = [*metered, (b"idempotent-replay", b"true")]
@@ -209,10 +221,7 @@ class MeterGuard:
 
     async def settle(self, ticket: Ticket, records: int) -> None:
         """Settle records, shielded: a client disconnect cancels the request, not the write."""
-        task = asyncio.ensure_future(self._settle(ticket, records))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(self._in_background(self._settle(ticket, records)))
 
     async def _settle(self, ticket: Ticket, records: int) -> None:
         try:
@@ -239,6 +248,30 @@ class MeterGuard:
                 headers=[(b"retry-after", str(STORE_RETRY_AFTER).encode())],
             ),
         )
+
+    def _check_alerts(self, principal: Principal, terms: Terms, ticket: Ticket, decision: Decision) -> None:
+        now = time.monotonic()
+        if now - self._alerts_checked.get(principal.customer, -ALERT_CHECK_SECONDS) < ALERT_CHECK_SECONDS:
+            return
+        if len(self._alerts_checked) > 100_000:
+            self._alerts_checked.clear()
+        self._alerts_checked[principal.customer] = now
+        cap = terms.spend_cap_cents if principal.spend_cap_cents is None else principal.spend_cap_cents
+        usage = Usage(calls=decision.calls_used, records=decision.records_used)
+        self._in_background(self._fire_alerts(principal, ticket, usage, cap))
+
+    async def _fire_alerts(self, principal: Principal, ticket: Ticket, usage: Usage, cap: int | None) -> None:
+        assert self._alerts is not None
+        try:
+            await self._alerts.check(principal.customer, principal.plan, ticket.period, usage, spend_cap_cents=cap)
+        except StoreError as exc:
+            log.warning("could not check alerts of %s: %s", principal.customer, exc)
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _watch(self) -> None:
         """Background work of a gateway process: warn about a lossy store, then follow changes."""
@@ -270,6 +303,8 @@ class MeterGuard:
             self._watcher = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._deliverer is not None:
+            await self._deliverer.aclose()
         await self.engine.aclose()
         await self.store.aclose()
 
@@ -283,6 +318,10 @@ def _idempotency_key(headers: list[tuple[bytes, bytes]]) -> str | None:
                 return text.decode("ascii")
             raise ValueError("malformed Idempotency-Key")
     return None
+
+
+def _has_alerts(config: Config) -> bool:
+    return any(plan.alerts for plan in config.plans.values())
 
 
 def _left(included: int | None, used: int) -> int | None:

@@ -109,3 +109,16 @@ async def test_idempotency_keys_are_per_customer(store: Store) -> None:
     await store.admit(replace(request("acme"), idempotency_key="same"))
     other = await store.admit(replace(request("globex"), idempotency_key="same"))
     assert not other.replay
+
+
+async def test_graduated_tiers_price_the_spend_cap_check_like_billing_py(store: Store) -> None:
+    from meterguard.billing import spend_cents
+
+    calls = Meter(10, 1, 1_000_000, ((5, 1_000_000), (12, 500_000), (None, 333_333)))
+    decisions = [await store.admit(request("acme", calls=calls, cap=1_000)) for _ in range(40)]
+    for used, decision in enumerate(decisions):
+        if decision.admitted:
+            assert decision.spend_cents == spend_cents(used, 0, calls, Meter(None)), used
+    # $10.00 cap: 5 x $1 + 7 x $0.50 = $8.50 after 22 calls; then $0.33 each: the cap is reached at 27.
+    assert sum(decision.admitted for decision in decisions) == 27
+    assert decisions[27].reason == "spend_cap"

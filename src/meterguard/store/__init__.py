@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .._types import Clock
 from ..errors import ConfigError, ConfigIssue
 from .base import Store
-from .memory import MemoryStore
 
 SCHEMES = ("memory", "redis", "rediss", "redis+cluster")
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
@@ -41,6 +40,9 @@ def store_from_url(url: str, *, clock: Clock | None = None) -> Store:
     """``memory://``, ``redis://host:port/db``, ``rediss://...``, ``redis+cluster://h:p[,h:p...]``."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
+        # Backends are imported when chosen: store.base must import without them (billing.py needs it).
+        from .memory import MemoryStore
+
         return MemoryStore(url, clock=clock) if clock is not None else MemoryStore(url)
     if scheme in ("redis", "rediss"):
         from .redis import RedisStore

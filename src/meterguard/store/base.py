@@ -209,7 +209,7 @@ class AlertQueue(Protocol):
 
 
 @runtime_checkable
-class Store(Protocol):
+class Store(AlertQueue, Protocol):
     """What every backend provides. All methods may raise StoreError."""
 
     url: str

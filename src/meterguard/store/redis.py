@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import quote
@@ -44,6 +46,7 @@ from redis.backoff import NoBackoff
 from ..errors import CustomerExists, StoreError, StoreUnavailable
 from ._batch import Batcher
 from ._batch import Op as _Op
+from ._redis_alerts import RedisAlerts
 from .base import (
     MAX_UNLISTED_ROUTES,
     OTHER_ROUTE,
@@ -127,12 +130,15 @@ def _counts(fields: Mapping[str, str], prefix: str) -> dict[str, Counts]:
 def _customer(fields: Mapping[str, str]) -> CustomerRecord | None:
     if "plan" not in fields:
         return None
+    cap = fields.get("spend_cap")
     return CustomerRecord(
         id=fields["id"],
         plan=fields["plan"],
         status="suspended" if fields.get("status") == "suspended" else "active",
         anchor_day=int(fields.get("anchor_day", "1")),
         created_at=float(fields.get("created_at", "0")),
+        spend_cap=Decimal(cap) if cap else None,
+        plan_history=tuple((float(at), str(plan)) for at, plan in json.loads(fields.get("plan_history", "[]"))),
     )
 
 
@@ -143,10 +149,12 @@ def _customer_fields(record: CustomerRecord) -> dict[str, str]:
         "status": record.status,
         "anchor_day": str(record.anchor_day),
         "created_at": repr(record.created_at),
+        "spend_cap": "" if record.spend_cap is None else str(record.spend_cap),
+        "plan_history": json.dumps([[at, plan] for at, plan in record.plan_history]),
     }
 
 
-class RedisStore:
+class RedisStore(RedisAlerts):
     """Store on one Redis server: ``redis://host:port/db`` or ``rediss://`` (TLS).
 
     Nothing connects at construction; the first command does. Query parameters of the URL
@@ -238,17 +246,15 @@ class RedisStore:
             MAX_UNLISTED_ROUTES,
             OTHER_ROUTE,
             WINDOW_SLACK_SECONDS,
-            -1 if calls.included is None else calls.included,
-            calls.unit,
-            calls.price_micros,
-            -1 if records.included is None else records.included,
-            records.unit,
-            records.price_micros,
             -1 if request.spend_cap_cents is None else request.spend_cap_cents,
             request.lease,
             1 if idempotent else 0,
             IDEMPOTENCY_TTL_SECONDS,
         ]
+        for meter in (calls, records):
+            args += [-1 if meter.included is None else meter.included, meter.unit, len(meter.tiers)]
+            for up_to, price_micros in meter.tiers:
+                args += [-1 if up_to is None else up_to, price_micros]
         for window in request.windows:
             args += [window.limit, window.seconds]
         reply, now = await self._batcher.submit(_Op("A", keys, args))

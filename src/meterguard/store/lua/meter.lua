@@ -98,12 +98,22 @@ local function half_up_div(a, b, d)
   return q
 end
 
--- billing.line_cents / billing.over
-local function line_cents(used, included, unit, price)
+-- billing.meter_cents: graduated tiers {up_to (-1: open-ended), price micros}, each tier's units
+-- priced half-up on their own, as one statement line each.
+local function meter_cents(used, included, unit, tiers)
   if included < 0 or unit <= 0 then return 0 end
   local over = used - included
   if over <= 0 then return 0 end
-  return half_up_div(over, price, unit * 10000)
+  local cents, start = 0, 0
+  for _, tier in ipairs(tiers) do
+    local up_to, price = tier[1], tier[2]
+    local finish = over
+    if up_to >= 0 and up_to < over then finish = up_to end
+    if finish > start then cents = cents + half_up_div(finish - start, price, unit * 10000) end
+    if up_to < 0 or over <= up_to then break end
+    start = up_to
+  end
+  return cents
 end
 
 -- memory._route_label: unmatched "METHOD /path" labels are bounded per hash (period or day)
@@ -170,9 +180,10 @@ end
 -- A: KEYS period, day, key index, last-used, events, idempotency (or the events key again when
 --    none), one hash per window.
 --    ARGV customer, period id, day, weight, sliding, route, listed, key_id, period end, audit,
---    day ttl, max unlisted, other, window slack, calls included (-1 none), calls unit, calls
---    price, records included, records unit, records price, cap (-1 none), lease wanted,
---    idempotent (1/0), idempotency ttl, then limit, seconds per window.
+--    day ttl, max unlisted, other, window slack, cap (-1 none), lease wanted, idempotent (1/0),
+--    idempotency ttl, then per meter (calls, records): included (-1 none), unit (0: not billed),
+--    number of tiers, then up_to (-1 open-ended), price micros per tier; then limit, seconds per
+--    window.
 -- Reply {admitted, reason, {violated window indexes}, calls_violated, records_violated,
 --        retry_after, {remaining}, {reset_after}, calls_used, records_used, spend, granted,
 --        replay, {slot index per window}}
@@ -183,11 +194,21 @@ local function admit(k, a)
   local route, listed, key_id = a[6], a[7] == '1', a[8]
   local period_end, audit, day_ttl = tonumber(a[9]), tonumber(a[10]), tonumber(a[11])
   local max_unlisted, other, slack = tonumber(a[12]), a[13], tonumber(a[14])
-  local calls_included, calls_unit, calls_price = tonumber(a[15]), tonumber(a[16]), tonumber(a[17])
-  local records_included, records_unit, records_price = tonumber(a[18]), tonumber(a[19]), tonumber(a[20])
-  local cap, lease_wanted = tonumber(a[21]), tonumber(a[22])
-  local idempotent, idem_ttl = a[23] == '1', tonumber(a[24])
-  local first_window = 25
+  local cap, lease_wanted = tonumber(a[15]), tonumber(a[16])
+  local idempotent, idem_ttl = a[17] == '1', tonumber(a[18])
+  local cursor = 19
+  local function meter()
+    local included, unit, ntiers = tonumber(a[cursor]), tonumber(a[cursor + 1]), tonumber(a[cursor + 2])
+    local tiers = {}
+    for t = 1, ntiers do
+      tiers[t] = {tonumber(a[cursor + 1 + 2 * t]), tonumber(a[cursor + 2 + 2 * t])}
+    end
+    cursor = cursor + 3 + 2 * ntiers
+    return included, unit, tiers
+  end
+  local calls_included, calls_unit, calls_tiers = meter()
+  local records_included, records_unit, records_tiers = meter()
+  local first_window = cursor
   local nwindows = #k - 6
 
   -- An idempotent retry already billed once is served again unbilled: it still passes (and
@@ -220,8 +241,8 @@ local function admit(k, a)
   local records_used = tonumber(redis.call('HGET', period, 'records') or '0')
   -- Units leased to fast-path processes count as used until they are flushed or given back.
   local committed = calls_used + reserved
-  local spend = line_cents(committed, calls_included, calls_unit, calls_price)
-    + line_cents(records_used, records_included, records_unit, records_price)
+  local spend = meter_cents(committed, calls_included, calls_unit, calls_tiers)
+    + meter_cents(records_used, records_included, records_unit, records_tiers)
 
   local reason = ''
   local calls_violated, records_violated = 0, 0
