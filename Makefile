@@ -31,7 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# Bench-only tools: the peer arms (slowapi), uvicorn's fast loop and parser, a profiler, and wrk
+# (Debian's package). Knobs: MG_BENCH_SECONDS, MG_BENCH_ROUNDS, MG_BENCH_ARMS (docs/benchmarks.md).
 bench: $(STAMP) redis
+	$(BIN)/python -m pip install --quiet 'slowapi>=0.1.9,<0.2' uvloop httptools pyinstrument
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m benchmarks
 
 clean:
