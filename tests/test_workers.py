@@ -10,6 +10,7 @@ tests/store/test_concurrency.py keeps such a broken store as a standing control.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import pytest
 
 from meterguard import parse_config
 from meterguard.customers import Directory
-from meterguard.lease import FLUSH_INTERVAL_SECONDS
+from meterguard.lease import FLUSH_INTERVAL_SECONDS, LEASE_SECONDS
+from meterguard.periods import period_for
 from meterguard.store import store_from_url
 
 from .conftest import REDIS_URL, drop_keys
@@ -49,10 +51,31 @@ class Deployment:
     directory: Directory
     consistency: str
 
-    async def settled(self) -> None:
-        """In fast mode usage reaches the store within the flush interval: wait it out."""
-        if self.consistency == "fast":
-            await asyncio.sleep(FLUSH_INTERVAL_SECONDS * 2 + 0.2)
+    async def settled(self, customer: str) -> None:
+        """In fast mode usage reaches the store within the flush interval: wait until it stops moving."""
+        if self.consistency != "fast":
+            return
+        loop = asyncio.get_running_loop()
+        deadline, last = loop.time() + 15, None
+        period = period_for(time.time()).id
+        while loop.time() < deadline:
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + 0.2)
+            usage = await self.directory.store.usage(customer, period)
+            if (usage.calls, usage.records) == last:
+                return
+            last = (usage.calls, usage.records)
+        raise AssertionError("usage still moving after 15 s")
+
+    async def refill(self, port: int, keys: list[str], replies: list[Reply], until: int) -> None:
+        """Fast mode: units leased to other processes may refuse a request early, never late; once
+        leases are given back (expiry, then the next flush) the rest of the budget is served."""
+        if self.consistency != "fast":
+            return
+        for _ in range(10):
+            if statuses(replies).get(200, 0) >= until:
+                return
+            await asyncio.sleep(LEASE_SECONDS + FLUSH_INTERVAL_SECONDS + 0.1)
+            replies += await fire(port, keys, "/v1/posts/1?n=0", waves=1)
 
     async def customer(self, plan: str, keys: int = 4) -> tuple[str, list[str]]:
         name = f"{plan}-{uuid.uuid4().hex[:8]}"
@@ -114,12 +137,7 @@ async def test_calls_quota_admits_exactly_q_across_workers_and_survives_a_restar
 ) -> None:
     customer, keys = await deployment.customer("calls")
     replies = await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=3)
-    if deployment.consistency == "fast":
-        # Units leased to other processes may refuse a request early, never late; once the leases
-        # are given back (expiry, then the next flush) the rest of the quota is served, to the unit.
-        for _ in range(3):
-            await deployment.settled()
-            replies += await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=1)
+    await deployment.refill(gateway.port, keys, replies, until=100)
     admitted = statuses(replies).get(200, 0)
     assert admitted == 100
     assert statuses(replies)[429] == len(replies) - 100
@@ -127,7 +145,7 @@ async def test_calls_quota_admits_exactly_q_across_workers_and_survives_a_restar
         if reply.status == 429:
             body = reply.json()
             assert (body["scope"], body["violated-policies"]) == ("period", ["calls-period"])
-    await deployment.settled()
+    await deployment.settled(customer)
     document = await usage(gateway.port, customer)
     assert document["calls"]["used"] == admitted  # type: ignore[index]
     assert document["rejected"]["quota"] >= 1  # type: ignore[index]
@@ -145,17 +163,14 @@ async def test_calls_quota_admits_exactly_q_across_workers_and_survives_a_restar
 async def test_rate_window_admits_exactly_its_limit_across_workers(deployment: Deployment, gateway: Gateway) -> None:
     customer, keys = await deployment.customer("window")
     replies = await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=2)
-    if deployment.consistency == "fast":
-        for _ in range(3):  # as for the calls quota: early refusals until leases come back, never late
-            await deployment.settled()
-            replies += await fire(gateway.port, keys, "/v1/posts/1?n=0", waves=1)
+    await deployment.refill(gateway.port, keys, replies, until=40)
     admitted = statuses(replies).get(200, 0)
     assert admitted == 40
     refused = [reply.json() for reply in replies if reply.status == 429]
     assert len(refused) == len(replies) - admitted
     assert all(body["scope"] == "window" and body["violated-policies"] == ["1d"] for body in refused)
     assert all(int(reply.headers["retry-after"]) >= 1 for reply in replies if reply.status == 429)
-    await deployment.settled()
+    await deployment.settled(customer)
     document = await usage(gateway.port, customer)
     assert document["calls"]["used"] == admitted  # type: ignore[index]
     assert document["rejected"]["rate_limited"] == len(replies) - admitted  # type: ignore[index]
@@ -169,7 +184,7 @@ async def test_records_quota_overshoot_is_bounded_by_responses_in_flight(
     refused = 0
     for _ in range(4):
         replies = await fire(gateway.port, keys, "/v1/posts/search?n=10", waves=1)
-        await deployment.settled()  # fast mode: records reach the store within the flush interval
+        await deployment.settled(customer)  # fast mode: records reach the store within the flush interval
         for reply in replies:
             if reply.status == 200:
                 received += len(reply.json()["data"])
@@ -177,7 +192,7 @@ async def test_records_quota_overshoot_is_bounded_by_responses_in_flight(
                 assert reply.status == 429
                 assert reply.json()["violated-policies"] == ["records-period"]
                 refused += 1
-    await deployment.settled()
+    await deployment.settled(customer)
     document = await usage(gateway.port, customer)
     used = document["records"]["used"]  # type: ignore[index]
     # Usage equals what the clients received: every record served is counted, none twice.

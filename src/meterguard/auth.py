@@ -7,11 +7,10 @@ and the key itself is never logged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
@@ -25,6 +24,7 @@ from .keys import PREFIX, hash_key, is_well_formed
 log = logging.getLogger("meterguard.auth")
 
 CACHE_TTL_SECONDS = 1.0  # a revoked key or suspended customer is refused everywhere within this
+CACHE_TTL_SUBSCRIBED = 30.0  # ... and while change events arrive, they drop the cache at once
 CACHE_SIZE = 10_000
 
 
@@ -43,9 +43,6 @@ class AuthFailure:
     detail: str
 
 
-_Resolver = Callable[[str], Awaitable[Principal | AuthFailure]]
-
-
 class Authenticator:
     def __init__(self, config: Config, directory: Directory, *, monotonic: Clock = time.monotonic) -> None:
         self._config = config
@@ -54,6 +51,7 @@ class Authenticator:
         self._key_header = config.api_key_header.encode("latin-1")
         self._cache: OrderedDict[str, tuple[float, Principal | AuthFailure]] = OrderedDict()
         self._jwt = config.jwt
+        self.ttl = CACHE_TTL_SECONDS
 
     def credential(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         """The API key or bearer token of a request, or None when there is none."""
@@ -71,25 +69,34 @@ class Authenticator:
         """Forget every cached lookup (after a local admin change)."""
         self._cache.clear()
 
-    async def authenticate(self, credential: str) -> Principal | AuthFailure:
-        if credential.startswith(PREFIX):
-            if not is_well_formed(credential):
-                return AuthFailure("The API key is malformed (bad length, characters or checksum).")
-            return await self._cached(hash_key(credential), self._lookup_key)
-        settings = self._jwt
-        if settings is not None and credential.count(".") == 2:
-            digest = "jwt:" + hashlib.sha256(credential.encode("latin-1")).hexdigest()
-            return await self._cached(digest, lambda _: self._verify_jwt(credential, settings))
-        return AuthFailure("The credential is not a meterguard API key.")
+    def follow(self, subscribed: bool) -> None:
+        """Whether change events reach this process: then lookups may be cached longer.
 
-    async def _cached(self, cache_key: str, resolve: _Resolver) -> Principal | AuthFailure:
+        While the store's change events arrive, a revocation or customer change drops the cache at
+        once, so entries can live CACHE_TTL_SUBSCRIBED; without them, CACHE_TTL_SECONDS is the
+        bound on how long a revoked key is still served. Either way the cache starts empty.
+        """
+        self.ttl = CACHE_TTL_SUBSCRIBED if subscribed else CACHE_TTL_SECONDS
+        self._cache.clear()
+
+    async def authenticate(self, credential: str) -> Principal | AuthFailure:
         now = self._monotonic()
-        entry = self._cache.get(cache_key)
+        entry = self._cache.get(credential)
         if entry is not None and entry[0] > now:
             return entry[1]
-        result = await resolve(cache_key)
-        self._cache[cache_key] = (now + CACHE_TTL_SECONDS, result)
-        self._cache.move_to_end(cache_key)
+        if credential.startswith(PREFIX):
+            if not is_well_formed(credential):
+                return AuthFailure("The API key is malformed (bad length, characters or checksum).")  # not cached
+            result = await self._lookup_key(hash_key(credential))
+            expires = now + self.ttl
+        elif self._jwt is not None and credential.count(".") == 2:
+            result = await self._verify_jwt(credential, self._jwt)
+            # A verified token is trusted no longer than a second: it may expire any moment.
+            expires = now + min(self.ttl, CACHE_TTL_SECONDS)
+        else:
+            return AuthFailure("The credential is not a meterguard API key.")
+        # Keyed by the credential itself: a hit costs one dict lookup, no checksum and no hash.
+        self._cache[credential] = (expires, result)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return result

@@ -220,10 +220,9 @@ class MeterGuard:
                 await self.settle(ticket, responder.records)
 
     async def settle(self, ticket: Ticket, records: int) -> None:
-        """Settle records, shielded: a client disconnect cancels the request, not the write."""
-        await asyncio.shield(self._in_background(self._settle(ticket, records)))
-
-    async def _settle(self, ticket: Ticket, records: int) -> None:
+        """Settle records. A client disconnect cancels the request, not the write: every store
+        completes a settlement once handed to it (the Redis store runs it in a batch task of its
+        own; the memory store and the fast path never yield), so no shield task is needed."""
         try:
             await self.engine.settle(ticket, records)
         except StoreError:
@@ -283,9 +282,14 @@ class MeterGuard:
         await self.store.watch(self._on_change)
 
     def _on_change(self, event: str) -> None:
-        # A key was revoked or a customer changed somewhere: drop every cached lookup. Changes
-        # are rare, and a full drop cannot miss an entry that a finer one would have to find.
-        self.authenticator.invalidate()
+        # "*": (re)subscribed, "-": subscription lost, anything else: a key or customer changed.
+        # Changes are rare, and dropping every cached lookup cannot miss one a finer drop would.
+        if event == "*":
+            self.authenticator.follow(True)
+        elif event == "-":
+            self.authenticator.follow(False)
+        else:
+            self.authenticator.invalidate()
 
     def _on_shutdown(self, send: Send) -> Send:
         async def send_then_close(message: Message) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 _PERIOD_ID = re.compile(r"[0-9]{4}-[0-9]{2}")  # ASCII digits only: int() would also take "+3", " 3", "٠٣"
@@ -17,14 +17,12 @@ class Period:
     id: str
     start: datetime
     end: datetime
+    start_ts: int = field(init=False, compare=False)  # epoch seconds, computed once: read per request
+    end_ts: int = field(init=False, compare=False)
 
-    @property
-    def start_ts(self) -> int:
-        return int(self.start.timestamp())
-
-    @property
-    def end_ts(self) -> int:
-        return int(self.end.timestamp())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_ts", int(self.start.timestamp()))
+        object.__setattr__(self, "end_ts", int(self.end.timestamp()))
 
 
 def _month_start(year: int, month: int, anchor_day: int) -> datetime:

@@ -38,6 +38,23 @@ from .base import (
 )
 
 IDEMPOTENCY_TTL_SECONDS = 86_400
+MAX_EVENTS = 100_000
+
+#: customer, period, day, ts, calls, records, replays, route, key id
+_RawEvent = tuple[str, str, str, float, int, int, int, str | None, str | None] | dict[str, str]
+
+
+def _fields(raw: _RawEvent) -> dict[str, str]:
+    """Stream fields of an event (store.base EVENT_VERSION), as Redis keeps them."""
+    if isinstance(raw, dict):
+        return raw
+    customer, period_id, day, now, calls, records, replays, route, key_id = raw
+    return {
+        "v": EVENT_VERSION, "type": "usage", "customer": customer, "period": period_id, "day": day,
+        "ts": repr(now), "calls": str(calls), "records": str(records), "replays": str(replays),
+        "routes": json.dumps({route: [calls, records]} if route is not None else {}),
+        "keys": json.dumps({key_id: [calls, records]} if key_id is not None else {}),
+    }  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -72,10 +89,15 @@ class MemoryStore:
         self._periods: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
         self._days: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
         self._customers: dict[str, CustomerRecord] = {}
-        self._keys: dict[str, tuple[str, KeyRecord]] = {}  # hash -> (hash, record)
+        self._keys: dict[str, KeyRecord] = {}  # hash -> record
         self._key_ids: dict[str, str] = {}  # key id -> hash
+        self._last_used: dict[str, float] = {}  # key id -> epoch seconds
         self._watchers: list[Callable[[str], None]] = []
-        self._events: defaultdict[str, list[tuple[str, dict[str, str]]]] = defaultdict(list)
+        # Usage events are kept raw (a tuple) and turned into stream fields only when read: the
+        # request path pays an append, not a JSON encoding. At most MAX_EVENTS per customer are
+        # kept (the oldest go first): the memory store is for one process, not for audits.
+        self._events: defaultdict[str, list[tuple[str, _RawEvent]]] = defaultdict(list)
+        self._dropped: defaultdict[str, int] = defaultdict(int)  # events dropped from the front
         self._delivered: dict[tuple[str, str], int] = {}  # (customer, group) -> events handed out
         self._pending: defaultdict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
         self._event_seq = 0
@@ -96,10 +118,16 @@ class MemoryStore:
         for window in request.windows:
             index = math.floor(now / window.seconds)
             elapsed = now - index * window.seconds
-            counts = self._slots.setdefault((request.customer, window.counter), {})
-            for old in [slot for slot in counts if slot < index - 1]:
-                del counts[old]
-            previous, current = counts.get(index - 1, 0), counts.get(index, 0)
+            counts = self._slots.get((request.customer, window.counter))
+            if counts is None:
+                counts = self._slots[(request.customer, window.counter)] = {}
+            current = counts.get(index)
+            if current is None:
+                # A new slot: drop the ones the sliding estimate no longer reads.
+                for old in [slot for slot in counts if slot < index - 1]:
+                    del counts[old]
+                current = 0
+            previous = counts.get(index - 1, 0)
             used = estimate(previous, current, elapsed, window.seconds, sliding)
             if used + request.weight > window.limit:
                 violated.append(window.name)
@@ -120,7 +148,8 @@ class MemoryStore:
             slots.append((counts, index))
 
         reason: Reason | None = None
-        spend = spend_cents(tally.calls, tally.records, request.calls, request.records)
+        billed = request.calls.billed or request.records.billed
+        spend = spend_cents(tally.calls, tally.records, request.calls, request.records) if billed else 0
         idempotency = (request.customer, request.idempotency_key) if request.idempotency_key is not None else None
         replay = idempotency is not None and self._idempotency.get(idempotency, 0.0) > now
         if violated:
@@ -166,11 +195,8 @@ class MemoryStore:
                           request.key_id)  # fmt: skip
         if idempotency is not None:
             self._idempotency[idempotency] = now + IDEMPOTENCY_TTL_SECONDS
-        entry = self._key_ids.get(request.key_id)
-        if entry is not None:
-            key_hash = entry
-            _, record = self._keys[key_hash]
-            self._keys[key_hash] = (key_hash, replace(record, last_used=now))
+        if request.key_id in self._key_ids:
+            self._last_used[request.key_id] = now
         return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now, slots=window_slots)
 
     def _count(
@@ -194,13 +220,16 @@ class MemoryStore:
         replays: int = 0, route: str | None = None, key_id: str | None = None,
     ) -> None:  # fmt: skip
         self._event_seq += 1
-        fields = {
-            "v": EVENT_VERSION, "type": "usage", "customer": customer, "period": period_id, "day": day,
-            "ts": repr(now), "calls": str(calls), "records": str(records), "replays": str(replays),
-            "routes": json.dumps({route: [calls, records]} if route is not None else {}),
-            "keys": json.dumps({key_id: [calls, records]} if key_id is not None else {}),
-        }  # fmt: skip
-        self._events[customer].append((f"{int(now * 1000)}-{self._event_seq}", fields))
+        raw = (customer, period_id, day, now, calls, records, replays, route, key_id)
+        self._append(customer, (f"{int(now * 1000)}-{self._event_seq}", raw))
+
+    def _append(self, customer: str, event: tuple[str, _RawEvent]) -> None:
+        events = self._events[customer]
+        events.append(event)
+        if len(events) > MAX_EVENTS:
+            drop = len(events) // 2
+            del events[:drop]
+            self._dropped[customer] += drop
 
     async def settle(self, settlement: Settlement) -> None:
         if settlement.records <= 0:
@@ -256,16 +285,20 @@ class MemoryStore:
         self._customers[record.id] = record
 
     async def add_key(self, key_hash: str, record: KeyRecord) -> None:
-        self._keys[key_hash] = (key_hash, record)
+        self._keys[key_hash] = record
         self._key_ids[record.key_id] = key_hash
 
+    def _with_last_used(self, record: KeyRecord) -> KeyRecord:
+        used = self._last_used.get(record.key_id)
+        return record if used is None else replace(record, last_used=used)
+
     async def find_key(self, key_hash: str) -> KeyRecord | None:
-        entry = self._keys.get(key_hash)
-        return entry[1] if entry is not None else None
+        record = self._keys.get(key_hash)
+        return self._with_last_used(record) if record is not None else None
 
     async def list_keys(self, customer: str) -> list[KeyRecord]:
         return sorted(
-            (record for _, record in self._keys.values() if record.customer == customer),
+            (self._with_last_used(record) for record in self._keys.values() if record.customer == customer),
             key=lambda record: record.created_at,
         )
 
@@ -273,8 +306,7 @@ class MemoryStore:
         key_hash = self._key_ids.get(key_id)
         if key_hash is None:
             return False
-        _, record = self._keys[key_hash]
-        self._keys[key_hash] = (key_hash, replace(record, revoked=True))
+        self._keys[key_hash] = replace(self._keys[key_hash], revoked=True)
         return True
 
     # audit log --------------------------------------------------------------------------------------
@@ -282,7 +314,7 @@ class MemoryStore:
     async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:
         self._event_seq += 1
         event_id = f"{int(self._clock() * 1000)}-{self._event_seq}"
-        self._events[customer].append((event_id, dict(fields)))
+        self._append(customer, (event_id, dict(fields)))
         return event_id
 
     async def read_events(
@@ -291,8 +323,9 @@ class MemoryStore:
         held = self._pending[(customer, group)]
         if pending:
             return list(held.items())[:count]
-        start = self._delivered.get((customer, group), 0)
-        batch = self._events[customer][start : start + count]
+        dropped = self._dropped[customer]
+        start = max(self._delivered.get((customer, group), 0), dropped)
+        batch = [(event_id, _fields(raw)) for event_id, raw in self._events[customer][start - dropped :][:count]]
         self._delivered[(customer, group)] = start + len(batch)
         held.update(batch)
         return batch
@@ -340,6 +373,7 @@ class MemoryStore:
 
     async def watch(self, on_event: Callable[[str], None]) -> None:
         self._watchers.append(on_event)
+        on_event("*")  # in one process every change is seen: nothing is ever missed
         try:
             await asyncio.Future()  # until cancelled
         finally:

@@ -44,6 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import CustomerExists, StoreError, StoreUnavailable
+from ..plans import Window
 from ._batch import Batcher
 from ._batch import Op as _Op
 from ._redis_alerts import RedisAlerts
@@ -57,6 +58,7 @@ from .base import (
     Decision,
     Flush,
     KeyRecord,
+    Meter,
     Reason,
     Settlement,
     Usage,
@@ -67,6 +69,7 @@ log = logging.getLogger("meterguard.store")
 
 DAY = 86_400
 WATCH_BACKOFF_MAX_SECONDS = 5.0
+WATCH_PING_SECONDS = 5.0
 PERIOD_AUDIT_SECONDS = 400 * DAY  # period counters outlive the period end this long, for audits
 DAY_TTL_SECONDS = 400 * DAY  # daily counters, from their last write
 WINDOW_SLACK_SECONDS = 60  # windows live 2 x their length (the sliding estimate reads 2 slots) + this
@@ -87,7 +90,28 @@ def _load(name: str) -> _Script:
 
 
 METER = _load("meter")
+# The first element of every METER batch: settings of the whole batch, not repeated per operation.
+_BATCH_SETTINGS = (
+    PERIOD_AUDIT_SECONDS,
+    DAY_TTL_SECONDS,
+    MAX_UNLISTED_ROUTES,
+    OTHER_ROUTE,
+    WINDOW_SLACK_SECONDS,
+    IDEMPOTENCY_TTL_SECONDS,
+)
 CREATE_CUSTOMER = _load("create_customer")
+
+
+def _meter(meter: Meter) -> list[Any]:
+    return [
+        -1 if meter.included is None else meter.included,
+        meter.unit,
+        [[-1 if up_to is None else up_to, price] for up_to, price in meter.tiers],
+    ]
+
+
+def _counter(window: Window) -> str:
+    return quote(window.counter, safe="")
 
 
 def no_retry() -> Retry:
@@ -166,6 +190,7 @@ class RedisStore(RedisAlerts):
         self._prefix = key_prefix
         self._redis: Any = None
         self._batcher = Batcher(self._run, self._slot)
+        self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
 
     def _slot(self, op: _Op) -> int:
         """Operations that may share one script call: all of them on a single server."""
@@ -198,7 +223,12 @@ class RedisStore(RedisAlerts):
     # keys -----------------------------------------------------------------------------------------
 
     def _tag(self, customer: str) -> str:
-        return f"{self._prefix}:{{c:{quote(customer, safe='')}}}"
+        tag = self._tags.get(customer)
+        if tag is None:
+            if len(self._tags) > 100_000:
+                self._tags.clear()
+            tag = self._tags[customer] = f"{self._prefix}:{{c:{quote(customer, safe='')}}}"
+        return tag
 
     def _period_key(self, customer: str, period_id: str) -> str:
         return f"{self._tag(customer)}:p:{period_id}"
@@ -219,19 +249,8 @@ class RedisStore(RedisAlerts):
 
     async def admit(self, request: AdmitRequest) -> Decision:
         tag = self._tag(request.customer)
-        events = f"{tag}:events"
-        idempotent = request.idempotency_key is not None
-        keys = [
-            self._period_key(request.customer, request.period_id),
-            self._day_key(request.customer, request.day),
-            f"{tag}:keys",
-            f"{tag}:used",
-            events,
-            f"{tag}:idem:{request.idempotency_key}" if idempotent else events,
-            *(f"{tag}:w:{quote(window.counter, safe='')}" for window in request.windows),
-        ]
-        calls, records = request.calls, request.records
-        args: list[str | int | float] = [
+        op: list[Any] = [
+            "A",
             request.customer,
             request.period_id,
             request.day,
@@ -241,23 +260,14 @@ class RedisStore(RedisAlerts):
             1 if request.listed else 0,
             request.key_id,
             request.period_end,
-            PERIOD_AUDIT_SECONDS,
-            DAY_TTL_SECONDS,
-            MAX_UNLISTED_ROUTES,
-            OTHER_ROUTE,
-            WINDOW_SLACK_SECONDS,
             -1 if request.spend_cap_cents is None else request.spend_cap_cents,
             request.lease,
-            1 if idempotent else 0,
-            IDEMPOTENCY_TTL_SECONDS,
+            request.idempotency_key or "",
+            _meter(request.calls),
+            _meter(request.records),
+            [[_counter(window), window.limit, window.seconds] for window in request.windows],
         ]
-        for meter in (calls, records):
-            args += [-1 if meter.included is None else meter.included, meter.unit, len(meter.tiers)]
-            for up_to, price_micros in meter.tiers:
-                args += [-1 if up_to is None else up_to, price_micros]
-        for window in request.windows:
-            args += [window.limit, window.seconds]
-        reply, now = await self._batcher.submit(_Op("A", keys, args))
+        reply, now = await self._batcher.submit(_Op("A", [tag], op))
         (admitted, reason, violated_windows, calls_violated, records_violated, retry_after,
          remaining, resets, calls_used, records_used, spend, granted, replay, slots) = reply  # fmt: skip
         violated = [request.windows[int(index) - 1].name for index in violated_windows]
@@ -284,20 +294,12 @@ class RedisStore(RedisAlerts):
             slots=tuple(int(slot) for slot in slots),
         )
 
-    def _common(self, customer: str, period_id: str, day: str, period_end: int) -> list[str | int | float]:
-        return [customer, period_id, day, period_end, PERIOD_AUDIT_SECONDS, DAY_TTL_SECONDS]
-
     async def settle(self, settlement: Settlement) -> None:
         if settlement.records <= 0:
             return
-        customer = settlement.customer
-        keys = [
-            self._period_key(customer, settlement.period_id),
-            self._day_key(customer, settlement.day),
-            f"{self._tag(customer)}:events",
-        ]
-        args: list[str | int | float] = [
-            customer,
+        op: list[Any] = [
+            "S",
+            settlement.customer,
             settlement.period_id,
             settlement.day,
             settlement.records,
@@ -305,39 +307,28 @@ class RedisStore(RedisAlerts):
             1 if settlement.listed else 0,
             settlement.key_id,
             settlement.period_end,
-            PERIOD_AUDIT_SECONDS,
-            DAY_TTL_SECONDS,
-            MAX_UNLISTED_ROUTES,
-            OTHER_ROUTE,
         ]
-        await self._batcher.submit(_Op("S", keys, args))
+        await self._batcher.submit(_Op("S", [self._tag(settlement.customer)], op))
 
     async def flush(self, flush: Flush) -> None:
-        tag = self._tag(flush.customer)
-        keys = [
-            self._period_key(flush.customer, flush.period_id),
-            self._day_key(flush.customer, flush.day),
-            f"{tag}:events",
-            f"{tag}:keys",
-            f"{tag}:used",
-            *(f"{tag}:w:{quote(window.counter, safe='')}" for window, _, _ in flush.windows),
+        op: list[Any] = [
+            "F",
+            flush.customer,
+            flush.period_id,
+            flush.day,
+            flush.period_end,
+            flush.consumed,
+            flush.returned,
+            [[row.route, 1 if row.listed else 0, row.key_id, row.calls, row.records] for row in flush.rows],
+            [[_counter(window), slot, units] for window, slot, units in flush.windows],
         ]
-        args = self._common(flush.customer, flush.period_id, flush.day, flush.period_end)
-        args += [MAX_UNLISTED_ROUTES, OTHER_ROUTE, flush.consumed, flush.returned, len(flush.rows)]
-        for row in flush.rows:
-            args += [row.route, 1 if row.listed else 0, row.key_id, row.calls, row.records]
-        for _, slot, units in flush.windows:
-            args += [slot, units]
-        await self._batcher.submit(_Op("F", keys, args))
+        await self._batcher.submit(_Op("F", [self._tag(flush.customer)], op))
 
     async def _run(self, ops: Sequence[_Op]) -> tuple[list[Any], float]:
         """One METER call for ``ops`` (all of one hash slot on a cluster)."""
-        keys: list[str] = []
-        args: list[str | int | float] = [len(ops)]
-        for op in ops:
-            keys += op.keys
-            args += [op.code, len(op.keys), len(op.args), *op.args]
-        reply = await self._script(METER, keys, args)
+        keys = [op.keys[0] for op in ops]
+        payload = json.dumps([_BATCH_SETTINGS, *(op.args for op in ops)], separators=(",", ":"))
+        reply = await self._script(METER, keys, [payload])
         sec, usec, *results = reply
         # The script's `now`, computed the same way as in the script.
         return results, int(sec) + int(usec) / 1_000_000
@@ -523,7 +514,9 @@ class RedisStore(RedisAlerts):
         """Call ``on_event`` for each event any process publishes, until cancelled.
 
         The subscription reconnects with backoff. Events published while it was away are lost,
-        so every (re)subscription reports ``"*"``: callers drop everything they cached.
+        so every (re)subscription reports ``"*"`` and every loss ``"-"``: callers drop everything
+        they cached, and cache briefly while no events arrive. A PING every few seconds finds a
+        connection that died silently.
         """
         delay = 0.1
         while True:
@@ -532,11 +525,17 @@ class RedisStore(RedisAlerts):
                 await pubsub.subscribe(self._events_channel())
                 on_event("*")
                 delay = 0.1
+                loop = asyncio.get_running_loop()
+                pinged = loop.time()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         on_event(str(message["data"]))
+                    if loop.time() - pinged >= WATCH_PING_SECONDS:
+                        await pubsub.ping()
+                        pinged = loop.time()
             except (redis_errors.RedisError, OSError) as exc:
+                on_event("-")
                 log.warning("change events: subscription lost (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WATCH_BACKOFF_MAX_SECONDS)

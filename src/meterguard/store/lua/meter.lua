@@ -5,8 +5,12 @@
 -- the keys of one customer only, under the customer's hash tag. The arithmetic is that of
 -- windows.py, billing.py and store/memory.py, which are the reference.
 --
--- ARGV[1] = number of operations; then, per operation: code, number of keys, number of args,
--- args. KEYS hold each operation's keys in order. Codes:
+-- ARGV[1] is the batch as JSON: {settings, op, op, ...}; settings = {period audit seconds (period
+-- counters live that long past the period end), day ttl, max unlisted route labels, "other"
+-- label, window ttl slack, idempotency ttl}. KEYS[i] is the hash tag base of op i's customer
+-- (`<prefix>:{c:<id>}`): every key the op touches is that base plus a suffix, so all of them
+-- are in the slot of the declared key (a cluster routes the call by it). One JSON argument
+-- instead of dozens per op: the client encodes it in C, not argument by argument. Codes:
 --   A  admit one request (optionally leasing extra units for the fast path, optionally idempotent)
 --   S  settle the records of one response
 --   F  flush a fast-path process's local usage and give back unused leased units
@@ -14,6 +18,11 @@
 -- and does not stop the others. Usage of every op lands, aggregated per customer, period and day,
 -- as one event in the customer's stream, in the same atomic step as the counters.
 -- Floats travel as strings ("%.17g" round-trips a double); Lua numbers become integers in replies.
+
+local batch = cjson.decode(ARGV[1])
+local settings = batch[1]
+local AUDIT, DAY_TTL, MAX_UNLISTED, OTHER, SLACK, IDEM_TTL =
+  settings[1], settings[2], settings[3], settings[4], settings[5], settings[6]
 
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
@@ -117,22 +126,29 @@ local function meter_cents(used, included, unit, tiers)
 end
 
 -- memory._route_label: unmatched "METHOD /path" labels are bounded per hash (period or day)
-local function label(hash, route, listed, max_unlisted, other)
+local function label(hash, route, listed)
   if listed or redis.call('HEXISTS', hash, 'u:' .. route) == 1 then return route end
   local n = tonumber(redis.call('HGET', hash, 'un') or '0')
-  if n >= max_unlisted then return other end
+  if n >= MAX_UNLISTED then return OTHER end
   redis.call('HSET', hash, 'u:' .. route, '1')
   redis.call('HINCRBY', hash, 'un', 1)
   return route
 end
 
+-- Expiry is set when a counter hash gets its first calls, records or rejection (an increment that
+-- returns the amount added): once per hash, not once per request.
+local function expire_period(period, period_end)
+  -- never an expiry in the past, even for a period id that ended long ago (a replayed record)
+  redis.call('EXPIREAT', period, math.max(period_end + AUDIT, sec + DAY_TTL))
+end
+
 -- Usage events, aggregated per (stream, period, day) over the whole batch and written at the end.
 local events, event_order = {}, {}
-local function event(stream, customer, period_id, day, ttl)
+local function event(stream, customer, period_id, day)
   local id = stream .. '\n' .. period_id .. '\n' .. day
   local e = events[id]
   if e == nil then
-    e = {stream = stream, customer = customer, period = period_id, day = day, ttl = ttl,
+    e = {stream = stream, customer = customer, period = period_id, day = day,
          calls = 0, records = 0, replays = 0, routes = {}, keys = {}, n = 0}
     events[id] = e
     event_order[#event_order + 1] = id
@@ -151,65 +167,49 @@ local function add_usage(e, route, key_id, calls, records)
   e.n = e.n + 1
 end
 
--- Count usage in the period and day hashes (and the event), returning the period's route label.
-local function count(period, day, route, listed, key_id, calls, records, max_unlisted, other)
+-- Count usage in the period and day hashes, returning the period's route label.
+local function count(period, day, period_end, route, listed, key_id, calls, records)
   local route_label
   for i, hash in ipairs({period, day}) do
-    local name = label(hash, route, listed, max_unlisted, other)
+    local name = label(hash, route, listed)
+    local first = false
     if i == 1 then route_label = name end
     if calls ~= 0 then
-      redis.call('HINCRBY', hash, 'calls', calls)
+      first = redis.call('HINCRBY', hash, 'calls', calls) == calls
       redis.call('HINCRBY', hash, 'r:c:' .. name, calls)
       redis.call('HINCRBY', hash, 'k:c:' .. key_id, calls)
     end
     if records ~= 0 then
-      redis.call('HINCRBY', hash, 'records', records)
+      first = redis.call('HINCRBY', hash, 'records', records) == records or first
       redis.call('HINCRBY', hash, 'r:r:' .. name, records)
       redis.call('HINCRBY', hash, 'k:r:' .. key_id, records)
+    end
+    if first then
+      if i == 1 then expire_period(hash, period_end) else redis.call('EXPIRE', hash, DAY_TTL) end
     end
   end
   return route_label
 end
 
-local function expire_counters(period, day, period_end, audit, day_ttl)
-  -- never an expiry in the past, even for a period id that ended long ago (a replayed record)
-  redis.call('EXPIREAT', period, math.max(period_end + audit, sec + day_ttl))
-  redis.call('EXPIRE', day, day_ttl)
-end
-
--- A: KEYS period, day, key index, last-used, events, idempotency (or the events key again when
---    none), one hash per window.
---    ARGV customer, period id, day, weight, sliding, route, listed, key_id, period end, audit,
---    day ttl, max unlisted, other, window slack, cap (-1 none), lease wanted, idempotent (1/0),
---    idempotency ttl, then per meter (calls, records): included (-1 none), unit (0: not billed),
---    number of tiers, then up_to (-1 open-ended), price micros per tier; then limit, seconds per
---    window.
+-- A: {"A", customer, period id, day, weight, sliding (0/1), route, listed (0/1), key id, period
+--     end, cap (-1 none), lease wanted, idempotency key ("" none), calls meter, records meter,
+--     windows}; a meter is {included (-1 none), unit (0: not billed), {{up_to (-1 open-ended),
+--     price micros}, ...}}; a window is {counter (quoted), limit, seconds}.
 -- Reply {admitted, reason, {violated window indexes}, calls_violated, records_violated,
 --        retry_after, {remaining}, {reset_after}, calls_used, records_used, spend, granted,
 --        replay, {slot index per window}}
-local function admit(k, a)
-  local period, day, key_index, used_hash, stream, idem = k[1], k[2], k[3], k[4], k[5], k[6]
-  local customer, period_id, day_id = a[1], a[2], a[3]
-  local weight, sliding = tonumber(a[4]), a[5] == '1'
-  local route, listed, key_id = a[6], a[7] == '1', a[8]
-  local period_end, audit, day_ttl = tonumber(a[9]), tonumber(a[10]), tonumber(a[11])
-  local max_unlisted, other, slack = tonumber(a[12]), a[13], tonumber(a[14])
-  local cap, lease_wanted = tonumber(a[15]), tonumber(a[16])
-  local idempotent, idem_ttl = a[17] == '1', tonumber(a[18])
-  local cursor = 19
-  local function meter()
-    local included, unit, ntiers = tonumber(a[cursor]), tonumber(a[cursor + 1]), tonumber(a[cursor + 2])
-    local tiers = {}
-    for t = 1, ntiers do
-      tiers[t] = {tonumber(a[cursor + 1 + 2 * t]), tonumber(a[cursor + 2 + 2 * t])}
-    end
-    cursor = cursor + 3 + 2 * ntiers
-    return included, unit, tiers
-  end
-  local calls_included, calls_unit, calls_tiers = meter()
-  local records_included, records_unit, records_tiers = meter()
-  local first_window = cursor
-  local nwindows = #k - 6
+local function admit(tag, o)
+  local customer, period_id, day_id = o[2], o[3], o[4]
+  local period, day, used_hash, stream = tag .. ':p:' .. period_id, tag .. ':d:' .. day_id, tag .. ':used', tag .. ':events'
+  local weight, sliding = o[5], o[6] == 1
+  local route, listed, key_id = o[7], o[8] == 1, o[9]
+  local period_end, cap, lease_wanted = o[10], o[11], o[12]
+  local idempotent = o[13] ~= ''
+  local idem = tag .. ':idem:' .. o[13]
+  local calls_included, calls_unit, calls_tiers = o[14][1], o[14][2], o[14][3]
+  local records_included, records_unit, records_tiers = o[15][1], o[15][2], o[15][3]
+  local windows = o[16]
+  local nwindows = #windows
 
   -- An idempotent retry already billed once is served again unbilled: it still passes (and
   -- fills) the rate windows, which protect the service, but touches no quota or charge.
@@ -218,12 +218,13 @@ local function admit(k, a)
   local remaining, resets, violated, slots, state = {}, {}, {}, {}, {}
   local retry_after = 0.0
   local room = math.huge -- units every window could still take after this request
+  local window_keys = {}
   for i = 1, nwindows do
-    local limit = tonumber(a[first_window + 2 * (i - 1)])
-    local seconds = tonumber(a[first_window + 2 * (i - 1) + 1])
+    window_keys[i] = tag .. ':w:' .. windows[i][1]
+    local limit, seconds = windows[i][2], windows[i][3]
     local index = math.floor(now / seconds)
     local elapsed = now - index * seconds
-    local counts = redis.call('HMGET', k[6 + i], slot_name(index - 1), slot_name(index))
+    local counts = redis.call('HMGET', window_keys[i], slot_name(index - 1), slot_name(index))
     local previous, current = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
     local used = estimate(sliding, previous, current, elapsed, seconds)
     if used + weight > limit then
@@ -236,9 +237,10 @@ local function admit(k, a)
     slots[i] = index
   end
 
-  local calls_used = tonumber(redis.call('HGET', period, 'calls') or '0')
-  local reserved = tonumber(redis.call('HGET', period, 'rs') or '0')
-  local records_used = tonumber(redis.call('HGET', period, 'records') or '0')
+  local totals = redis.call('HMGET', period, 'calls', 'rs', 'records')
+  local calls_used = tonumber(totals[1] or '0')
+  local reserved = tonumber(totals[2] or '0')
+  local records_used = tonumber(totals[3] or '0')
   -- Units leased to fast-path processes count as used until they are flushed or given back.
   local committed = calls_used + reserved
   local spend = meter_cents(committed, calls_included, calls_unit, calls_tiers)
@@ -288,105 +290,81 @@ local function admit(k, a)
   end
 
   if reason ~= '' then
-    redis.call('HINCRBY', period, 'x:' .. reason, 1)
-    expire_counters(period, day, period_end, audit, day_ttl)
+    if redis.call('HINCRBY', period, 'x:' .. reason, 1) == 1 then expire_period(period, period_end) end
     return reply(0)
   end
 
   for i = 1, nwindows do
     local s = state[i]
-    local key = k[6 + i]
+    local key = window_keys[i]
     redis.call('HINCRBY', key, slot_name(s[1]), weight + granted)
     if s[3] == 0 then
-      -- a new slot: drop the ones the sliding estimate no longer reads
+      -- a new slot: drop the ones the sliding estimate no longer reads, and keep the hash for
+      -- as long as this slot can still be read (as the previous one of the next)
       for _, field in ipairs(redis.call('HKEYS', key)) do
         if tonumber(field) < s[1] - 1 then redis.call('HDEL', key, field) end
       end
+      redis.call('EXPIRE', key, 2 * s[5] + SLACK)
     end
-    redis.call('EXPIRE', key, 2 * s[5] + slack)
   end
 
-  local e = event(stream, customer, period_id, day_id, audit)
+  local e = event(stream, customer, period_id, day_id)
   if replay then
-    redis.call('HINCRBY', period, 'replays', 1)
-    redis.call('HINCRBY', day, 'replays', 1)
+    if redis.call('HINCRBY', period, 'replays', 1) == 1 then expire_period(period, period_end) end
+    if redis.call('HINCRBY', day, 'replays', 1) == 1 then redis.call('EXPIRE', day, DAY_TTL) end
     e.replays = e.replays + 1
     e.n = e.n + 1
   else
-    local route_label = count(period, day, route, listed, key_id, weight, 0, max_unlisted, other)
+    local route_label = count(period, day, period_end, route, listed, key_id, weight, 0)
     add_usage(e, route_label, key_id, weight, 0)
     calls_used = calls_used + weight
-    if idempotent then redis.call('SET', idem, '1', 'EX', idem_ttl) end
+    if idempotent then redis.call('SET', idem, '1', 'EX', IDEM_TTL) end
   end
   if granted > 0 then redis.call('HINCRBY', period, 'rs', granted) end
-  expire_counters(period, day, period_end, audit, day_ttl)
-  if redis.call('HEXISTS', key_index, key_id) == 1 then
-    redis.call('HSET', used_hash, key_id, f(now))
-  end
+  redis.call('HSET', used_hash, key_id, f(now))
   return reply(1)
 end
 
--- S: KEYS period, day, events.
---    ARGV customer, period id, day, records, route, listed, key_id, period end, audit, day ttl,
---    max unlisted, other.
-local function settle(k, a)
-  local period, day, stream = k[1], k[2], k[3]
-  local records = tonumber(a[4])
-  local route_label = count(period, day, a[5], a[6] == '1', a[7], 0, records, tonumber(a[11]), a[12])
-  expire_counters(period, day, tonumber(a[8]), tonumber(a[9]), tonumber(a[10]))
-  add_usage(event(stream, a[1], a[2], a[3], tonumber(a[9])), route_label, a[7], 0, records)
+-- S: {"S", customer, period id, day, records, route, listed (0/1), key id, period end}
+local function settle(tag, o)
+  local period, day = tag .. ':p:' .. o[3], tag .. ':d:' .. o[4]
+  local route_label = count(period, day, o[9], o[6], o[7] == 1, o[8], 0, o[5])
+  add_usage(event(tag .. ':events', o[2], o[3], o[4]), route_label, o[8], 0, o[5])
   return 1
 end
 
--- F: KEYS period, day, events, key index, last-used, then one hash per window being given back.
---    ARGV customer, period id, day, period end, audit, day ttl, max unlisted, other,
---    consumed (leased units used: reserved -> calls), returned (leased units unused),
---    number of usage rows, then per row: route, listed, key_id, calls, records;
---    then per window hash: slot index, units to give back.
-local function flush(k, a)
-  local period, day, stream, key_index, used_hash = k[1], k[2], k[3], k[4], k[5]
-  local customer, period_id, day_id = a[1], a[2], a[3]
-  local period_end, audit, day_ttl = tonumber(a[4]), tonumber(a[5]), tonumber(a[6])
-  local max_unlisted, other = tonumber(a[7]), a[8]
-  local consumed, returned = tonumber(a[9]), tonumber(a[10])
-  local rows = tonumber(a[11])
-  local e = event(stream, customer, period_id, day_id, audit)
-  local i = 12
-  for _ = 1, rows do
-    local key_id, calls, records = a[i + 2], tonumber(a[i + 3]), tonumber(a[i + 4])
-    local route_label = count(period, day, a[i], a[i + 1] == '1', key_id, calls, records, max_unlisted, other)
+-- F: {"F", customer, period id, day, period end, consumed (leased units used: reserved ->
+--     calls), returned (leased units unused), rows, windows}; a row is {route, listed (0/1),
+--     key id, calls, records}; a window is {counter (quoted), slot index, units to give back}.
+local function flush(tag, o)
+  local period, day, used_hash = tag .. ':p:' .. o[3], tag .. ':d:' .. o[4], tag .. ':used'
+  local period_end, consumed, returned = o[5], o[6], o[7]
+  local e = event(tag .. ':events', o[2], o[3], o[4])
+  for _, row in ipairs(o[8]) do
+    local key_id, calls, records = row[3], row[4], row[5]
+    local route_label = count(period, day, period_end, row[1], row[2] == 1, key_id, calls, records)
     add_usage(e, route_label, key_id, calls, records)
-    if calls > 0 and redis.call('HEXISTS', key_index, key_id) == 1 then
-      redis.call('HSET', used_hash, key_id, f(now))
-    end
-    i = i + 5
+    if calls > 0 then redis.call('HSET', used_hash, key_id, f(now)) end
   end
   if consumed + returned > 0 then
     local left = redis.call('HINCRBY', period, 'rs', -(consumed + returned))
     if left < 0 then redis.call('HSET', period, 'rs', 0) end
   end
-  for w = 6, #k do
-    local slot, units = a[i], tonumber(a[i + 1])
-    if units > 0 and redis.call('HEXISTS', k[w], slot) == 1 then
-      local left = redis.call('HINCRBY', k[w], slot, -units)
-      if left < 0 then redis.call('HSET', k[w], slot, 0) end
+  for _, w in ipairs(o[9]) do
+    local key, slot, units = tag .. ':w:' .. w[1], slot_name(w[2]), w[3]
+    if units > 0 and redis.call('HEXISTS', key, slot) == 1 then
+      local left = redis.call('HINCRBY', key, slot, -units)
+      if left < 0 then redis.call('HSET', key, slot, 0) end
     end
-    i = i + 2
   end
-  expire_counters(period, day, period_end, audit, day_ttl)
   return 1
 end
 
 local handlers = {A = admit, S = settle, F = flush}
 local out = {time[1], time[2]}
-local ki, ai = 1, 2
-for op = 1, tonumber(ARGV[1]) do
-  local code, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
-  local k, a = {}, {}
-  for j = 1, nk do k[j] = KEYS[ki + j - 1] end
-  for j = 1, na do a[j] = ARGV[ai + 2 + j] end
-  ki, ai = ki + nk, ai + 3 + na
-  local ok, result = pcall(handlers[code], k, a)
+for op = 2, #batch do
+  local o = batch[op]
+  local ok, result = pcall(handlers[o[1]], KEYS[op - 1], o)
   if ok then out[#out + 1] = result else out[#out + 1] = {'err', tostring(result)} end
 end
 
@@ -396,7 +374,8 @@ for _, id in ipairs(event_order) do
     redis.call('XADD', e.stream, '*', 'v', '1', 'type', 'usage', 'customer', e.customer, 'period', e.period,
                'day', e.day, 'ts', f(now), 'calls', int(e.calls), 'records', int(e.records),
                'replays', int(e.replays), 'routes', cjson.encode(e.routes), 'keys', cjson.encode(e.keys))
-    redis.call('EXPIRE', e.stream, e.ttl)
+    -- the audit log lives as long as the period counters, from its last write
+    redis.call('EXPIRE', e.stream, AUDIT)
   end
 end
 return out
