@@ -9,10 +9,10 @@ shutdown.
 
 Lease sizes follow each customer's observed rate (about half a second of traffic, from 1 up to
 MAX_LEASE units) and the store grants at most an eighth of what is left, so near a limit leases
-shrink to nothing and every decision is made in the store again. Billed overage is never
-leased: past the included quota every request is decided in the store, so the spend cap is
-exact. What a process killed with SIGKILL loses is its usage not yet flushed: at most the units
-of the leases it held, and at most one flush interval of its traffic (docs/deployment.md).
+shrink to nothing and every decision is made in the store again. Plans that bill overage are
+never leased: every request of theirs is decided in the store, so the spend cap is exact.
+What a process killed with SIGKILL loses is its usage not yet flushed: at most the units of
+the leases it held, and at most one flush interval of its traffic (docs/deployment.md).
 """
 
 from __future__ import annotations

@@ -122,3 +122,11 @@ async def test_graduated_tiers_price_the_spend_cap_check_like_billing_py(store: 
     # $10.00 cap: 5 x $1 + 7 x $0.50 = $8.50 after 22 calls; then $0.33 each: the cap is reached at 27.
     assert sum(decision.admitted for decision in decisions) == 27
     assert decisions[27].reason == "spend_cap"
+
+
+async def test_a_plan_that_bills_overage_is_never_leased(store: Store) -> None:
+    billed = Meter(100, 1, 1_000_000)
+    decision = await store.admit(replace(request("acme", calls=billed), lease=50))
+    assert decision.admitted and decision.granted == 0
+    capped = await store.admit(replace(request("globex", calls=Meter(100), cap=500), lease=50))
+    assert capped.admitted and capped.granted == 0

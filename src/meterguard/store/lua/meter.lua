@@ -264,9 +264,11 @@ local function admit(tag, o)
 
   -- The lease: extra units reserved in every window and against the calls quota, so that no
   -- process can ever admit past a limit. Near a limit it shrinks to nothing: a process may take
-  -- only an eighth of what is left. Billed overage is never leased (the spend cap is exact).
+  -- only an eighth of what is left. A plan that bills overage is never leased: units reserved
+  -- but not yet used would make the spend-cap check guess, and the cap must start exactly.
   local granted = 0
-  if reason == '' and not replay and lease_wanted > 0 then
+  local billing = calls_unit > 0 or records_unit > 0 or cap >= 0
+  if reason == '' and not replay and lease_wanted > 0 and not billing then
     local left = room
     if calls_included >= 0 then
       left = math.min(left, calls_included - committed - weight)
