@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
@@ -61,7 +62,16 @@ class RedisClusterStore(RedisStore):
         # A script may only touch keys of one slot; each operation's keys share the customer's tag.
         return int(key_slot(op.keys[0].encode()))
 
-    def _connect(self) -> Any:
+    def _subscriber(self) -> tuple[Any, Any]:
+        # A PUBLISH on any node of a cluster reaches the subscribers of every node, so one plain
+        # connection to a startup node is enough. (redis-py's cluster pub/sub looks up a node by
+        # slot before it has loaded the slot map, and leaks its connection when closed.)
+        host, port = self._nodes[0]
+        options = self._options()
+        client = Redis(host=host, port=port, decode_responses=True, retry=no_retry(), **options)
+        return client.pubsub(), client
+
+    def _options(self) -> dict[str, Any]:
         parts = urlsplit(self.url)
         options: dict[str, Any] = {
             "socket_timeout": DEFAULT_TIMEOUT_SECONDS,
@@ -73,6 +83,10 @@ class RedisClusterStore(RedisStore):
             options["username"] = parts.username
         if parts.password:
             options["password"] = parts.password
+        return options
+
+    def _connect(self) -> Any:
+        options = self._options()
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
             decode_responses=True,

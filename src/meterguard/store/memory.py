@@ -38,7 +38,7 @@ from .base import (
 )
 
 IDEMPOTENCY_TTL_SECONDS = 86_400
-MAX_EVENTS = 100_000
+MAX_EVENTS = 10_000
 
 #: customer, period, day, ts, calls, records, replays, route, key id
 _RawEvent = tuple[str, str, str, float, int, int, int, str | None, str | None] | dict[str, str]

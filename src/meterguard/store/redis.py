@@ -191,6 +191,8 @@ class RedisStore(RedisAlerts):
         self._redis: Any = None
         self._batcher = Batcher(self._run, self._slot)
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
+        self._owners: set[Any] = set()  # clients made for a subscriber alone
+        self._closed = False
 
     def _slot(self, op: _Op) -> int:
         """Operations that may share one script call: all of them on a single server."""
@@ -206,7 +208,14 @@ class RedisStore(RedisAlerts):
         }
         return Redis.from_url(self.url, decode_responses=True, retry=no_retry(), **options)
 
+    def _subscriber(self) -> tuple[Any, Any]:
+        """A pub/sub for change events, and a client of its own to close with it (or None)."""
+        return self._client().pubsub(), None
+
     def _client(self) -> Any:
+        if self._closed:
+            # Late work of a closed gateway (a background task) must not open new connections.
+            raise StoreUnavailable("the store has been closed")
         if self._redis is None:
             self._redis = self._connect()
         return self._redis
@@ -519,9 +528,12 @@ class RedisStore(RedisAlerts):
         connection that died silently.
         """
         delay = 0.1
-        while True:
-            pubsub = self._client().pubsub()
+        while not self._closed:
+            pubsub = owner = None
             try:
+                pubsub, owner = self._subscriber()
+                if owner is not None:
+                    self._owners.add(owner)
                 await pubsub.subscribe(self._events_channel())
                 on_event("*")
                 delay = 0.1
@@ -534,13 +546,19 @@ class RedisStore(RedisAlerts):
                     if loop.time() - pinged >= WATCH_PING_SECONDS:
                         await pubsub.ping()
                         pinged = loop.time()
-            except (redis_errors.RedisError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever broke it, the watcher must live on
                 on_event("-")
-                log.warning("change events: subscription lost (%s); retrying in %.1fs", exc, delay)
+                if self._closed:
+                    return
+                log.warning("change events: subscription lost (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WATCH_BACKOFF_MAX_SECONDS)
             finally:
-                await pubsub.aclose()
+                if pubsub is not None:
+                    await pubsub.aclose()
+                if owner is not None:
+                    self._owners.discard(owner)
+                    await owner.aclose()
 
     async def diagnose(self) -> list[str]:
         """Settings that lose usage: no AOF (a restart forgets it), key eviction (under-billing).
@@ -567,6 +585,11 @@ class RedisStore(RedisAlerts):
 
     async def aclose(self) -> None:
         await self._batcher.drain()
+        self._closed = True
+        # A watch() still running loses its connection here and returns: closing a client
+        # disconnects the connections it lent out, the subscriber's included.
+        for owner in list(self._owners):
+            await owner.aclose()
         client, self._redis = self._redis, None
         if client is not None:
             with _translated():
