@@ -592,3 +592,13 @@ async def test_malformed_idempotency_key_is_400(make: Factory, value: bytes) -> 
     response = await client.get("/v1/posts/1", headers=[(b"x-api-key", key.encode()), (b"idempotency-key", value)])
     problem(response, 400, PROBLEMS + "invalid-idempotency-key")
     assert (await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)).calls == 0
+
+
+async def test_head_is_metered_and_entitled_as_its_get_route(make: Factory, clock: Clock) -> None:
+    client, guard = await make(clock=clock)
+    key = await customer(guard)
+    problem_response = await client.head("/v1/posts/archive", headers={"x-api-key": key})
+    assert problem_response.status_code == 403  # not a way around `plans: [pro]`
+    assert (await client.head("/v1/posts/search", headers={"x-api-key": key})).status_code == 200
+    usage = await guard.store.usage("acme", "2026-11")
+    assert usage.by_route["GET /v1/posts/search"].calls == 1

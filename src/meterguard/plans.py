@@ -182,6 +182,14 @@ class RouteTable:
                 self._static.setdefault((route.method, path), (index, route))
 
     def match(self, method: str, path: str) -> Route | None:
+        route = self._match(method, path)
+        if route is None and method == "HEAD":
+            # Starlette and most frameworks answer HEAD with the GET route: so does the table, or a
+            # HEAD would slip past a GET route's weight and entitlement.
+            route = self._match("GET", path)
+        return route
+
+    def _match(self, method: str, path: str) -> Route | None:
         found = self._static.get((method, path))
         limit = found[0] if found is not None else len(self.routes)
         for index, route in self._patterns:
