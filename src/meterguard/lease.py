@@ -35,6 +35,7 @@ LEASE_SECONDS = 1.0  # a lease lives at most this long, and never past the end o
 TARGET_LEASE_SECONDS = 0.5  # a lease should carry about this much of the customer's traffic
 FIRST_LEASE = 4
 MAX_LEASE = 256
+IDLE_PRUNE_AT = 10_000  # bookkeeping entries before idle ones are dropped
 
 LeaseKey = tuple[str, str, tuple[Window, ...]]  # customer, period id, the windows the request touches
 PendingKey = tuple[str, str, int, str]  # customer, period id, period end, day
@@ -230,6 +231,7 @@ class FastPath:
         for lease_key, lease in list(self._leases.items()):
             if now >= lease.expires:
                 self._retire(lease_key, lease, now)
+        self._forget_idle()
         batch, self._pending = self._pending, {}
         sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
         results = await asyncio.gather(
@@ -243,6 +245,17 @@ class FastPath:
             else:
                 period = (key[0], key[1])
                 self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
+
+    def _forget_idle(self) -> None:
+        """Drop the bookkeeping of customers and periods with no lease and nothing pending, so
+        that a long-running process does not keep an entry per customer and month forever."""
+        if len(self._sizes) + len(self._settled) < IDLE_PRUNE_AT:
+            return
+        busy = {(key[0], key[1]) for key in self._leases} | {(key[0], key[1]) for key in self._pending}
+        for table in (self._settled, self._flushed, self._records_per_call):
+            for period in [period for period in table if period not in busy]:
+                del table[period]
+        self._sizes = {key: size for key, size in self._sizes.items() if (key[0], key[1]) in busy}
 
     async def _flush_forever(self) -> None:
         while True:
