@@ -401,6 +401,7 @@ async def test_usage_document_counts_calls_records_routes_and_keys(
         "records": {"used": 9, "included": 1000, "remaining": 991, "overage": 0},
         "charges": {"currency": "USD", "base": "0.00", "overage": "0.00", "total": "0.00", "spend_cap": None},
         "rejected": {"rate_limited": 0, "quota": 0, "spend_cap": 0},
+        "replays": 0,
         "by_route": {
             "GET /v1/posts/search": {"calls": 2, "records": 7},
             "GET /v1/other/thing": {"calls": 1, "records": 2},

@@ -583,6 +583,11 @@ async def test_idempotent_retry_is_served_again_but_not_billed(make: Factory, cl
     assert len(retry.json()["data"]) == 4
     usage = await guard.store.usage("acme", "2026-11")
     assert (usage.calls, usage.records, usage.replays) == (1, 4, 1)
+    guard_period = guard.engine.period(1, guard.clock())
+    from meterguard.usage import usage_document
+
+    document = usage_document(guard.config, "acme", "free", guard_period, usage)
+    assert document["replays"] == 1 and document["calls"]["used"] == 1
 
 
 @pytest.mark.parametrize("value", [b"", b"a" * 256, b"with space", b"\xff\xfe", b"tab\there"])

@@ -300,17 +300,19 @@ class MeterGuard:
         return send_then_close
 
     async def aclose(self) -> None:
-        """Stop watching for changes, settle and flush what is pending, then close the store."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
+        """Settle and flush what is pending, close the store, then stop watching for changes."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._deliverer is not None:
             await self._deliverer.aclose()
         await self.engine.aclose()
+        # Closing the store ends its change-event subscription from inside (a cancelled pub/sub
+        # reader can leave redis-py waiting on its socket); the watcher task then just finishes.
         await self.store.aclose()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
 
 
 def _idempotency_key(headers: list[tuple[bytes, bytes]]) -> str | None:

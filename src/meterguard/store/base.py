@@ -242,7 +242,7 @@ class Store(AlertQueue, Protocol):
 
     # change events: a revoked key or changed customer reaches every process's cache at once ------
     async def notify(self, event: str) -> None: ...
-    async def watch(self, on_event: Callable[[str], None]) -> None: ...  # until cancelled; reconnects
+    async def watch(self, on_event: Callable[[str], None]) -> None: ...  # until closed or cancelled
 
     # lifecycle ----------------------------------------------------------------------------------
     async def ping(self) -> None: ...  # raises StoreError when unhealthy

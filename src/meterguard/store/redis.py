@@ -70,6 +70,7 @@ log = logging.getLogger("meterguard.store")
 DAY = 86_400
 WATCH_BACKOFF_MAX_SECONDS = 5.0
 WATCH_PING_SECONDS = 5.0
+WATCH_POLL_SECONDS = 0.2  # how soon a watch() loop sees that the store closed
 PERIOD_AUDIT_SECONDS = 400 * DAY  # period counters outlive the period end this long, for audits
 DAY_TTL_SECONDS = 400 * DAY  # daily counters, from their last write
 WINDOW_SLACK_SECONDS = 60  # windows live 2 x their length (the sliding estimate reads 2 slots) + this
@@ -192,6 +193,7 @@ class RedisStore(RedisAlerts):
         self._batcher = Batcher(self._run, self._slot)
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._owners: set[Any] = set()  # clients made for a subscriber alone
+        self._watching = 0  # watch() loops running
         self._closed = False
 
     def _slot(self, op: _Op) -> int:
@@ -520,14 +522,22 @@ class RedisStore(RedisAlerts):
             await self._client().publish(self._events_channel(), event)
 
     async def watch(self, on_event: Callable[[str], None]) -> None:
-        """Call ``on_event`` for each event any process publishes, until cancelled.
+        """Call ``on_event`` for each event any process publishes, until the store closes.
 
         The subscription reconnects with backoff. Events published while it was away are lost,
         so every (re)subscription reports ``"*"`` and every loss ``"-"``: callers drop everything
         they cached, and cache briefly while no events arrive. A PING every few seconds finds a
-        connection that died silently.
+        connection that died silently. The loop ends by itself when the store closes: closing a
+        connection under a pub/sub reader can deadlock in redis-py (redis-py#3941).
         """
         delay = 0.1
+        self._watching += 1
+        try:
+            await self._watch(on_event, delay)
+        finally:
+            self._watching -= 1
+
+    async def _watch(self, on_event: Callable[[str], None], delay: float) -> None:
         while not self._closed:
             pubsub = owner = None
             try:
@@ -539,8 +549,8 @@ class RedisStore(RedisAlerts):
                 delay = 0.1
                 loop = asyncio.get_running_loop()
                 pinged = loop.time()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                while not self._closed:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=WATCH_POLL_SECONDS)
                     if message is not None and message.get("type") == "message":
                         on_event(str(message["data"]))
                     if loop.time() - pinged >= WATCH_PING_SECONDS:
@@ -586,8 +596,12 @@ class RedisStore(RedisAlerts):
     async def aclose(self) -> None:
         await self._batcher.drain()
         self._closed = True
-        # A watch() still running loses its connection here and returns: closing a client
-        # disconnects the connections it lent out, the subscriber's included.
+        # Running watch() loops notice within a poll and close their own connections; only then
+        # is the client closed under them (see watch()).
+        for _ in range(int(4 * WATCH_POLL_SECONDS / 0.01)):
+            if not self._watching:
+                break
+            await asyncio.sleep(0.01)
         for owner in list(self._owners):
             await owner.aclose()
         client, self._redis = self._redis, None
