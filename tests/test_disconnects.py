@@ -68,3 +68,33 @@ async def test_records_of_an_abandoned_response_are_billed(store: Store) -> None
     assert sent[0]["status"] == 200
     assert await usage(guard) == (1, 7)
     await guard.aclose()
+
+
+@pytest.mark.parametrize(("policy", "status"), [("fail_closed", 503), ("fail_open", 200)])
+async def test_an_unreachable_redis_gives_503_or_serves_unmetered(policy: str, status: int) -> None:
+    """A real Redis URL with nothing listening (port 1): connection refused, as in an outage."""
+    import httpx
+
+    from meterguard.keys import generate_key, hash_key
+
+    key = generate_key()
+    plans = PLANS + f"on_store_error: {policy}\ncustomers:\n  acme: {{plan: free, keys: ['{hash_key(key)}']}}\n"
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = MeterGuard(app, config=parse_config(plans), store="redis://127.0.0.1:1/0?socket_connect_timeout=0.5")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t") as client:
+        response = await client.get("/v1/things", headers={"x-api-key": key})
+    assert response.status_code == status
+    if status == 503:
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "https://meterguard.dev/problems/store-unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+        assert seen == []
+    else:
+        assert seen == ["/v1/things"]
+    await guard.aclose()
