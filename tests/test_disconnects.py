@@ -98,3 +98,18 @@ async def test_an_unreachable_redis_gives_503_or_serves_unmetered(policy: str, s
     else:
         assert seen == ["/v1/things"]
     await guard.aclose()
+
+
+async def test_admin_health_is_degraded_while_redis_is_unreachable() -> None:
+    import httpx
+
+    from meterguard.admin import create_admin_app
+
+    app = create_admin_app(
+        parse_config(PLANS), "redis://127.0.0.1:1/0?socket_connect_timeout=0.5", token="t"
+    )  # nothing listens on port 1
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "degraded", "store": "unreachable"}
+    await app.store.aclose()  # standalone, the app closes a store it opened at lifespan shutdown

@@ -163,7 +163,3 @@ def base_cents(plan: Plan) -> int:
 def money(cents: int) -> str:
     """Cents as a JSON amount: a string with two decimals."""
     return str((Decimal(cents) / 100).quantize(Decimal("0.01")))
-
-
-def decimal_money(amount: Decimal) -> str:
-    return str(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))

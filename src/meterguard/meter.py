@@ -14,7 +14,7 @@ from .billing import cap_cents, meters
 from .config import Config
 from .lease import FastPath
 from .periods import Period, day_id, period_for
-from .plans import Route, Window
+from .plans import Route, Strategy, Window
 from .responses import policy_header
 from .store.base import AdmitRequest, Decision, Meter, Settlement, Store
 
@@ -30,6 +30,7 @@ class Terms:
     records: Meter
     spend_cap_cents: int | None
     policy: bytes
+    strategy: Strategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,9 @@ class MeterEngine:
             plan = self._config.plans[plan_name]
             calls, records = meters(plan)
             windows = plan.windows_for(key[1])
-            terms = Terms(windows, calls, records, cap_cents(plan), policy_header(windows, calls, records))
+            terms = Terms(
+                windows, calls, records, cap_cents(plan), policy_header(windows, calls, records), plan.strategy
+            )
             self._terms[key] = terms
         return terms
 
@@ -103,7 +106,7 @@ class MeterEngine:
             listed=route is not None,
             weight=weight,
             windows=terms.windows,
-            strategy=self._config.plans[plan_name].strategy,
+            strategy=terms.strategy,
             period_id=period.id,
             period_end=period.end_ts,
             calls=terms.calls,

@@ -23,6 +23,7 @@ from .config import Config, load_config
 from .customers import Directory
 from .errors import StoreError
 from .meter import MeterEngine, Terms, Ticket
+from .periods import rfc3339
 from .records import count_json, is_json, parse_header
 from .responses import (
     CUSTOMER_SUSPENDED,
@@ -37,7 +38,6 @@ from .responses import (
     metered_headers,
     problem,
     retry_seconds,
-    rfc3339_ts,
 )
 from .store import store_from_url
 from .store.base import Decision, Store, Usage
@@ -348,7 +348,7 @@ def _refusal(
             402,
             SPEND_CAP_REACHED,
             f"Overage spend has reached the spend cap of plan {principal.plan!r} for this period.",
-            extra={"plan": principal.plan, "resets_at": rfc3339_ts(ticket.period.end_ts)},
+            extra={"plan": principal.plan, "resets_at": rfc3339(ticket.period.end)},
             headers=metered + retry,
         )
     extra: dict[str, Any] = {"violated-policies": list(decision.violated), "plan": principal.plan}
@@ -361,7 +361,7 @@ def _refusal(
             limit, used = terms.calls.included, decision.calls_used
         else:
             limit, used = terms.records.included, decision.records_used
-        resets_at = rfc3339_ts(ticket.period.end_ts)
+        resets_at = rfc3339(ticket.period.end)
         extra.update(limit=limit, used=used, resets_at=resets_at)
         detail = f"The {decision.violated[0]} quota of plan {principal.plan!r} is used up until {resets_at}."
     return problem(429, QUOTA_EXCEEDED, detail, extra=extra, headers=metered + retry)

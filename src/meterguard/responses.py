@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from .plans import Window
@@ -111,7 +110,3 @@ def metered_headers(decision: Decision, policy: bytes, calls: Meter, records: Me
         ]
     headers.append((b"x-meterguard-usage", ", ".join(usage).encode()))
     return headers
-
-
-def rfc3339_ts(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -48,11 +48,6 @@ class Meter:
     def billed(self) -> bool:
         return self.unit > 0
 
-    @property
-    def flat(self) -> bool:
-        """One price for every overage unit (what the Lua scripts price until they learn tiers)."""
-        return len(self.tiers) <= 1
-
 
 @dataclass(frozen=True, slots=True)
 class AdmitRequest:
