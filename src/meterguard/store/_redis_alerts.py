@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from redis import exceptions as redis_errors
 
+from ._redis_client import RedisBase, translated
 from .base import Delivery
-
-if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
 
 _CLAIM = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
@@ -76,13 +74,8 @@ return 1
 _SHA = {text: hashlib.sha1(text.encode()).hexdigest() for text in (_CLAIM, _LEASE, _RETRY, _FINISH)}
 
 
-class RedisAlerts:
-    """AlertQueue for RedisStore; relies on its ``_client()``, ``_prefix`` and ``_translated()``."""
-
-    if TYPE_CHECKING:
-        _prefix: str
-
-        def _client(self) -> Any: ...
+class RedisAlerts(RedisBase):
+    """AlertQueue for RedisStore."""
 
     def _alerts_key(self, name: str) -> str:
         return f"{self._prefix}:{{alerts}}:{name}"
@@ -92,7 +85,7 @@ class RedisAlerts:
 
     async def _alerts_eval(self, text: str, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         client = self._client()
-        with _translated():
+        with translated():
             try:
                 return await client.evalsha(_SHA[text], len(keys), *keys, *args)
             except redis_errors.NoScriptError:
@@ -118,13 +111,6 @@ class RedisAlerts:
 
     async def finish_delivery(self, delivery_id: str) -> None:
         await self._alerts_eval(_FINISH, self._alert_keys(), [delivery_id])
-
-
-def _translated() -> AbstractContextManager[None]:
-    # Imported late: store/redis.py imports nothing from here, and may come to inherit this class.
-    from .redis import _translated as translated
-
-    return translated()
 
 
 __all__ = ["RedisAlerts"]

@@ -17,7 +17,8 @@ from redis.crc import key_slot
 
 from ..errors import ConfigError, ConfigIssue
 from ._batch import Op
-from .redis import DEFAULT_TIMEOUT_SECONDS, RedisStore, no_retry
+from ._redis_client import DEFAULT_TIMEOUT_SECONDS, no_retry
+from .redis import RedisStore
 
 DEFAULT_PORT = 6379
 

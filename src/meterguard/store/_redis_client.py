@@ -1,0 +1,131 @@
+"""What every part of the Redis stores shares: the client, the key layout, scripts, error mapping.
+
+``RedisBase`` owns the redis-py client (built lazily, closed once) and names every key; the
+store's parts (directory, events, alerts, metering) are mixins over it, each in a module of its
+own. Backend exceptions are mapped to :class:`~meterguard.errors.StoreError` here and nowhere
+else (``translated()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..errors import StoreError, StoreUnavailable
+
+DEFAULT_TIMEOUT_SECONDS = 2.0
+MAX_CACHED_TAGS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    text: str
+    sha: str
+
+
+def script(text: str, name: str = "") -> Script:
+    return Script(name, text, hashlib.sha1(text.encode()).hexdigest())
+
+
+def load_script(name: str) -> Script:
+    """A script of store/lua/, by file name without ``.lua``."""
+    text = resources.files("meterguard.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return script(text, name)
+
+
+def no_retry() -> Retry:
+    """A retry policy that never retries: a blind retry of an increment double counts."""
+    return Retry(NoBackoff(), 0)
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Wrap redis-py's exceptions once, at the store boundary."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterDownError) as exc:
+        raise StoreUnavailable(f"store unreachable: {exc}") from exc
+    except redis_errors.RedisClusterException as exc:
+        # raised when no startup node of a cluster answers
+        raise StoreUnavailable(f"store unreachable: {exc}") from exc
+    except redis_errors.RedisError as exc:
+        raise StoreError(f"store error: {exc}") from exc
+    except OSError as exc:  # a socket error that escaped redis-py's own wrapping
+        raise StoreUnavailable(f"store unreachable: {exc}") from exc
+
+
+class RedisBase:
+    """The client and the key layout; see store/redis.py for the layout itself."""
+
+    def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
+        self.url = url
+        self._prefix = key_prefix
+        self._redis: Any = None
+        self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
+        self._closed = False
+
+    # connection -----------------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """Build the client (no I/O). The cluster store overrides only this."""
+        options: dict[str, Any] = {
+            "socket_timeout": DEFAULT_TIMEOUT_SECONDS,
+            "socket_connect_timeout": DEFAULT_TIMEOUT_SECONDS,
+        }
+        return Redis.from_url(self.url, decode_responses=True, retry=no_retry(), **options)
+
+    def _client(self) -> Any:
+        if self._closed:
+            # Late work of a closed gateway (a background task) must not open new connections.
+            raise StoreUnavailable("the store has been closed")
+        if self._redis is None:
+            self._redis = self._connect()
+        return self._redis
+
+    async def _script(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        client = self._client()
+        with translated():
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                # The script did not run; EVAL runs it once and caches it on that node again.
+                return await client.eval(script.text, len(keys), *keys, *args)
+
+    # keys -----------------------------------------------------------------------------------------
+
+    def _tag(self, customer: str) -> str:
+        tag = self._tags.get(customer)
+        if tag is None:
+            if len(self._tags) > MAX_CACHED_TAGS:
+                self._tags.clear()
+            tag = self._tags[customer] = f"{self._prefix}:{{c:{quote(customer, safe='')}}}"
+        return tag
+
+    def _period_key(self, customer: str, period_id: str) -> str:
+        return f"{self._tag(customer)}:p:{period_id}"
+
+    def _day_key(self, customer: str, day: str) -> str:
+        return f"{self._tag(customer)}:d:{day}"
+
+    def _customers_key(self) -> str:
+        return f"{self._prefix}:customers"
+
+    def _key_key(self, key_hash: str) -> str:
+        return f"{self._prefix}:key:{key_hash}"
+
+    def _key_id_key(self, key_id: str) -> str:
+        return f"{self._prefix}:keyid:{key_id}"
+
+    def _events_key(self, customer: str) -> str:
+        return f"{self._tag(customer)}:events"

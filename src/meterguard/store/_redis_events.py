@@ -1,0 +1,125 @@
+"""The audit stream of each customer and the change events between processes, on Redis.
+
+A mixin of RedisStore (layout: store/redis.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from ._redis_client import RedisBase, translated
+
+log = logging.getLogger("meterguard.store")
+
+WATCH_BACKOFF_MAX_SECONDS = 5.0
+WATCH_PING_SECONDS = 5.0
+WATCH_POLL_SECONDS = 0.2  # how soon a watch() loop sees that the store closed
+
+
+class RedisEvents(RedisBase):
+    def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
+        super().__init__(url, key_prefix=key_prefix)
+        self._owners: set[Any] = set()  # clients made for a subscriber alone
+        self._watching = 0  # watch() loops running
+
+    def _subscriber(self) -> tuple[Any, Any]:
+        """A pub/sub for change events, and a client of its own to close with it (or None)."""
+        return self._client().pubsub(), None
+
+    async def _stop_watching(self) -> None:
+        """After the store is marked closed: let watch() loops end by themselves, then close
+        the clients made for them (closing a client under a pub/sub reader can hang)."""
+        for _ in range(int(4 * WATCH_POLL_SECONDS / 0.01)):
+            if not self._watching:
+                break
+            await asyncio.sleep(0.01)
+        for owner in list(self._owners):
+            await owner.aclose()
+
+    # audit log --------------------------------------------------------------------------------------
+
+    async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:
+        with translated():
+            return str(await self._client().xadd(self._events_key(customer), dict(fields)))
+
+    async def read_events(
+        self, customer: str, group: str, consumer: str, count: int, *, pending: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
+        key = self._events_key(customer)
+        client = self._client()
+        with translated():
+            try:
+                await client.xgroup_create(key, group, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            reply = await client.xreadgroup(group, consumer, {key: "0" if pending else ">"}, count=count)
+        return [(str(event_id), dict(fields)) for _, entries in reply or () for event_id, fields in entries]
+
+    async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None:
+        if ids:
+            with translated():
+                await self._client().xack(self._events_key(customer), group, *ids)
+
+    # change events --------------------------------------------------------------------------------
+
+    def _events_channel(self) -> str:
+        return f"{self._prefix}:events"
+
+    async def notify(self, event: str) -> None:
+        with translated():
+            await self._client().publish(self._events_channel(), event)
+
+    async def watch(self, on_event: Callable[[str], None]) -> None:
+        """Call ``on_event`` for each event any process publishes, until the store closes.
+
+        The subscription reconnects with backoff. Events published while it was away are lost,
+        so every (re)subscription reports ``"*"`` and every loss ``"-"``: callers drop everything
+        they cached, and cache briefly while no events arrive. A PING every few seconds finds a
+        connection that died silently. The loop ends by itself when the store closes: closing a
+        connection under a pub/sub reader can deadlock in redis-py (redis-py#3941).
+        """
+        delay = 0.1
+        self._watching += 1
+        try:
+            await self._watch(on_event, delay)
+        finally:
+            self._watching -= 1
+
+    async def _watch(self, on_event: Callable[[str], None], delay: float) -> None:
+        while not self._closed:
+            pubsub = owner = None
+            try:
+                pubsub, owner = self._subscriber()
+                if owner is not None:
+                    self._owners.add(owner)
+                await pubsub.subscribe(self._events_channel())
+                on_event("*")
+                delay = 0.1
+                loop = asyncio.get_running_loop()
+                pinged = loop.time()
+                while not self._closed:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=WATCH_POLL_SECONDS)
+                    if message is not None and message.get("type") == "message":
+                        on_event(str(message["data"]))
+                    if loop.time() - pinged >= WATCH_PING_SECONDS:
+                        await pubsub.ping()
+                        pinged = loop.time()
+            except Exception as exc:  # noqa: BLE001 - whatever broke it, the watcher must live on
+                on_event("-")
+                if self._closed:
+                    return
+                log.warning("change events: subscription lost (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_BACKOFF_MAX_SECONDS)
+            finally:
+                if pubsub is not None:
+                    await pubsub.aclose()
+                if owner is not None:
+                    self._owners.discard(owner)
+                    await owner.aclose()
