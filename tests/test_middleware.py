@@ -576,10 +576,10 @@ async def test_idempotent_retry_is_served_again_but_not_billed(make: Factory, cl
     key = await customer(guard)
     headers = {"x-api-key": key, "idempotency-key": "order-42"}
     first = await client.get("/v1/posts/search?n=4", headers=headers)
-    assert first.status_code == 200 and "idempotent-replay" not in first.headers
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
     retry = await client.get("/v1/posts/search?n=4", headers=headers)
     assert retry.status_code == 200
-    assert retry.headers["idempotent-replay"] == "true"
+    assert retry.headers["idempotent-replayed"] == "true"
     assert len(retry.json()["data"]) == 4
     usage = await guard.store.usage("acme", "2026-11")
     assert (usage.calls, usage.records, usage.replays) == (1, 4, 1)

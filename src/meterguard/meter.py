@@ -54,6 +54,8 @@ class MeterEngine:
         self._periods: dict[int, Period] = {}
         self._day: tuple[str, float] = ("", 0.0)
         self._fast = FastPath(store) if config.consistency == "fast" else None
+        # fail_open serves a request whose decision was lost: the store must count it once.
+        self._served_on_loss = config.on_store_error == "fail_open"
 
     def terms(self, plan_name: str, route: Route | None) -> Terms:
         key = (plan_name, route.match if route is not None else None)
@@ -93,6 +95,7 @@ class MeterEngine:
         weight: int,
         idempotency_key: str | None = None,
         spend_cap_cents: int | None = None,
+        idempotency_fingerprint: str = "",
     ) -> tuple[Decision, Terms, Ticket]:
         """``spend_cap_cents``: the customer's own cap, overriding the plan's."""
         now = self._clock()
@@ -114,6 +117,8 @@ class MeterEngine:
             spend_cap_cents=terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,
             day=ticket.day,
             idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+            served_on_loss=self._served_on_loss,
         )
         decision = await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
         return decision, terms, ticket

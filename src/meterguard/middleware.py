@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from os import PathLike
 from typing import Any
 
+from . import idempotency
 from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
 from .alerts import Alerts, Deliverer
 from .auth import Authenticator, AuthFailure, Principal
@@ -27,9 +28,12 @@ from .periods import rfc3339
 from .records import count_json, is_json, parse_header
 from .responses import (
     CUSTOMER_SUSPENDED,
+    IDEMPOTENCY_KEY_IN_FLIGHT,
+    IDEMPOTENCY_KEY_REUSED,
     INVALID_IDEMPOTENCY_KEY,
     PLAN_UNAVAILABLE,
     QUOTA_EXCEEDED,
+    REQUEST_TOO_LARGE,
     ROUTE_NOT_IN_PLAN,
     SPEND_CAP_REACHED,
     STORE_UNAVAILABLE,
@@ -46,7 +50,6 @@ log = logging.getLogger("meterguard")
 
 STORE_RETRY_AFTER = 5
 ALERT_CHECK_SECONDS = 1.0
-MAX_IDEMPOTENCY_KEY = 255
 _WWW_AUTHENTICATE = b'Bearer realm="meterguard"'
 
 
@@ -172,11 +175,20 @@ class MeterGuard:
             return
 
         try:
-            idempotency_key = _idempotency_key(headers)
+            idempotency_key = idempotency.parse_key(headers)
         except ValueError:
             await self._refuse(send, *problem(400, INVALID_IDEMPOTENCY_KEY, "Idempotency-Key must be 1-255 "
                                               "printable ASCII characters."))  # fmt: skip
             return
+        fingerprint = ""
+        if idempotency_key is not None:
+            try:
+                body, receive = await idempotency.read_body(receive)
+            except idempotency.TooLarge:
+                detail = f"A request with an Idempotency-Key may carry at most {idempotency.MAX_REQUEST_BYTES} bytes."
+                await self._refuse(send, *problem(413, REQUEST_TOO_LARGE, detail))
+                return
+            fingerprint = idempotency.fingerprint(scope, body)
         label = route.match if route is not None else f"{method} {path}"
         try:
             decision, terms, ticket = await self.engine.admit(
@@ -189,13 +201,23 @@ class MeterGuard:
                 route.weight if route is not None else 1,
                 idempotency_key,
                 principal.spend_cap_cents,
+                fingerprint,
             )
         except StoreError as exc:
             await self._store_failed(exc, scope, receive, send)
             return
+        if decision.idempotency is not None:
+            await self._refuse(send, *_idempotency_refusal(decision.idempotency))
+            return
         metered = metered_headers(decision, terms.policy, terms.calls, terms.records, ticket.period.end_ts)
         if not decision.admitted:
             await self._refuse(send, *_refusal(decision, principal, terms, ticket, metered))
+            return
+        if self._alerts is not None:
+            self._check_alerts(principal, terms, ticket, decision)
+        if decision.replay:
+            assert idempotency_key is not None
+            await self._replay(send, principal.customer, idempotency_key, metered)
             return
 
         scope["meterguard"] = {
@@ -205,19 +227,40 @@ class MeterGuard:
             "calls_remaining": _left(terms.calls.included, decision.calls_used),
             "records_remaining": _left(terms.records.included, decision.records_used),
         }
-        if self._alerts is not None:
-            self._check_alerts(principal, terms, ticket, decision)
-        if decision.replay:
-            # A retry of a request already billed: served again, billed nothing (records included).
-            metered = [*metered, (b"idempotent-replay", b"true")]
-        responder = _Responder(self, send, ticket, metered, bill=not decision.replay)
+        capture = idempotency.Capture() if idempotency_key is not None else None
+        responder = _Responder(self, send, ticket, metered, capture)
         try:
             await self.app(scope, receive, responder.send)
         finally:
-            if not responder.settled and responder.records and not decision.replay:
+            if not responder.settled and responder.records:
                 # The app failed or the client left after the records header but before the last
                 # chunk: the records were produced, so they are billed.
                 await self.settle(ticket, responder.records)
+            if capture is not None:
+                assert idempotency_key is not None
+                await self._finish_idempotent(principal.customer, idempotency_key, fingerprint, capture)
+
+    async def _replay(self, send: Send, customer: str, key: str, metered: Headers) -> None:
+        """A repeat of a request already served: its stored response, the app does not run."""
+        try:
+            stored = await self.store.stored_response(customer, key)
+        except StoreError as exc:
+            log.warning("could not read the stored response of an Idempotency-Key: %s", exc)
+            stored = None
+        if stored is None:  # expired between the decision and now: as if the first still ran
+            await self._refuse(send, *_idempotency_refusal("in_flight"))
+            return
+        headers = [*stored.headers, *metered, (b"idempotent-replayed", b"true")]
+        await send({"type": "http.response.start", "status": stored.status, "headers": headers})
+        await send({"type": "http.response.body", "body": stored.body, "more_body": False})
+
+    async def _finish_idempotent(self, customer: str, key: str, fingerprint: str, capture: idempotency.Capture) -> None:
+        """Keep the first response for its repeats; or forget the key, so that a repeat runs (and
+        is billed) as a new call, when the response was not complete or is too large."""
+        try:
+            await self.store.finish_idempotent(customer, key, fingerprint, capture.response(), idempotency.TTL_SECONDS)
+        except StoreError as exc:
+            log.warning("could not store the response of an Idempotency-Key (a repeat will wait, then run): %s", exc)
 
     async def settle(self, ticket: Ticket, records: int) -> None:
         """Settle records. A client disconnect cancels the request, not the write: every store
@@ -315,19 +358,19 @@ class MeterGuard:
             self._watcher = None
 
 
-def _idempotency_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The request's Idempotency-Key (draft-ietf-httpapi-idempotency-key-header); ValueError if malformed."""
-    for name, value in headers:
-        if name == b"idempotency-key":
-            text = value.strip()
-            if 0 < len(text) <= MAX_IDEMPOTENCY_KEY and all(33 <= byte <= 126 for byte in text):
-                return text.decode("ascii")
-            raise ValueError("malformed Idempotency-Key")
-    return None
-
-
 def _has_alerts(config: Config) -> bool:
     return any(plan.alerts for plan in config.plans.values())
+
+
+def _idempotency_refusal(state: str) -> tuple[int, Headers, bytes]:
+    if state == "mismatch":
+        return problem(422, IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used with another request.")
+    return problem(
+        409,
+        IDEMPOTENCY_KEY_IN_FLIGHT,
+        "The first request with this Idempotency-Key is still running; retry once it has finished.",
+        headers=[(b"retry-after", b"1")],
+    )
 
 
 def _left(included: int | None, used: int) -> int | None:
@@ -374,11 +417,13 @@ class _Responder:
     only up to ``records.max_body_bytes`` (starlette's GZipMiddleware pattern).
     """
 
-    __slots__ = ("guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_bill")
+    __slots__ = ("guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_capture")
 
-    def __init__(self, guard: MeterGuard, send: Send, ticket: Ticket, metered: Headers, *, bill: bool = True) -> None:
+    def __init__(
+        self, guard: MeterGuard, send: Send, ticket: Ticket, metered: Headers, capture: idempotency.Capture | None
+    ) -> None:
         self.guard = guard
-        self._bill = bill
+        self._capture = capture
         self._send = send
         self.ticket = ticket
         self.metered = metered
@@ -412,6 +457,8 @@ class _Responder:
             elif lower == b"content-length" and value.isdigit():
                 length = int(value)
             headers.append((name, value))
+        if self._capture is not None:
+            self._capture.start(message["status"], headers)
         if counted is not None:
             self.records = counted
         elif guard._json_field is not None and is_json(content_type) and (length is None or length <= guard._max_body):
@@ -422,6 +469,8 @@ class _Responder:
 
     async def _body(self, message: Message) -> None:
         more = message.get("more_body", False)
+        if self._capture is not None:
+            self._capture.body(message.get("body", b""), more)
         if self._buffer is not None:
             chunk = message.get("body", b"")
             self._buffer.append(chunk)
@@ -448,5 +497,5 @@ class _Responder:
     async def _finish(self) -> None:
         if not self.settled:
             self.settled = True
-            if self.records and self._bill:
+            if self.records:
                 await self.guard.settle(self.ticket, self.records)

@@ -23,12 +23,18 @@ SPEND_CAP_REACHED = PROBLEMS + "spend-cap-reached"
 STORE_UNAVAILABLE = PROBLEMS + "store-unavailable"
 PLAN_UNAVAILABLE = PROBLEMS + "plan-unavailable"
 INVALID_IDEMPOTENCY_KEY = PROBLEMS + "invalid-idempotency-key"
+IDEMPOTENCY_KEY_REUSED = PROBLEMS + "idempotency-key-reused"
+IDEMPOTENCY_KEY_IN_FLIGHT = PROBLEMS + "idempotency-key-in-flight"
+REQUEST_TOO_LARGE = PROBLEMS + "request-too-large"
 
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
     402: "Payment Required",
     403: "Forbidden",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",

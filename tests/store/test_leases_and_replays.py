@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from meterguard.plans import Window
-from meterguard.store.base import Flush, Meter, Store, UsageRow
+from meterguard.store.base import AdmitRequest, Flush, Meter, Store, StoredResponse, UsageRow
 
 from .test_store_behaviour import PERIOD, TODAY, period_end, request
 
@@ -83,32 +83,64 @@ async def test_flush_of_usage_alone(store: Store) -> None:
     assert (day.calls, day.records) == (3, 7)
 
 
-async def test_an_idempotent_retry_is_served_unbilled_but_still_rate_limited(store: Store) -> None:
+def keyed(req: AdmitRequest, key: str, fingerprint: str = "fp-1") -> AdmitRequest:
+    return replace(req, idempotency_key=key, idempotency_fingerprint=fingerprint)
+
+
+async def test_an_idempotent_repeat_is_replayed_unbilled_but_still_rate_limited(store: Store) -> None:
     window = Window("1h", 3, 3600)
-    first = await store.admit(replace(request("acme", windows=(window,), calls=Meter(2)), idempotency_key="order-1"))
+    req = keyed(request("acme", windows=(window,), calls=Meter(2)), "order-1")
+    first = await store.admit(req)
     assert first.admitted and not first.replay
-    retry = await store.admit(replace(request("acme", windows=(window,), calls=Meter(2)), idempotency_key="order-1"))
+    response = StoredResponse(200, ((b"content-type", b"application/json"),), b'{"data": [1]}')
+    await store.finish_idempotent("acme", "order-1", "fp-1", response, 3600)
+    retry = await store.admit(req)
     assert retry.admitted and retry.replay
+    assert await store.stored_response("acme", "order-1") == response
     usage = await store.usage("acme", PERIOD)
     assert (usage.calls, usage.replays) == (1, 1)
     # The window protects the service, replays included: the third unit is the last.
     assert (await store.admit(request("acme", windows=(window,), calls=Meter(2)))).admitted
-    refused = await store.admit(replace(request("acme", windows=(window,), calls=Meter(2)), idempotency_key="order-1"))
+    refused = await store.admit(req)
     assert not refused.admitted and refused.reason == "rate_limited"
 
 
+async def test_an_idempotency_key_in_flight_or_reused_is_refused_and_not_counted(store: Store) -> None:
+    req = keyed(request("acme", calls=Meter(5)), "order-2")
+    assert (await store.admit(req)).admitted
+    busy = await store.admit(req)
+    assert (busy.admitted, busy.reason, busy.idempotency) == (False, None, "in_flight")
+    other = await store.admit(keyed(request("acme", calls=Meter(5)), "order-2", "another request"))
+    assert (other.admitted, other.idempotency) == (False, "mismatch")
+    await store.finish_idempotent("acme", "order-2", "fp-1", StoredResponse(201, (), b""), 3600)
+    assert (await store.admit(keyed(request("acme", calls=Meter(5)), "order-2", "another request"))).idempotency == (
+        "mismatch"
+    )
+    usage = await store.usage("acme", PERIOD)
+    assert (usage.calls, usage.replays, sum(usage.rejected.values())) == (1, 0, 0)
+
+
+async def test_a_response_that_cannot_be_replayed_frees_the_key(store: Store) -> None:
+    req = keyed(request("acme", calls=Meter(5)), "order-3")
+    assert (await store.admit(req)).admitted
+    await store.finish_idempotent("acme", "order-3", "fp-1", None, 3600)
+    again = await store.admit(req)
+    assert again.admitted and not again.replay  # runs, and is billed, as a new call
+    assert (await store.usage("acme", PERIOD)).calls == 2
+
+
 async def test_an_idempotency_key_of_a_refused_request_is_not_remembered(store: Store) -> None:
-    refused = await store.admit(replace(request("acme", calls=Meter(0)), idempotency_key="k"))
+    refused = await store.admit(keyed(request("acme", calls=Meter(0)), "k"))
     assert not refused.admitted
-    again = await store.admit(replace(request("acme", calls=Meter(1)), idempotency_key="k"))
+    again = await store.admit(keyed(request("acme", calls=Meter(1)), "k"))
     assert again.admitted and not again.replay  # billed: the first attempt never was
     assert (await store.usage("acme", PERIOD)).calls == 1
 
 
 async def test_idempotency_keys_are_per_customer(store: Store) -> None:
-    await store.admit(replace(request("acme"), idempotency_key="same"))
-    other = await store.admit(replace(request("globex"), idempotency_key="same"))
-    assert not other.replay
+    await store.admit(keyed(request("acme"), "same"))
+    other = await store.admit(keyed(request("globex"), "same"))
+    assert other.admitted and not other.replay and other.idempotency is None
 
 
 async def test_graduated_tiers_price_the_spend_cap_check_like_billing_py(store: Store) -> None:

@@ -14,16 +14,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import StoreError, StoreUnavailable
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
+# Connections per process. The metering path needs one per slot (one batch in flight each) and
+# lookups are batched too, so this is room for the admin API and the CLI, not a throughput knob.
+# When they are all busy a caller waits (up to the timeout) instead of failing at once.
+DEFAULT_MAX_CONNECTIONS = 64
 MAX_CACHED_TAGS = 100_000
 
 
@@ -63,6 +67,11 @@ def translated() -> Iterator[None]:
         raise StoreError(f"store error: {exc}") from exc
     except OSError as exc:  # a socket error that escaped redis-py's own wrapping
         raise StoreUnavailable(f"store unreachable: {exc}") from exc
+    except (AttributeError, RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        # A connection closed under a command in flight surfaces from redis-py and uvloop as
+        # these ("'NoneType' object has no attribute 'writelines'", "handler is closed"): the
+        # configured policy must answer them, never a 500.
+        raise StoreUnavailable(f"store connection broke: {exc!r}") from exc
 
 
 class RedisBase:
@@ -77,13 +86,28 @@ class RedisBase:
 
     # connection -----------------------------------------------------------------------------------
 
+    def _timeout(self) -> float:
+        """``socket_timeout`` of the URL, else the default: also the budget of one admission."""
+        for name, value in parse_qsl(urlsplit(self.url).query):
+            if name == "socket_timeout":
+                try:
+                    return float(value)
+                except ValueError:
+                    break
+        return DEFAULT_TIMEOUT_SECONDS
+
     def _connect(self) -> Any:
         """Build the client (no I/O). The cluster store overrides only this."""
-        options: dict[str, Any] = {
-            "socket_timeout": DEFAULT_TIMEOUT_SECONDS,
-            "socket_connect_timeout": DEFAULT_TIMEOUT_SECONDS,
-        }
-        return Redis.from_url(self.url, decode_responses=True, retry=no_retry(), **options)
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            decode_responses=True,
+            retry=no_retry(),
+            socket_timeout=DEFAULT_TIMEOUT_SECONDS,
+            socket_connect_timeout=DEFAULT_TIMEOUT_SECONDS,
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            timeout=self._timeout(),  # the wait for a free connection
+        )  # URL query parameters override these
+        return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
     def _client(self) -> Any:
         if self._closed:

@@ -93,9 +93,9 @@ class RedisDirectory(RedisBase):
             await client.hset(self._key_id_key(record.key_id), mapping={"hash": key_hash, "customer": record.customer})
             await client.hset(f"{tag}:keys", record.key_id, key_hash)
             if record.last_used is not None:
-                await client.hset(f"{tag}:used", record.key_id, repr(record.last_used))
+                await client.hset(f"{tag}:s", f"u:{record.key_id}", repr(record.last_used))
             else:
-                await client.hdel(f"{tag}:used", record.key_id)
+                await client.hdel(f"{tag}:s", f"u:{record.key_id}")
 
     @staticmethod
     def _key_record(fields: Mapping[str, str], last_used: str | None) -> KeyRecord:
@@ -114,7 +114,7 @@ class RedisDirectory(RedisBase):
             fields: dict[str, str] = await client.hgetall(self._key_key(key_hash))
             if not fields:
                 return None
-            last_used: str | None = await client.hget(f"{self._tag(fields['customer'])}:used", fields["key_id"])
+            last_used: str | None = await client.hget(f"{self._tag(fields['customer'])}:s", f"u:{fields['key_id']}")
         return self._key_record(fields, last_used)
 
     async def list_keys(self, customer: str) -> list[KeyRecord]:
@@ -124,7 +124,8 @@ class RedisDirectory(RedisBase):
             index: dict[str, str] = await client.hgetall(f"{tag}:keys")
             if not index:
                 return []
-            used: dict[str, str] = await client.hgetall(f"{tag}:used")
+            key_ids = list(index)
+            used = dict(zip(key_ids, await client.hmget(f"{tag}:s", [f"u:{k}" for k in key_ids]), strict=True))
             async with client.pipeline(transaction=False) as pipe:
                 for key_hash in index.values():
                     pipe.hgetall(self._key_key(key_hash))

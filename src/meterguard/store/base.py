@@ -66,6 +66,8 @@ class AdmitRequest:
     day: str  # YYYY-MM-DD, for the daily audit counters
     lease: int = 0  # fast path: extra units wanted for local decisions (0: exact, this request only)
     idempotency_key: str | None = None  # a retry of an admitted request with this key is not billed again
+    idempotency_fingerprint: str = ""  # method, path, query and body digest of the request with that key
+    served_on_loss: bool = False  # fail_open: a request whose decision is lost is served, so counted once
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,18 @@ class Decision:
     granted: int = 0  # extra units leased to the caller (fast path), already counted in every window
     replay: bool = False  # an idempotent retry: served, counted in the windows, not billed
     slots: tuple[int, ...] = ()  # the slot index of each window at the decision, for giving units back
+    #: ``in_flight``: the Idempotency-Key's first request is still running; ``mismatch``: the key
+    #: came with another request. Both refused (admitted False, reason None), nothing counted.
+    idempotency: Literal["in_flight", "mismatch"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The first response to an Idempotency-Key, replayed byte for byte to its repeats."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +156,7 @@ class Usage:
     by_route: Mapping[str, Counts] = field(default_factory=dict)
     by_key: Mapping[str, Counts] = field(default_factory=dict)
     replays: int = 0  # idempotent retries served unbilled
+    unmetered: int = 0  # requests served (fail_open) whose usage could not be kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +232,14 @@ class Store(AlertQueue, Protocol):
     async def flush(self, flush: Flush) -> None: ...
     async def usage(self, customer: str, period_id: str) -> Usage: ...
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]: ...
+
+    # Idempotency-Key: an admission with a key marks it "running" (Decision.idempotency tells a
+    # repeat "in_flight" or "mismatch"); the first request's end stores its response (``None``:
+    # not replayable, the key is forgotten and a repeat runs as a new, billed call).
+    async def finish_idempotent(
+        self, customer: str, key: str, fingerprint: str, response: StoredResponse | None, ttl_seconds: int
+    ) -> None: ...
+    async def stored_response(self, customer: str, key: str) -> StoredResponse | None: ...
 
     # customers and keys -------------------------------------------------------------------------
     async def create_customer(self, record: CustomerRecord) -> None: ...  # CustomerExists

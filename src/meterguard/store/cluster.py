@@ -1,9 +1,14 @@
 """The Redis Cluster store: the Redis store with a cluster client, nothing else.
 
-Every script touches the keys of one customer only, all under the hash tag ``{c:<id>}``, so
-each runs on the one node that owns the slot. MOVED/ASK redirections are followed by
-redis-py (the command did not run, so following them cannot count twice); connection errors
-and timeouts are not retried, as on a single server.
+Every script touches the keys of one slot only, all declared, so each runs on the one node
+that owns the slot. MOVED/ASK/TRYAGAIN are followed by redis-py (the command did not run, so
+following them cannot count twice); connection errors and timeouts are retried by the ledger
+with the batch's id (store/_ledger.py), which makes a retry of a batch that did run harmless.
+
+redis-py's cluster client closes every connection of every node, including those still waiting
+for replies, on every ``reinitialize_steps``-th MOVED (default 5): under a reshard that cut the
+replies of scripts that had run, and the closes fed each other into a storm. It runs here with
+``reinitialize_steps=0``: a MOVED updates the slot map and nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from ..errors import ConfigError, ConfigIssue
-from ._batch import Op
 from ._redis_client import DEFAULT_TIMEOUT_SECONDS, no_retry
 from .redis import RedisStore
 
@@ -59,9 +63,9 @@ class RedisClusterStore(RedisStore):
         super().__init__(url, key_prefix=key_prefix)
         self._nodes = startup_nodes(url)  # validated now, connected on first use
 
-    def _slot(self, op: Op) -> int:
-        # A script may only touch keys of one slot; each operation's keys share the customer's tag.
-        return int(key_slot(op.keys[0].encode()))
+    def _group_of(self, customer: str) -> int:
+        # A script may only touch keys of one slot: batches are per slot.
+        return int(key_slot(self._tag(customer).encode()))
 
     def _subscriber(self) -> tuple[Any, Any]:
         # A PUBLISH on any node of a cluster reaches the subscribers of every node, so one plain
@@ -92,5 +96,6 @@ class RedisClusterStore(RedisStore):
             startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
             decode_responses=True,
             retry=no_retry(),
+            reinitialize_steps=0,
             **options,
         )

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .._types import Clock
 from ..billing import spend_cents
@@ -33,11 +34,13 @@ from .base import (
     KeyRecord,
     Reason,
     Settlement,
+    StoredResponse,
     Usage,
     WindowState,
 )
 
-IDEMPOTENCY_TTL_SECONDS = 86_400
+IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
+MAX_IDEMPOTENCY_KEYS = 100_000  # past this, expired keys are swept out
 MAX_EVENTS = 10_000
 
 #: customer, period, day, ts, calls, records, replays, route, key id
@@ -103,7 +106,8 @@ class MemoryStore:
         self._event_seq = 0
         self._alert_claims: set[tuple[str, str, str]] = set()
         self._deliveries: dict[str, tuple[Delivery, float]] = {}  # id -> (delivery, due at)
-        self._idempotency: dict[tuple[str, str], float] = {}  # (customer, key) -> expiry
+        # (customer, key) -> [fingerprint, "run" | "done", expiry, stored response]
+        self._idempotency: dict[tuple[str, str], list[Any]] = {}
 
     # metering -------------------------------------------------------------------------------------
 
@@ -151,7 +155,15 @@ class MemoryStore:
         billed = request.calls.billed or request.records.billed
         spend = spend_cents(tally.calls, tally.records, request.calls, request.records) if billed else 0
         idempotency = (request.customer, request.idempotency_key) if request.idempotency_key is not None else None
-        replay = idempotency is not None and self._idempotency.get(idempotency, 0.0) > now
+        held = self._idempotency.get(idempotency) if idempotency is not None else None
+        if held is not None and held[2] <= now:
+            held = self._idempotency.pop(idempotency)  # type: ignore[arg-type]
+            held = None
+        replay = held is not None and held[0] == request.idempotency_fingerprint and held[1] == "done"
+        if held is not None and not replay:
+            state = "mismatch" if held[0] != request.idempotency_fingerprint else "in_flight"
+            return Decision(False, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now,
+                            idempotency=state)  # type: ignore[arg-type]  # fmt: skip
         if violated:
             reason = "rate_limited"
         elif not replay:
@@ -194,7 +206,14 @@ class MemoryStore:
         self._usage_event(request.customer, request.period_id, request.day, now, request.weight, 0, 0, label,
                           request.key_id)  # fmt: skip
         if idempotency is not None:
-            self._idempotency[idempotency] = now + IDEMPOTENCY_TTL_SECONDS
+            self._idempotency[idempotency] = [
+                request.idempotency_fingerprint,
+                "run",
+                now + IDEMPOTENCY_LOCK_SECONDS,
+                None,
+            ]
+            if len(self._idempotency) > MAX_IDEMPOTENCY_KEYS:
+                self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
         if request.key_id in self._key_ids:
             self._last_used[request.key_id] = now
         return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now, slots=window_slots)
@@ -257,6 +276,21 @@ class MemoryStore:
             tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key),
             tally.replays,
         )  # fmt: skip
+
+    async def finish_idempotent(
+        self, customer: str, key: str, fingerprint: str, response: StoredResponse | None, ttl_seconds: int
+    ) -> None:
+        held = self._idempotency.get((customer, key))
+        if held is None or held[0] != fingerprint or held[1] != "run":
+            return
+        if response is None:
+            del self._idempotency[(customer, key)]
+        else:
+            self._idempotency[(customer, key)] = [fingerprint, "done", self._clock() + ttl_seconds, response]
+
+    async def stored_response(self, customer: str, key: str) -> StoredResponse | None:
+        held = self._idempotency.get((customer, key))
+        return held[3] if held is not None and held[2] > self._clock() else None
 
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]:
         result = []
