@@ -100,6 +100,16 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    """Where usage waits while the store is away (``spool``) and how much of the event stream
+    each customer keeps (``events``). docs/reliability.md says what each bound means."""
+
+    spool_path: str | None = None  # a directory; None: the ledger lives in memory only
+    spool_max_events: int = 100_000  # usage entries (customer, period, day) held; past it: "unmetered"
+    events_max_len: int = 1_000_000  # usage events per customer stream (approximate trim)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     plans: Mapping[str, Plan]
     routes: RouteTable
@@ -118,6 +128,7 @@ class Config:
     consistency: Literal["exact", "fast"] = "exact"
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     webhooks: WebhookSettings | None = None
+    ledger: LedgerSettings = LedgerSettings()
     source: str = "<config>"
 
 
@@ -204,6 +215,15 @@ class _Records(_Model):
     header: str = Field(default="x-meterguard-records", pattern=r"^[A-Za-z0-9-]+$")
     json_field: str | None = "data"
     max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+
+
+class _Spool(_Model):
+    path: str | None = None
+    max_events: int = Field(default=100_000, ge=1, le=100_000_000)
+
+
+class _Events(_Model):
+    max_len: int = Field(default=1_000_000, ge=0, le=1_000_000_000)  # 0: unbounded
 
 
 _WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*$")
@@ -332,6 +352,8 @@ class _File(_Model):
     consistency: Literal["exact", "fast"] = "exact"
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     webhooks: _Webhooks | None = None
+    spool: _Spool = _Spool()
+    events: _Events = _Events()
     routes: list[_Route] = []
     plans: dict[str, _Plan] = Field(min_length=1)
     customers: dict[str, _Customer] = {}
@@ -588,6 +610,7 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str, issues: list[Con
         consistency=model.consistency,
         on_store_error=model.on_store_error,
         webhooks=webhooks,
+        ledger=LedgerSettings(model.spool.path, model.spool.max_events, model.events.max_len),
         source=source,
     )
 

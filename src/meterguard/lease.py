@@ -64,16 +64,6 @@ class _Pending:
     def empty(self) -> bool:
         return not self.rows and not self.consumed and not self.returned and not self.windows
 
-    def merge(self, other: _Pending) -> None:
-        for row, (calls, records) in other.rows.items():
-            counts = self.rows.setdefault(row, [0, 0])
-            counts[0] += calls
-            counts[1] += records
-        self.consumed += other.consumed
-        self.returned += other.returned
-        for slot, units in other.windows.items():
-            self.windows[slot] = self.windows.get(slot, 0) + units
-
 
 class FastPath:
     def __init__(self, store: Store, *, monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -226,7 +216,12 @@ class FastPath:
         return pending
 
     async def flush(self) -> None:
-        """Send every pending usage and returned lease to the store; keep what fails for next time."""
+        """Hand every pending usage and returned lease to the store.
+
+        The store keeps a flush until it has applied it, exactly once (store/_ledger.py), so
+        nothing is kept here for a second try: a flush sent again after a lost reply was how
+        usage used to be counted twice.
+        """
         now = self._monotonic()
         for lease_key, lease in list(self._leases.items()):
             if now >= lease.expires:
@@ -234,17 +229,15 @@ class FastPath:
         self._forget_idle()
         batch, self._pending = self._pending, {}
         sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
+        for key, pending in sent:
+            period = (key[0], key[1])
+            self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
         results = await asyncio.gather(
             *(self._store.flush(_as_flush(key, pending)) for key, pending in sent), return_exceptions=True
         )
-        for (key, pending), result in zip(sent, results, strict=True):
-            if isinstance(result, BaseException):
-                # Billed usage is never dropped: keep it and send it again with the next flush.
-                log.warning("fast path: could not flush usage of %s (kept for the next flush): %s", key[0], result)
-                self._pending_for(*key).merge(pending)
-            else:
-                period = (key[0], key[1])
-                self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
+        for (key, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):  # only a closed store raises here
+                log.error("fast path: usage of %s could not be handed to the store: %s", key[0], result)
 
     def _forget_idle(self) -> None:
         """Drop the bookkeeping of customers and periods with no lease and nothing pending, so
@@ -262,7 +255,7 @@ class FastPath:
             await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
             try:
                 await self.flush()
-            except StoreError as exc:  # pragma: no cover - flush() keeps failures itself
+            except StoreError as exc:  # pragma: no cover - the store keeps flushes itself
                 log.warning("fast path: flush failed: %s", exc)
 
     async def aclose(self) -> None:

@@ -49,6 +49,7 @@ from .store.base import Decision, Store, Usage
 log = logging.getLogger("meterguard")
 
 STORE_RETRY_AFTER = 5
+MAX_LABEL_LENGTH = 120  # characters of an unmatched route's usage label; longer paths are cut
 ALERT_CHECK_SECONDS = 1.0
 _WWW_AUTHENTICATE = b'Bearer realm="meterguard"'
 
@@ -73,6 +74,7 @@ class MeterGuard:
         if store is None or isinstance(store, str):
             store = store_from_url(resolve_store_url(store, self.config), clock=clock)
         self.store: Store = store
+        self.store.configure_ledger(self.config.ledger)
         self.directory = Directory(self.config, self.store)
         self.authenticator = Authenticator(self.config, self.directory)
         self.engine = MeterEngine(self.config, self.store, self.clock)
@@ -189,7 +191,7 @@ class MeterGuard:
                 await self._refuse(send, *problem(413, REQUEST_TOO_LARGE, detail))
                 return
             fingerprint = idempotency.fingerprint(scope, body)
-        label = route.match if route is not None else f"{method} {path}"
+        label = route.match if route is not None else unmatched_label(method, path)
         try:
             decision, terms, ticket = await self.engine.admit(
                 principal.customer,
@@ -316,7 +318,9 @@ class MeterGuard:
         return task
 
     async def _watch(self) -> None:
-        """Background work of a gateway process: warn about a lossy store, then follow changes."""
+        """Background work of a gateway process: replay what a spool kept, warn about a lossy
+        store, then follow changes."""
+        await self.store.start()
         try:
             for warning in await self.store.diagnose():
                 log.warning("%s", warning)
@@ -356,6 +360,17 @@ class MeterGuard:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
+
+
+def unmatched_label(method: str, path: str) -> str:
+    """The usage label of a request no route matches: ``METHOD /path``, bounded in length and
+    free of control characters (a label is kept for a year in the audit counters)."""
+    label = f"{method[:16]} {path}"
+    if len(label) > MAX_LABEL_LENGTH or not label.isprintable():
+        label = "".join(ch if ch.isprintable() else "?" for ch in label[:MAX_LABEL_LENGTH])
+        if len(f"{method} {path}") > MAX_LABEL_LENGTH:
+            label = label[: MAX_LABEL_LENGTH - 1] + "…"
+    return label
 
 
 def _has_alerts(config: Config) -> bool:

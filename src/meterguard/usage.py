@@ -63,6 +63,7 @@ def usage_document(
         "charges": charges(config.currency, plan, usage.calls, usage.records, spend_cap),
         "rejected": {reason: usage.rejected.get(reason, 0) for reason in ("rate_limited", "quota", "spend_cap")},
         "replays": usage.replays,  # idempotent retries served again, not billed
+        "unmetered": usage.unmetered,  # served while the store was away and not kept (docs/reliability.md)
         "by_route": _counts(usage.by_route),
         "by_key": _counts(usage.by_key),
     }

@@ -30,17 +30,21 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, StoreUnavailable
 from ..plans import Window
 from .base import AdmitRequest
+
+if TYPE_CHECKING:
+    from ._spool import Spool
 
 log = logging.getLogger("meterguard.ledger")
 
 MAX_OPS = 64  # admissions, usage entries and carries per batch: a longer script holds Redis too long
 RETRY_FIRST_SECONDS = 0.01
 RETRY_MAX_SECONDS = 0.25  # after an outage, the first batch goes out within this of the store's return
+SPOOL_SECONDS = 0.5  # while the store fails, the ledger is written to disk this often (and before sends)
 
 
 @dataclass(slots=True)
@@ -142,6 +146,7 @@ class _Group:
     carries: dict[str, list[Carry]] = field(default_factory=dict)
     sender: asyncio.Task[None] | None = None
     inflight: list[Work] | None = None
+    inflight_seq: int = 0
 
     def has_work(self) -> bool:
         return bool(self.queue or self.usages or self.carries)
@@ -159,6 +164,7 @@ class Ledger:
         max_entries: int = 100_000,
         writer: str | None = None,
         first_seq: int = 1,
+        spool: Spool | None = None,
     ) -> None:
         self._run = run
         self._group_of = group_of
@@ -172,6 +178,9 @@ class Ledger:
         self._offset = time.time() - time.monotonic()
         self.unmetered_dropped = 0  # usage that found no room at all (not even an unmetered count)
         self._closed = False
+        self.spool = spool
+        self._failing = False  # the last attempt failed: the store is away
+        self._spooler: asyncio.Task[None] | None = None
 
     # what the store calls ------------------------------------------------------------------------
 
@@ -220,31 +229,66 @@ class Ledger:
 
     async def aclose(self) -> None:
         self._closed = True
-        senders = [g.sender for g in self._groups.values() if g.sender is not None]
-        for sender in senders:
-            sender.cancel()
-        await asyncio.gather(*senders, return_exceptions=True)
+        tasks = [g.sender for g in self._groups.values() if g.sender is not None]
+        if self._spooler is not None:
+            tasks.append(self._spooler)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.spool is not None:
+            if self.depth():
+                self._write_spool()
+            else:
+                self.spool.clear()
+            self.spool.release()
 
     def snapshot(self) -> tuple[list[Usage], dict[str, list[Carry]]]:
-        """Everything not yet acknowledged (for the disk spool)."""
+        """Everything not yet acknowledged; a batch in flight counts as carried (it may have run)."""
         usages: list[Usage] = []
         carries: dict[str, list[Carry]] = {}
         for group in self._groups.values():
             usages.extend(group.usages.values())
             for customer, items in group.carries.items():
                 carries.setdefault(customer, []).extend(items)
-            if group.inflight is not None:
-                for work in group.inflight:
-                    usages.extend(work.usages)
-                    carries.setdefault(work.customer, []).extend(work.carries)
+            for work in group.inflight or ():
+                if work.admissions or work.usages:
+                    carry = Carry(group.inflight_seq, work.admissions, work.usages)
+                    carries.setdefault(work.customer, []).append(carry)
         return usages, carries
 
     def restore(self, usages: Iterable[Usage], carries: dict[str, list[Carry]]) -> None:
-        """Take back what a spool kept (at start)."""
+        """Take back what a spool kept; sent once the process runs (resume())."""
         for usage in usages:
-            self._add_usage(self._group(usage.key[0]), usage)
+            group = self._group(usage.key[0])
+            group.usages.setdefault(usage.key, Usage(usage.key)).merge(usage)
         for customer, items in carries.items():
             self._group(customer).carries.setdefault(customer, []).extend(items)
+
+    def resume(self) -> None:
+        """Start sending whatever waits (restored from a spool), in the running loop."""
+        for group in self._groups.values():
+            if group.has_work():
+                self._kick(group)
+
+    def _write_spool(self) -> None:
+        from ._spool import Spooled
+
+        assert self.spool is not None
+        usages, carries = self.snapshot()
+        try:
+            self.spool.write(Spooled(self.writer, self._seq, usages, carries))
+        except OSError as exc:
+            log.error("could not write the spool in %s: %s", self.spool.directory, exc)
+
+    async def _spool_forever(self) -> None:
+        """While the store fails, keep the ledger on disk; once it is all acknowledged, remove it."""
+        assert self.spool is not None
+        while True:
+            await asyncio.sleep(SPOOL_SECONDS)
+            if self._failing and self.depth():
+                self._write_spool()
+            elif self.spool.active and not self.depth():
+                self.spool.clear()
 
     # internals ------------------------------------------------------------------------------------
 
@@ -282,6 +326,8 @@ class Ledger:
     def _kick(self, group: _Group) -> None:
         if group.sender is None and not self._closed:
             group.sender = asyncio.ensure_future(self._send_loop(group))
+            if self.spool is not None and self._spooler is None:
+                self._spooler = asyncio.ensure_future(self._spool_forever())
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -348,7 +394,9 @@ class Ledger:
         give_ups = [p.give_up for w in works for p in w.pending]
         give_up = min(give_ups) if give_ups else math.inf
         deadline_ms = 0 if give_up == math.inf else int((give_up + self._offset) * 1000)
-        group.inflight = works
+        group.inflight, group.inflight_seq = works, seq
+        if self.spool is not None and self.spool.active:
+            self._write_spool()  # the file names every batch that may reach the store
         attempt = asyncio.ensure_future(self._attempts(seq, deadline_ms, works))
         try:
             while not attempt.done():
@@ -382,8 +430,11 @@ class Ledger:
         failures = 0
         while True:
             try:
-                return await self._run(seq, deadline_ms, works)
+                result = await self._run(seq, deadline_ms, works)
+                self._failing = False
+                return result
             except StoreError as exc:
+                self._failing = True
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning("store write failed (batch %s:%d, attempt %d); retrying: %s",

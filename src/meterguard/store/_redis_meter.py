@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from ..config import LedgerSettings
 from ..plans import Window
 from ..windows import remaining, reset_after, wait
 from ._ledger import Admission, Carry, Ledger, Reply, Usage, Work
 from ._redis_client import RedisBase, load_script, translated
+from ._spool import Spool
 from .base import (
     MAX_UNLISTED_ROUTES,
     OTHER_ROUTE,
@@ -252,6 +254,32 @@ class RedisMeter(RedisBase):
             STATE_TTL_SECONDS,
         ]
         self.ledger = Ledger(self._run_batch, self._group_of, admit_seconds=self._timeout())
+
+    def configure_ledger(self, settings: LedgerSettings) -> None:
+        """Bounds and the disk spool; adopts a spool an ended process left (store/_spool.py)."""
+        self.events_max_len = settings.events_max_len
+        self.ledger.max_entries = settings.spool_max_events
+        if settings.spool_path is None or self.ledger.spool is not None:
+            return
+        spool = Spool(settings.spool_path)
+        adopted = spool.adopt()
+        if adopted is None:
+            spool.hold(self.ledger.writer)
+            self.ledger.spool = spool
+            return
+        self.ledger = Ledger(
+            self._run_batch,
+            self._group_of,
+            admit_seconds=self._timeout(),
+            max_entries=settings.spool_max_events,
+            writer=adopted.writer,
+            first_seq=adopted.seq + 1,
+            spool=spool,
+        )
+        self.ledger.restore(adopted.usages, adopted.carries)
+
+    async def start(self) -> None:
+        self.ledger.resume()
 
     def _group_of(self, customer: str) -> int:
         """Customers whose work may share one script call: all of them on a single server."""

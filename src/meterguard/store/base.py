@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from ..plans import Window
+
+if TYPE_CHECKING:
+    from ..config import LedgerSettings
 
 Reason = Literal["rate_limited", "quota", "spend_cap"]
 CustomerStatus = Literal["active", "suspended"]
@@ -263,6 +266,8 @@ class Store(AlertQueue, Protocol):
     async def watch(self, on_event: Callable[[str], None]) -> None: ...  # until closed or cancelled
 
     # lifecycle ----------------------------------------------------------------------------------
+    def configure_ledger(self, settings: LedgerSettings) -> None: ...  # before first use: spool, bounds
+    async def start(self) -> None: ...  # once per process, in its loop: replay what a spool kept
     async def ping(self) -> None: ...  # raises StoreError when unhealthy
     async def diagnose(self) -> list[str]: ...  # warnings about settings that can lose usage
     async def aclose(self) -> None: ...

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._types import Clock
 from ..billing import spend_cents
+from ..config import LedgerSettings
 from ..errors import CustomerExists
 from ..windows import estimate, remaining, reset_after, wait
 from .base import (
@@ -414,6 +415,12 @@ class MemoryStore:
             self._watchers.remove(on_event)
 
     # lifecycle ----------------------------------------------------------------------------------------
+
+    def configure_ledger(self, settings: LedgerSettings) -> None:
+        return None  # nothing waits here: every write is applied at once, in this process
+
+    async def start(self) -> None:
+        return None
 
     async def ping(self) -> None:
         return None
