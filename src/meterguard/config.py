@@ -107,6 +107,7 @@ class LedgerSettings:
     spool_path: str | None = None  # a directory; None: the ledger lives in memory only
     spool_max_events: int = 100_000  # usage entries (customer, period, day) held; past it: "unmetered"
     events_max_len: int = 1_000_000  # usage events per customer stream (approximate trim)
+    events_keep_exported_seconds: int = 86_400  # exported events stay this long (new export groups, replays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +225,7 @@ class _Spool(_Model):
 
 class _Events(_Model):
     max_len: int = Field(default=1_000_000, ge=0, le=1_000_000_000)  # 0: unbounded
+    keep_exported_seconds: int = Field(default=86_400, ge=0, le=400 * 86_400)
 
 
 _WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*$")
@@ -610,7 +612,9 @@ def _build(model: _File, lines: Mapping[Loc, int], source: str, issues: list[Con
         consistency=model.consistency,
         on_store_error=model.on_store_error,
         webhooks=webhooks,
-        ledger=LedgerSettings(model.spool.path, model.spool.max_events, model.events.max_len),
+        ledger=LedgerSettings(
+            model.spool.path, model.spool.max_events, model.events.max_len, model.events.keep_exported_seconds
+        ),
         source=source,
     )
 

@@ -8,8 +8,9 @@ else (``translated()``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -74,6 +75,58 @@ def translated() -> Iterator[None]:
         raise StoreUnavailable(f"store connection broke: {exc!r}") from exc
 
 
+class Lookups:
+    """HGETALL of the keys asked for in one event-loop tick, as one pipeline; one read per key.
+
+    A flood of unknown credentials must not take a connection each (redis-py's pool then fails
+    every caller with "Too many connections"): identical keys wait for the same read, distinct
+    ones share a round trip and a connection.
+    """
+
+    def __init__(self, client: Callable[[], Any]) -> None:
+        self._client = client
+        self._queued: dict[str, asyncio.Future[dict[str, str]]] = {}
+        self._inflight: dict[str, asyncio.Future[dict[str, str]]] = {}
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        future = self._inflight.get(key) or self._queued.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            if not self._queued:
+                loop.call_soon(self._send)
+            future = self._queued[key] = loop.create_future()
+        return await asyncio.shield(future)
+
+    def _send(self) -> None:
+        batch, self._queued = self._queued, {}
+        self._inflight.update(batch)
+        task = asyncio.ensure_future(self._read(batch))
+        task.add_done_callback(lambda _: None)
+
+    async def _read(self, batch: dict[str, asyncio.Future[dict[str, str]]]) -> None:
+        try:
+            with translated():
+                async with self._client().pipeline(transaction=False) as pipe:
+                    for key in batch:
+                        pipe.hgetall(key)
+                    replies = await pipe.execute()
+        except BaseException as exc:  # handed to every waiter
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable("lookup cancelled"))
+                    future.exception()  # retrieved: a waiter that went away must not log it
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for future, fields in zip(batch.values(), replies, strict=True):
+                if not future.done():
+                    future.set_result(fields)
+        finally:
+            for key, future in batch.items():
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+
+
 class RedisBase:
     """The client and the key layout; see store/redis.py for the layout itself."""
 
@@ -83,6 +136,8 @@ class RedisBase:
         self._redis: Any = None
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._closed = False
+        self._lookups = Lookups(self._client)
+        self.events_keep_exported = 86_400  # seconds an event outlives its export (configure_ledger)
 
     # connection -----------------------------------------------------------------------------------
 

@@ -52,9 +52,7 @@ class RedisDirectory(RedisBase):
             await self._client().sadd(self._customers_key(), record.id)
 
     async def get_customer(self, customer: str) -> CustomerRecord | None:
-        with translated():
-            fields: dict[str, str] = await self._client().hgetall(f"{self._tag(customer)}:customer")
-        return _customer(fields)
+        return _customer(await self._lookups.hgetall(f"{self._tag(customer)}:customer"))
 
     async def list_customers(self) -> list[CustomerRecord]:
         with translated():
@@ -109,12 +107,13 @@ class RedisDirectory(RedisBase):
         )
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
+        fields = await self._lookups.hgetall(self._key_key(key_hash))
+        if not fields:
+            return None
         with translated():
-            client = self._client()
-            fields: dict[str, str] = await client.hgetall(self._key_key(key_hash))
-            if not fields:
-                return None
-            last_used: str | None = await client.hget(f"{self._tag(fields['customer'])}:s", f"u:{fields['key_id']}")
+            last_used: str | None = await self._client().hget(
+                f"{self._tag(fields['customer'])}:s", f"u:{fields['key_id']}"
+            )
         return self._key_record(fields, last_used)
 
     async def list_keys(self, customer: str) -> list[KeyRecord]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,11 @@ log = logging.getLogger("meterguard.store")
 WATCH_BACKOFF_MAX_SECONDS = 5.0
 WATCH_PING_SECONDS = 5.0
 WATCH_POLL_SECONDS = 0.2  # how soon a watch() loop sees that the store closed
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = str(text).partition("-")
+    return int(ms), int(seq or 0)
 
 
 class RedisEvents(RedisBase):
@@ -62,9 +68,29 @@ class RedisEvents(RedisBase):
         return [(str(event_id), dict(fields)) for _, entries in reply or () for event_id, fields in entries]
 
     async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None:
-        if ids:
-            with translated():
-                await self._client().xack(self._events_key(customer), group, *ids)
+        """Acknowledge exported events, then trim what every export group has acknowledged."""
+        if not ids:
+            return
+        key = self._events_key(customer)
+        with translated():
+            client = self._client()
+            await client.xack(key, group, *ids)
+            # The oldest event some group still needs: its oldest pending one, or the first one
+            # after what it was last given; trimming follows the slowest export. Exported events
+            # stay events_keep_exported seconds more, for a new export group or a replay.
+            groups = await client.xinfo_groups(key)
+            needed: list[tuple[int, int]] = [(int(time.time() * 1000) - self.events_keep_exported * 1000, 0)]
+            for info in groups:
+                name = info["name"]
+                if int(info.get("pending") or 0):
+                    summary = await client.xpending(key, name)
+                    needed.append(_stream_id(summary["min"]))
+                else:
+                    ms, seq = _stream_id(info["last-delivered-id"])
+                    needed.append((ms, seq + 1))
+            ms, seq = min(needed)
+            if groups and ms > 0:
+                await client.xtrim(key, minid=f"{ms}-{seq}", approximate=False)
 
     # change events --------------------------------------------------------------------------------
 

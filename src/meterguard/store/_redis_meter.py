@@ -258,6 +258,7 @@ class RedisMeter(RedisBase):
     def configure_ledger(self, settings: LedgerSettings) -> None:
         """Bounds and the disk spool; adopts a spool an ended process left (store/_spool.py)."""
         self.events_max_len = settings.events_max_len
+        self.events_keep_exported = settings.events_keep_exported_seconds
         self.ledger.max_entries = settings.spool_max_events
         if settings.spool_path is None or self.ledger.spool is not None:
             return
