@@ -206,7 +206,8 @@ Table = dict[str, list[int]]  # name -> [calls, records]
 
 
 def _counts(table: Table) -> dict[str, Counts]:
-    return {name: Counts(calls, records) for name, (calls, records) in table.items()}
+    # a cell back at zero (an admission undone) is as if it never was
+    return {name: Counts(calls, records) for name, (calls, records) in table.items() if calls or records}
 
 
 def _add(table: Table, name: str, calls: int, records: int) -> None:

@@ -1,0 +1,155 @@
+"""The ledger's ids, deadlines and carries, driven batch by batch against a real Redis and Cluster.
+
+Each test sends crafted batches straight to the script (``RedisStore._run_batch``) in the
+orders a fault produces: a retry of a batch that ran, a batch arriving after a later one, a
+batch run past its deadline, a batch given up on that did or did not run. The figure checked
+is always the usage the store ends with. The gateway-level fault tests (tests/test_faults*.py)
+reach the same states through a real proxy and real outages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from meterguard.plans import Window
+from meterguard.store._ledger import Admission, Carry, Usage, Work
+from meterguard.store.base import Counts, Meter
+from meterguard.store.redis import RedisStore
+
+from ..conftest import StoreFactory
+from .test_store_behaviour import PERIOD, TODAY, request
+
+HOUR = Window("1h", 1000, 3600)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RedisStore:
+    made = await store_factory(request.param)
+    assert isinstance(made, RedisStore)
+    return made
+
+
+def admission(customer: str = "acme", *, served: bool = False, lease: int = 0, **changes: object) -> Admission:
+    return Admission(replace(request(customer, windows=(HOUR,), **changes), lease=lease), served)  # type: ignore[arg-type]
+
+
+def records(customer: str, count: int) -> Usage:
+    usage = Usage((customer, PERIOD, int(time.time()) + 86_400, TODAY))
+    usage.add_row(("GET /v1/posts/search", True, "kid1"), 0, count)
+    return usage
+
+
+async def send(store: RedisStore, seq: int, *works: Work, deadline_ms: int = 0) -> list[tuple[str, list[object]]]:
+    _, _, replies = await store._run_batch(seq, deadline_ms, list(works))
+    return [(reply.status, reply.admissions) for reply in replies]
+
+
+async def counts(store: RedisStore, customer: str = "acme") -> tuple[int, int]:
+    usage = await store.usage(customer, PERIOD)
+    return usage.calls, usage.records
+
+
+async def window_used(store: RedisStore) -> int:
+    """Units counted in the hour window before a probe of one unit (another writer: the batches
+    these tests number by hand are not the ledger's own)."""
+    writer, store.ledger.writer = store.ledger.writer, "probe"
+    try:
+        decision = await store.admit(request("acme", windows=(HOUR,), weight=1, calls=Meter(None)))
+    finally:
+        store.ledger.writer = writer
+    return HOUR.limit - decision.windows[0].remaining - 1
+
+
+async def test_a_retried_batch_is_answered_from_the_record_and_applied_once(store: RedisStore) -> None:
+    work = Work("acme", [admission(), admission()], [records("acme", 5)])
+    first = await send(store, 1, work)
+    again = await send(store, 1, work)  # the same batch after a lost reply
+    assert first[0][0] == "ok" and again[0][0] == "dup"
+    assert again[0][1] == first[0][1]
+    assert await counts(store) == (2, 5)
+
+
+async def test_a_batch_arriving_after_a_later_one_applies_nothing(store: RedisStore) -> None:
+    assert (await send(store, 2, Work("acme", [admission()])))[0][0] == "ok"
+    late = await send(store, 1, Work("acme", [admission()], [records("acme", 7)]))
+    assert late[0][0] == "stale"
+    assert await counts(store) == (1, 0)
+
+
+async def test_past_its_deadline_a_batch_voids_its_admissions_but_keeps_its_records(store: RedisStore) -> None:
+    past = int(time.time() * 1000) - 5_000
+    replies = await send(store, 1, Work("acme", [admission()], [records("acme", 3)]), deadline_ms=past)
+    assert replies[0][1] == [[8]]  # expired
+    assert await counts(store) == (0, 3)
+
+
+async def test_a_batch_given_up_on_that_ran_is_undone_by_the_next(store: RedisStore) -> None:
+    given_up = Work("acme", [admission(), admission(weight=2)], [records("acme", 4)])
+    await send(store, 1, given_up)  # it ran, but its reply was lost: the requests got 503
+    assert await counts(store) == (3, 4)
+    carry = Carry(1, given_up.admissions, given_up.usages)
+    await send(store, 2, Work("acme", carries=[carry]))
+    assert await counts(store) == (0, 4)  # calls undone, records (served before) kept
+    usage = await store.usage("acme", PERIOD)
+    assert usage.by_route == {"GET /v1/posts/search": Counts(0, 4)} and usage.by_key == {"kid1": Counts(0, 4)}
+    assert await window_used(store) == 0  # the window gave the units back too
+
+
+async def test_a_batch_given_up_on_that_never_ran_applies_its_records_only(store: RedisStore) -> None:
+    given_up = Work("acme", [admission()], [records("acme", 4)])
+    carry = Carry(1, given_up.admissions, given_up.usages)
+    await send(store, 2, Work("acme", [admission()], carries=[carry]))
+    assert await counts(store) == (1, 4)  # the new admission, and the carried records once
+    late = await send(store, 1, given_up)  # the lost batch turns up after all
+    assert late[0][0] == "stale"
+    assert await counts(store) == (1, 4)
+
+
+async def test_fail_open_keeps_a_served_call_whether_or_not_its_batch_ran(store: RedisStore) -> None:
+    ran = Work("acme", [admission(served=True)])
+    await send(store, 1, ran)
+    lost = Work("acme", [admission(served=True)])  # batch 2 never reaches the store
+    carries = [Carry(1, ran.admissions, []), Carry(2, lost.admissions, [])]
+    await send(store, 3, Work("acme", carries=carries))
+    assert await counts(store) == (2, 0)  # both requests were served: both counted, once
+
+
+async def test_a_carry_resolved_earlier_is_not_resolved_again(store: RedisStore) -> None:
+    given_up = Work("acme", [admission()])
+    await send(store, 1, given_up)
+    carry = Carry(1, given_up.admissions, [])
+    await send(store, 2, Work("acme", carries=[carry]))  # acknowledged, but its reply was lost too
+    await send(store, 3, Work("acme", [admission()], carries=[carry]))  # so the writer carries it again
+    assert await counts(store) == (1, 0)
+
+
+async def test_a_refusal_no_client_saw_is_not_counted_as_a_refusal(store: RedisStore) -> None:
+    given_up = Work("acme", [admission(calls=Meter(0))])
+    await send(store, 1, given_up)
+    assert (await store.usage("acme", PERIOD)).rejected == {"quota": 1}
+    await send(store, 2, Work("acme", carries=[Carry(1, given_up.admissions, [])]))
+    assert (await store.usage("acme", PERIOD)).rejected == {}
+
+
+async def test_leased_units_of_a_lost_admission_go_back(store: RedisStore) -> None:
+    given_up = Work("acme", [admission(served=True, lease=50)])
+    replies = await send(store, 1, given_up)
+    assert replies[0][1][0][4] == 50  # granted, and counted in the window
+    assert await window_used(store) == 51
+    await send(store, 2, Work("acme", carries=[Carry(1, given_up.admissions, [])]))
+    assert await window_used(store) == 2  # the served call and the first probe stay; the lease went back
+    assert await counts(store) == (3, 0)  # the served call and two probes
+
+
+async def test_writers_are_independent(store: RedisStore) -> None:
+    await send(store, 5, Work("acme", [admission()]))
+    other = store.ledger.writer
+    store.ledger.writer = "another-writer"
+    try:
+        assert (await send(store, 1, Work("acme", [admission()])))[0][0] == "ok"
+    finally:
+        store.ledger.writer = other
+    assert await counts(store) == (2, 0)
