@@ -206,7 +206,27 @@ local function run_group(group)
   local admissions, usages, carries = group[4], group[5], group[6]
   local record_field = 'l:' .. writer
 
-  local record = redis.call('HGET', state.key, record_field)
+  -- The state hash first, with this writer's record: a repeat or a late batch stops here.
+  want(state, record_field)
+  want(state, 'e')
+  want(state, 'P')
+  want(state, 'ln')
+  for _, a in ipairs(admissions) do
+    for _, w in ipairs(terms[a[1]][2]) do want(state, 'w:' .. w[1]) end
+  end
+  for _, u in ipairs(usages) do
+    for _, w in ipairs(u[8]) do want(state, 'w:' .. w[1]) end
+  end
+  for _, c in ipairs(carries) do
+    for _, a in ipairs(c[2]) do
+      for _, w in ipairs(terms[a[1]][2]) do want(state, 'w:' .. w[1]) end
+    end
+    for _, u in ipairs(c[3]) do
+      for _, w in ipairs(u[8]) do want(state, 'w:' .. w[1]) end
+    end
+  end
+  load(state)
+  local record = state.vals[record_field]
   local applied = -1
   local recorded
   if record then
@@ -246,31 +266,22 @@ local function run_group(group)
     want(p, 'c' .. US .. day .. US .. route .. US .. key_id)
     want(p, 'r' .. US .. day .. US .. route .. US .. key_id)
   end
-  local function want_windows(t)
-    for _, w in ipairs(terms[t][2]) do want(state, 'w:' .. w[1]) end
-  end
   local function want_admission(a)
-    want_windows(a[1])
     local p = period(a[2], a[9], a[3])
     want_cells(p, a[4], a[6], a[7], a[8])
   end
   local function want_usage(u)
     local p = period(u[1], u[4], u[2])
     for _, row in ipairs(u[5]) do want_cells(p, u[3], row[1], row[2], row[3]) end
-    for _, w in ipairs(u[8]) do want(state, 'w:' .. w[1]) end
   end
 
-  -- Pass 1: every field the group reads, one HMGET per hash.
-  want(state, 'e')
-  want(state, 'P')
-  if not record then want(state, 'ln') end
+  -- Pass 1: every field the group reads, one HMGET per period hash.
   for _, a in ipairs(admissions) do want_admission(a) end
   for _, u in ipairs(usages) do want_usage(u) end
   for _, c in ipairs(carries) do
     for _, a in ipairs(c[2]) do want_admission(a) end
     for _, u in ipairs(c[3]) do want_usage(u) end
   end
-  load(state)
   for _, p in pairs(periods) do load(p) end
 
   -- Windows: "<slot>:<count>:<previous count>", read as (previous, current) of the slot now.
