@@ -19,6 +19,7 @@ from ._types import Clock
 from .billing import to_cents
 from .config import Config, JWTSettings
 from .customers import Directory
+from .errors import StoreError
 from .keys import PREFIX, hash_key, is_well_formed
 
 log = logging.getLogger("meterguard.auth")
@@ -74,16 +75,34 @@ class Authenticator:
 
         While the store's change events arrive, a revocation or customer change drops the cache at
         once, so entries can live CACHE_TTL_SUBSCRIBED; without them, CACHE_TTL_SECONDS is the
-        bound on how long a revoked key is still served. Either way the cache starts empty.
+        bound on how long a revoked key is still served. A new subscription starts from an empty
+        cache (changes may have been missed); a lost one keeps the entries, expiring within
+        CACHE_TTL_SECONDS, so that they can stand in while the store is away (authenticate()).
         """
         self.ttl = CACHE_TTL_SUBSCRIBED if subscribed else CACHE_TTL_SECONDS
-        self._cache.clear()
+        if subscribed:
+            self._cache.clear()
+            return
+        soon = self._monotonic() + CACHE_TTL_SECONDS
+        for credential, (expires, result) in self._cache.items():
+            if expires > soon:
+                self._cache[credential] = (soon, result)
 
     async def authenticate(self, credential: str) -> Principal | AuthFailure:
         now = self._monotonic()
         entry = self._cache.get(credential)
         if entry is not None and entry[0] > now:
             return entry[1]
+        try:
+            return await self._resolve(credential, now)
+        except StoreError:
+            # The store is away: a principal this process knew a moment ago stands in for it
+            # (stale-if-error), so its usage is still counted (fail_open) rather than anonymous.
+            if entry is not None and isinstance(entry[1], Principal):
+                return entry[1]
+            raise
+
+    async def _resolve(self, credential: str, now: float) -> Principal | AuthFailure:
         if credential.startswith(PREFIX):
             if not is_well_formed(credential):
                 return AuthFailure("The API key is malformed (bad length, characters or checksum).")  # not cached
