@@ -20,6 +20,7 @@ from .billing import to_cents
 from .config import Config, JWTSettings
 from .customers import Directory
 from .keys import PREFIX, hash_key, is_well_formed
+from .metrics import DISCARD, Metrics
 
 log = logging.getLogger("meterguard.auth")
 
@@ -44,6 +45,8 @@ class AuthFailure:
 
 
 class Authenticator:
+    metrics: Metrics = DISCARD  # a MeterGuard gives it its own
+
     def __init__(self, config: Config, directory: Directory, *, monotonic: Clock = time.monotonic) -> None:
         self._config = config
         self._directory = directory
@@ -83,6 +86,7 @@ class Authenticator:
         now = self._monotonic()
         entry = self._cache.get(credential)
         if entry is not None and entry[0] > now:
+            self.metrics.auth_hits += 1
             return entry[1]
         if credential.startswith(PREFIX):
             if not is_well_formed(credential):
@@ -95,6 +99,8 @@ class Authenticator:
             expires = now + min(self.ttl, CACHE_TTL_SECONDS)
         else:
             return AuthFailure("The credential is not a meterguard API key.")
+        self.metrics.auth_misses += 1
+        self.metrics.store_call("auth_lookup", self._monotonic() - now)
         # Keyed by the credential itself: a hit costs one dict lookup, no checksum and no hash.
         self._cache[credential] = (expires, result)
         if len(self._cache) > CACHE_SIZE:

@@ -55,6 +55,14 @@ class MeterEngine:
         self._day: tuple[str, float] = ("", 0.0)
         self._fast = FastPath(store) if config.consistency == "fast" else None
 
+    @property
+    def fast_path(self) -> FastPath | None:
+        return self._fast
+
+    def adopt(self, previous: MeterEngine) -> None:
+        """After a reload: keep the previous engine's fast path (its leases and unflushed usage)."""
+        self._fast = previous._fast
+
     def terms(self, plan_name: str, route: Route | None) -> Terms:
         key = (plan_name, route.match if route is not None else None)
         terms = self._terms.get(key)

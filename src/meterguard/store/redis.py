@@ -27,11 +27,13 @@ the script cache) means the script did not run; it is sent once more with EVAL.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import quote
 
 from ..errors import StoreError
+from ..metrics import DISCARD, Metrics
 from ..plans import Window
 from ._batch import Batcher
 from ._batch import Op as _Op
@@ -108,6 +110,8 @@ class RedisStore(RedisDirectory, RedisEvents, RedisAlerts):
     Nothing connects at construction; the first command does. Query parameters of the URL
     (``socket_timeout``, ``max_connections``, ...) are passed to redis-py.
     """
+
+    metrics: Metrics = DISCARD  # a MeterGuard gives it its own
 
     def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
         super().__init__(url, key_prefix=key_prefix)
@@ -200,7 +204,9 @@ class RedisStore(RedisDirectory, RedisEvents, RedisAlerts):
         """One METER call for ``ops`` (all of one hash slot on a cluster)."""
         keys = [op.keys[0] for op in ops]
         payload = json.dumps([_BATCH_SETTINGS, *(op.args for op in ops)], separators=(",", ":"))
+        started = time.perf_counter()
         reply = await self._script(METER, keys, [payload])
+        self.metrics.store_call("batch", time.perf_counter() - started, len(ops))
         sec, usec, *results = reply
         # The script's `now`, computed the same way as in the script.
         return results, int(sec) + int(usec) / 1_000_000
