@@ -8,15 +8,20 @@ the schemathesis run in ``make test`` fails with it. Document models forbid unkn
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ._documents import CUSTOMER_ID
 
 Money = str  # a decimal string with two decimals (more for unit prices), CONTRACT 5
 Timestamp = str  # RFC 3339, UTC
-_MONEY = r"^[0-9]+(\.[0-9]+)?$"
+_MONEY = r"^[0-9]{1,15}(\.[0-9]{1,2})?$"  # what billing.parse_amount takes; 15 digits keep Decimal exact
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's integer includes 1.0; a bool is never one (strict mode refuses it as it should).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class _Body(BaseModel):
@@ -34,16 +39,23 @@ class _Document(BaseModel):
 class CustomerCreate(_Body):
     """``POST /customers``."""
 
-    id: str = Field(pattern=CUSTOMER_ID.pattern.removesuffix(r"\Z") + "$", description="1-64 of A-Z a-z 0-9 _ - .")
+    # Anchored both ends: pydantic's pattern is a search, not a match.
+    id: str = Field(
+        pattern="^" + CUSTOMER_ID.pattern.removesuffix(r"\Z") + "$", description="1-64 of A-Z a-z 0-9 _ - ."
+    )
     plan: str = Field(description="The name of a plan in plans.yaml.")
-    anchor_day: int | None = Field(default=None, ge=1, le=31, description="Billing day under an anniversary anchor.")
+    anchor_day: Annotated[int | None, BeforeValidator(_integral)] = Field(
+        default=None, ge=1, le=31, description="Billing day under an anniversary anchor."
+    )
 
 
 class CustomerUpdate(_Body):
     """``PATCH /customers/{id}``: at least one field."""
 
-    plan: str | None = Field(default=None, description="The name of a plan in plans.yaml.")
-    status: Literal["active", "suspended"] | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+    # Not nullable (a null plan or status is refused), yet optional: the default is not validated.
+    plan: str = Field(default=None, description="The name of a plan in plans.yaml.")  # type: ignore[assignment]
+    status: Literal["active", "suspended"] = Field(default=None)  # type: ignore[arg-type]
     spend_cap: str | None = Field(
         default=None, pattern=_MONEY, description="The customer's own overage cap, e.g. \"1000.00\"; null: the plan's."
     )

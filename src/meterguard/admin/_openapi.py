@@ -98,9 +98,16 @@ def _version() -> str:
 
 
 @cache
-def openapi_document(prefix: str = "") -> dict[str, Any]:
-    """The document; ``prefix`` (the admin path as mounted) becomes the server URL."""
+def openapi_document(prefix: str = "", plans: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document; ``prefix`` (the admin path as mounted) becomes the server URL, and ``plans`` (the
+    loaded plans) the values a body may name: a body naming another plan is refused (422)."""
     _, schemas = models_json_schema([(model, "validation") for model in _models()], ref_template=_REF)
+    if plans:
+        for model in ("CustomerCreate", "CustomerUpdate"):
+            plan = schemas["$defs"][model]["properties"]["plan"]
+            for branch in plan.get("anyOf", [plan]):
+                if branch.get("type") == "string":
+                    branch["enum"] = list(plans)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)

@@ -69,7 +69,7 @@ class OperatorEndpoints(AdminBase):
         return document(ReloadSummary, dict(result.summary))
 
     async def openapi(self, request: Request) -> Response:
-        return json_response(openapi_document(request.scope.get("root_path", "")))
+        return json_response(openapi_document(request.scope.get("root_path", ""), tuple(sorted(self.config.plans))))
 
     async def static(self, request: Request) -> Response:
         name, media_type = STATIC[route_path(request.scope)]
