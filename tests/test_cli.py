@@ -450,10 +450,11 @@ def test_serve_wraps_the_app_in_meterguard(runner: CliRunner, plans_file: str, m
 def test_serve_with_workers_uses_an_import_string(
     runner: CliRunner, plans_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
+    import meterguard.cli
 
     calls: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    # run_workers: uvicorn's supervisor with SIGHUP forwarded (tests/test_operators_workers.py runs it for real)
+    monkeypatch.setattr(meterguard.cli, "run_workers", lambda app, **kwargs: calls.append((app, kwargs)))
     for name in ("MG_SERVE_TARGET", "MG_CONFIG", "MG_STORE"):
         monkeypatch.setenv(name, "placeholder")  # monkeypatch restores them, whatever serve writes
     result = run(
@@ -462,7 +463,7 @@ def test_serve_with_workers_uses_an_import_string(
     assert result.exit_code == 0, result.output
     ((target, kwargs),) = calls
     assert target == "meterguard._serve:create_app"
-    assert kwargs["factory"] is True and kwargs["workers"] == 3
+    assert kwargs["workers"] == 3
     assert os.environ["MG_SERVE_TARGET"] == "tests.support:data_app"
     assert os.environ["MG_CONFIG"] == os.path.abspath(plans_file)
     assert os.environ["MG_STORE"] == REDIS_URL

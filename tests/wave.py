@@ -99,8 +99,17 @@ def free_port() -> int:
 class Gateway:
     """``meterguard serve`` in its own process group, with N uvicorn workers."""
 
-    def __init__(self, app: str, config: Path, store: str, workers: int, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app: str,
+        config: Path,
+        store: str,
+        workers: int,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,  # where stderr goes (default: a pipe read only when start fails)
+    ) -> None:
         self.port = free_port()
+        self.log = log
         self.args = [
             sys.executable, "-m", "meterguard", "serve", app, "--config", str(config), "--store", store,
             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(self.port),
@@ -109,14 +118,18 @@ class Gateway:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Gateway:
+        stderr = self.log.open("ab") if self.log is not None else subprocess.PIPE
         self.process = subprocess.Popen(
             self.args, env=self.env, cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
+        if self.log is not None:
+            stderr.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                output = self.log.read_text() if self.log is not None else self.process.stderr.read().decode()  # type: ignore[union-attr]
+                raise RuntimeError(f"gateway exited: {output[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")

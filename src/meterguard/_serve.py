@@ -8,12 +8,17 @@ each worker builds its own MeterGuard (and its own store connections) here.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import shutil
+import signal
 import sys
-from typing import cast
+import tempfile
+from typing import Any, cast
 
 from ._types import ASGIApp
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TARGET_ENV = "MG_SERVE_TARGET"
 CONFIG_ENV = "MG_CONFIG"
 STORE_ENV = "MG_STORE"
@@ -48,3 +53,34 @@ def create_app() -> ASGIApp:
         config=os.environ[CONFIG_ENV],
         store=os.environ.get(STORE_ENV) or None,
     )
+
+
+def run_workers(app: str, *, workers: int, **options: Any) -> None:
+    """``uvicorn.run(app, workers=N, factory=True, ...)``, with two things an operator of meterguard needs.
+
+    - SIGHUP to this (master) process is forwarded to every worker, and each rereads plans.yaml in
+      place (MeterGuard.reload); uvicorn's own supervisor would restart every worker instead.
+    - Metrics of every worker add up at ``/metrics``: PROMETHEUS_MULTIPROC_DIR is set to a fresh
+      directory for this run unless the operator set one (then it is theirs to empty at start).
+    """
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Workers(Multiprocess):
+        def handle_hup(self) -> None:
+            logging.getLogger("meterguard").info("SIGHUP: telling %d workers to reload plans.yaml", len(self.processes))
+            for process in self.processes:
+                if process.pid is not None and process.process.is_alive():
+                    os.kill(process.pid, signal.SIGHUP)
+
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="meterguard-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir
+    try:
+        config = uvicorn.Config(app, factory=True, workers=workers, **options)
+        Workers(config, sockets=[config.bind_socket()]).run()
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)

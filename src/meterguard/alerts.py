@@ -41,6 +41,7 @@ import h11
 from ._types import Clock
 from .billing import cap_cents, meters, money, spend_cents
 from .config import Config, WebhookSettings
+from .metrics import DISCARD, Metrics
 from .periods import Period, rfc3339
 from .plans import Plan
 from .store.base import AlertQueue, Delivery, Usage
@@ -318,6 +319,8 @@ class Deliverer:
     of your own. Several deliverers on one store share the work: each delivery is leased to one.
     """
 
+    metrics: Metrics = DISCARD  # a MeterGuard gives it its own
+
     def __init__(
         self,
         store: AlertQueue,
@@ -379,6 +382,7 @@ class Deliverer:
         except OSError as exc:
             problem = str(exc) or type(exc).__name__
         if problem is None:
+            self.metrics.alert("delivered")
             await self.store.finish_delivery(delivery.id)
             return True
         attempts = delivery.attempts + 1
@@ -391,10 +395,12 @@ class Deliverer:
                 now - delivery.created_at,
                 problem,
             )
+            self.metrics.alert("given_up")
             await self.store.finish_delivery(delivery.id)
             return False
         delay = self.backoff(attempts)
         log.warning("webhook %s: attempt %d failed (%s); retrying in %g s", delivery.id, attempts, problem, delay)
+        self.metrics.alert("failed")
         await self.store.retry_delivery(delivery.id, now + delay, attempts)
         return False
 

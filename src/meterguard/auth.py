@@ -21,6 +21,7 @@ from .config import Config, JWTSettings
 from .customers import Directory
 from .errors import StoreError
 from .keys import PREFIX, hash_key, is_well_formed
+from .metrics import DISCARD, Metrics
 
 log = logging.getLogger("meterguard.auth")
 
@@ -45,6 +46,8 @@ class AuthFailure:
 
 
 class Authenticator:
+    metrics: Metrics = DISCARD  # a MeterGuard gives it its own
+
     def __init__(self, config: Config, directory: Directory, *, monotonic: Clock = time.monotonic) -> None:
         self._config = config
         self._directory = directory
@@ -92,6 +95,7 @@ class Authenticator:
         now = self._monotonic()
         entry = self._cache.get(credential)
         if entry is not None and entry[0] > now:
+            self.metrics.auth_hits += 1
             return entry[1]
         try:
             return await self._resolve(credential, now)
@@ -114,6 +118,8 @@ class Authenticator:
             expires = now + min(self.ttl, CACHE_TTL_SECONDS)
         else:
             return AuthFailure("The credential is not a meterguard API key.")
+        self.metrics.auth_misses += 1
+        self.metrics.store_call("auth_lookup", self._monotonic() - now)
         # Keyed by the credential itself: a hit costs one dict lookup, no checksum and no hash.
         self._cache[credential] = (expires, result)
         if len(self._cache) > CACHE_SIZE:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from . import export as export_module
-from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target
+from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target, run_workers
 from ._types import ASGIApp
 from .admin._documents import (
     CUSTOMER_ID,
@@ -648,14 +648,13 @@ def serve(target: str, config_path: str, store_url: str | None, host: str, port:
         app = import_target(target)
     except ImportError as exc:
         _fail(f"cannot import {target}: {exc}")
-    import uvicorn
 
     if workers > 1:
         # uvicorn needs an import string to start worker processes; each builds its own MeterGuard.
         os.environ[TARGET_ENV] = target
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
         os.environ[STORE_ENV] = url
-        uvicorn.run("meterguard._serve:create_app", factory=True, host=host, port=port, workers=workers)
+        run_workers("meterguard._serve:create_app", host=host, port=port, workers=workers)
         return
     from .middleware import MeterGuard
 

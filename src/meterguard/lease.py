@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .errors import StoreError
+from .metrics import DISCARD, Metrics
 from .plans import Window
 from .store.base import AdmitRequest, Decision, Flush, Settlement, Store, UsageRow, WindowState
 
@@ -66,6 +67,8 @@ class _Pending:
 
 
 class FastPath:
+    metrics: Metrics = DISCARD  # a MeterGuard gives it its own
+
     def __init__(self, store: Store, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._monotonic = monotonic
@@ -112,6 +115,8 @@ class FastPath:
             if wanted:
                 self._leasing.discard(key)
         if decision.granted > 0:
+            self.metrics.leases += 1
+            self.metrics.lease_units += decision.granted
             previous = self._leases.get(key)
             if previous is not None:  # a concurrent request's lease: give its units back
                 self._retire(key, previous, self._monotonic())
@@ -186,6 +191,7 @@ class FastPath:
         rate = lease.used / age
         self._sizes[key] = max(1, min(MAX_LEASE, math.ceil(rate * TARGET_LEASE_SECONDS)))
         if lease.units > 0:
+            self.metrics.lease_returned += lease.units
             pending = self._pending_for(key[0], key[1], lease.period_end, lease.day)
             pending.returned += lease.units
             for state, slot in zip(lease.snapshot.windows, lease.snapshot.slots, strict=False):

@@ -57,6 +57,14 @@ class MeterEngine:
         # fail_open serves a request whose decision was lost: the store must count it once.
         self._served_on_loss = config.on_store_error == "fail_open"
 
+    @property
+    def fast_path(self) -> FastPath | None:
+        return self._fast
+
+    def adopt(self, previous: MeterEngine) -> None:
+        """After a reload: keep the previous engine's fast path (its leases and unflushed usage)."""
+        self._fast = previous._fast
+
     def terms(self, plan_name: str, route: Route | None) -> Terms:
         key = (plan_name, route.match if route is not None else None)
         terms = self._terms.get(key)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 import time
+import uuid
 from collections.abc import Coroutine
 from os import PathLike
 from typing import Any
@@ -22,10 +25,13 @@ from .alerts import Alerts, Deliverer
 from .auth import Authenticator, AuthFailure, Principal
 from .config import Config, load_config
 from .customers import Directory
-from .errors import StoreError
+from .errors import ConfigError, StoreError
+from .logs import begin, configure_from_env, current, current_plan
 from .meter import MeterEngine, Terms, Ticket
+from .metrics import Metrics
 from .periods import rfc3339
 from .records import count_json, is_json, parse_header
+from .reload import RELOAD_EVENT, ReloadResult, Runtime, build_runtime, keep_restart_only, summary
 from .responses import (
     CUSTOMER_SUSPENDED,
     IDEMPOTENCY_KEY_IN_FLIGHT,
@@ -68,28 +74,28 @@ class MeterGuard:
         store: Store | str | None = None,
         clock: Clock | None = None,
     ) -> None:
+        configure_from_env()
         self.app = app
-        self.config = config if isinstance(config, Config) else load_config(config)
+        loaded = config if isinstance(config, Config) else load_config(config)
         self.clock: Clock = clock or time.time
         if store is None or isinstance(store, str):
-            store = store_from_url(resolve_store_url(store, self.config), clock=clock)
+            store = store_from_url(resolve_store_url(store, loaded), clock=clock)
         self.store: Store = store
-        self.store.configure_ledger(self.config.ledger)
-        self.directory = Directory(self.config, self.store)
-        self.authenticator = Authenticator(self.config, self.directory)
-        self.engine = MeterEngine(self.config, self.store, self.clock)
-        self._routes = self.config.routes
-        self._records_header = self.config.records_header.encode("latin-1")
-        self._json_field = self.config.records_json_field
-        self._max_body = self.config.records_max_body_bytes
-        self._fail_open = self.config.on_store_error == "fail_open"
+        self.store.configure_ledger(loaded.ledger)
+        self.metrics = Metrics()
+        if hasattr(store, "metrics"):
+            store.metrics = self.metrics
+        self._use(build_runtime(loaded, self.store, self.clock, self.metrics))
+        self._origin = uuid.uuid4().hex  # this process's reload events are not answered by itself
+        self._sighup = False
         self._background: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Future[None] | None = None  # started by the first request, in its loop
         self._admin_prefix = self.config.admin_path
         # Alerts are checked at most once a second per customer, off the request path.
-        self._alerts = Alerts(self.config, self.store, clock=self.clock) if _has_alerts(self.config) else None
         self._alerts_checked: dict[str, float] = {}
         self._deliverer = Deliverer.from_config(self.config, self.store)
+        if self._deliverer is not None:
+            self._deliverer.metrics = self.metrics
         self.admin: ASGIApp | None = None
         token = os.environ.get(self.config.admin_token_env)
         if token:
@@ -102,6 +108,8 @@ class MeterGuard:
                 authenticator=self.authenticator,
                 token=token,
                 clock=self.clock,
+                metrics=self.metrics,
+                reload=self.reload_everywhere,
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,6 +120,7 @@ class MeterGuard:
             return
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch())
+            self._started()
             if self._deliverer is not None:
                 self._deliverer.start()
         path: str = scope["path"]
@@ -128,6 +137,8 @@ class MeterGuard:
         if route is not None and route.public:
             await self.app(scope, receive, send)
             return
+        runtime = self._runtime
+        context = begin(method, path, route)
 
         headers = scope["headers"]
         credential = self.authenticator.credential(headers)
@@ -151,6 +162,9 @@ class MeterGuard:
         if isinstance(principal, AuthFailure):
             await self._refuse(send, *_unauthenticated(principal.detail, invalid=True))
             return
+        context.principal = principal
+        if runtime is not self._runtime:  # plans.yaml was reloaded meanwhile: decide under the new one only
+            route = context.route = self._routes.match(method, path)
         if principal.suspended:
             await self._refuse(
                 send, *problem(403, CUSTOMER_SUSPENDED, f"Customer {principal.customer!r} is suspended.")
@@ -211,6 +225,7 @@ class MeterGuard:
         if decision.idempotency is not None:
             await self._refuse(send, *_idempotency_refusal(decision.idempotency))
             return
+        self.metrics.decided(principal.plan, decision)
         metered = metered_headers(decision, terms.policy, terms.calls, terms.records, ticket.period.end_ts)
         if not decision.admitted:
             await self._refuse(send, *_refusal(decision, principal, terms, ticket, metered))
@@ -264,21 +279,97 @@ class MeterGuard:
         except StoreError as exc:
             log.warning("could not store the response of an Idempotency-Key (a repeat will wait, then run): %s", exc)
 
+    # ------------------------------------------------------------------------------------------
+    # plans.yaml, one version at a time (reload.py)
+    # ------------------------------------------------------------------------------------------
+
+    def _use(self, runtime: Runtime) -> None:
+        """Swap in a version of plans.yaml. Synchronous: no request runs while the references change."""
+        self._runtime = runtime
+        self.config: Config = runtime.config
+        self.directory: Directory = runtime.directory
+        self.authenticator: Authenticator = runtime.authenticator
+        self.engine: MeterEngine = runtime.engine
+        self._alerts: Alerts | None = runtime.alerts
+        self._routes = runtime.config.routes
+        self._records_header = runtime.config.records_header.encode("latin-1")
+        self._json_field = runtime.config.records_json_field
+        self._max_body = runtime.config.records_max_body_bytes
+        self._fail_open = runtime.config.on_store_error == "fail_open"
+        admin = getattr(self, "admin", None)
+        if admin is not None:
+            admin.use(runtime.config, runtime.directory, runtime.authenticator)
+
+    def reload(self) -> ReloadResult:
+        """Reread the plans file this gateway was built from; swap it in, or keep the running one.
+
+        Never raises for a bad file: the errors come back as ``FILE:LINE: path: reason`` lines,
+        and are logged at ERROR (what a SIGHUP leaves behind).
+        """
+        source = self.config.source
+        if not os.path.isfile(source):
+            log.error("cannot reload: the plans were not read from a file (%s)", source)
+            self.metrics.reloaded(False)
+            return ReloadResult(False, errors=(f"{source}: not a file; nothing to reload",))
+        try:
+            loaded = load_config(source)
+        except ConfigError as exc:
+            errors = tuple(str(issue) for issue in exc.issues)
+            log.error("plans.yaml reload refused, the running plans stay:\n%s", "\n".join(errors))
+            self.metrics.reloaded(False)
+            return ReloadResult(False, errors=errors)
+        loaded, restart_required = keep_restart_only(self.config, loaded)
+        changes = summary(self.config, loaded, restart_required)
+        self._use(build_runtime(loaded, self.store, self.clock, self.metrics, self._runtime))
+        self.metrics.reloaded(True)
+        log.info(
+            "plans.yaml reloaded from %s: plans %s (added %s, removed %s, changed %s)",
+            source, changes["plans"], changes["added"], changes["removed"], changes["changed"],
+        )  # fmt: skip
+        if restart_required:
+            log.warning("plans.yaml: %s changed; kept until the process restarts", ", ".join(restart_required))
+        return ReloadResult(True, changes)
+
+    async def reload_everywhere(self) -> ReloadResult:
+        """``POST {admin.path}/reload``: reload here, then tell every other process on the store."""
+        result = self.reload()
+        if result.ok:
+            try:
+                await self.store.notify(RELOAD_EVENT + self._origin)
+            except StoreError as exc:
+                log.warning("reloaded here, but could not tell the other processes: %s", exc)
+                return ReloadResult(True, {**result.summary, "notified": False}, result.errors)
+        return ReloadResult(result.ok, {**result.summary, "notified": result.ok}, result.errors)
+
+    def _started(self) -> None:
+        """In the serving loop (lifespan startup or the first request): SIGHUP, the metrics sync."""
+        self.metrics.start()
+        if self._sighup or threading.current_thread() is not threading.main_thread():
+            return
+        # Only where nobody else handles SIGHUP: its default action ends the process, never what
+        # an operator who edited plans.yaml wants; a framework with its own meaning for it wins.
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+            self._sighup = True
+
     async def settle(self, ticket: Ticket, records: int) -> None:
         """Settle records. A client disconnect cancels the request, not the write: every store
         completes a settlement once handed to it (the Redis store runs it in a batch task of its
         own; the memory store and the fast path never yield), so no shield task is needed."""
+        self.metrics.billed(current_plan(), records)
         try:
             await self.engine.settle(ticket, records)
         except StoreError:
             log.exception("could not settle %d records of customer %s", records, ticket.customer)
 
     async def _refuse(self, send: Send, status: int, headers: Headers, body: bytes) -> None:
+        self.metrics.refused(current(), status)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _store_failed(self, exc: StoreError, scope: Scope, receive: Receive, send: Send) -> None:
         if self._fail_open:
+            self.metrics.count(current_plan(), "unmetered")
             log.warning("store unavailable, serving unmetered (on_store_error: fail_open): %s", exc)
             await self.app(scope, receive, send)
             return
@@ -331,7 +422,10 @@ class MeterGuard:
     def _on_change(self, event: str) -> None:
         # "*": (re)subscribed, "-": subscription lost, anything else: a key or customer changed.
         # Changes are rare, and dropping every cached lookup cannot miss one a finer drop would.
-        if event == "*":
+        if event.startswith(RELOAD_EVENT):
+            if event != RELOAD_EVENT + self._origin:  # another process's POST /reload
+                self.reload()
+        elif event == "*":
             self.authenticator.follow(True)
         elif event == "-":
             self.authenticator.follow(False)
@@ -340,7 +434,9 @@ class MeterGuard:
 
     def _on_shutdown(self, send: Send) -> Send:
         async def send_then_close(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] == "lifespan.startup.complete":
+                self._started()
+            elif message["type"] == "lifespan.shutdown.complete":
                 await self.aclose()
             await send(message)
 
@@ -353,6 +449,10 @@ class MeterGuard:
         if self._deliverer is not None:
             await self._deliverer.aclose()
         await self.engine.aclose()
+        await self.metrics.aclose()
+        if self._sighup:
+            self._sighup = False
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         # Closing the store ends its change-event subscription from inside (a cancelled pub/sub
         # reader can leave redis-py waiting on its socket); the watcher task then just finishes.
         await self.store.aclose()
@@ -371,10 +471,6 @@ def unmatched_label(method: str, path: str) -> str:
         if len(f"{method} {path}") > MAX_LABEL_LENGTH:
             label = label[: MAX_LABEL_LENGTH - 1] + "…"
     return label
-
-
-def _has_alerts(config: Config) -> bool:
-    return any(plan.alerts for plan in config.plans.values())
 
 
 def _idempotency_refusal(state: str) -> tuple[int, Headers, bytes]:
@@ -493,6 +589,7 @@ class _Responder:
             if self._buffered > self.guard._max_body:
                 # Too large to parse: pass what we hold on and count via the header only.
                 log.warning("response body over records.max_body_bytes; its records are not counted from JSON")
+                self.guard.metrics.not_counted(current_plan())
                 body, self._buffer = b"".join(self._buffer), None
                 await self._send({"type": "http.response.body", "body": body, "more_body": more})
                 if not more:

@@ -21,7 +21,9 @@ from ..usage import daily_document, usage_document
 
 #: The same rule plans.yaml applies to customer ids: they end up inside store keys and hash tags.
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_PERIOD_ID = re.compile(r"[0-9]{4}-[0-9]{2}\Z")
+# Months 1970-01 to 2999-12: the documented pattern and the check are the same expression.
+PERIOD_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
+_PERIOD_ID = re.compile(PERIOD_PATTERN)
 MAX_DAYS = 90  # as X's usage endpoint: daily usage for up to 90 days
 
 

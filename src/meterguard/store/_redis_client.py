@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import StoreError, StoreUnavailable
+from ..metrics import DISCARD, Metrics
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
 # Connections per process. The metering path needs one per slot (one batch in flight each) and
@@ -129,6 +130,8 @@ class Lookups:
 
 class RedisBase:
     """The client and the key layout; see store/redis.py for the layout itself."""
+
+    metrics: Metrics = DISCARD  # a MeterGuard gives it its own
 
     def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
         self.url = url

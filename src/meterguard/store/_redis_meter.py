@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -288,6 +289,7 @@ class RedisMeter(RedisBase):
         return 0
 
     async def _run_batch(self, seq: int, deadline_ms: int, works: Sequence[Work]) -> tuple[int, int, list[Reply]]:
+        self.metrics.spool_depth.set(self.ledger.depth())
         batch = _Batch(self)
         groups = [batch.work(work) for work in works]
         self._settings[4] = self.events_max_len
@@ -295,7 +297,9 @@ class RedisMeter(RedisBase):
             {"s": self._settings, "w": self.ledger.writer, "q": seq, "d": deadline_ms, "t": batch.terms, "g": groups},
             separators=(",", ":"),
         )
+        started = time.perf_counter()
         sec, usec, *replies = await self._script(METER, batch.keys, [payload])
+        self.metrics.store_call("batch", time.perf_counter() - started, len(works))
         out = []
         for reply in replies:
             status = str(reply[0])
