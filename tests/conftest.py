@@ -22,6 +22,8 @@ from meterguard.store.cluster import RedisClusterStore, startup_nodes
 from meterguard.store.memory import MemoryStore
 from meterguard.store.redis import RedisStore
 
+pytest_plugins = ("tests.servers",)  # private servers for fault tests: private_redis, private_cluster, ...
+
 REDIS_URL = os.environ.get("MG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CLUSTER_URL = os.environ.get("MG_TEST_CLUSTER_URL", "redis+cluster://127.0.0.1:7001")
 STORE_KINDS = ("memory", "redis", "cluster")
