@@ -22,7 +22,7 @@ from meterguard.store.cluster import RedisClusterStore, startup_nodes
 from meterguard.store.memory import MemoryStore
 from meterguard.store.redis import RedisStore
 
-pytest_plugins = ("tests.servers",)  # private servers for fault tests: private_redis, private_cluster, ...
+pytest_plugins = ("tests.servers", "tests.faultproxy")  # private servers and a fault proxy for fault tests
 
 REDIS_URL = os.environ.get("MG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CLUSTER_URL = os.environ.get("MG_TEST_CLUSTER_URL", "redis+cluster://127.0.0.1:7001")
