@@ -51,7 +51,7 @@ class ProxyStats:
     connections: int = 0  # accepted (refused ones included)
     open: int = 0
     refused: int = 0
-    resets: int = 0  # connections reset by a fault (refused ones included)
+    resets: int = 0  # connections reset: by a fault, by heal (those that lost bytes), refused ones
     bytes_up: int = 0
     bytes_down: int = 0
     dropped_up: int = 0
@@ -180,17 +180,17 @@ class FaultProxy:
         async def apply() -> None:
             self.mode, self._delay, self._delay_up, self._reset_budget = mode, delay, delay_up, budget
             if reset_broken:
-                await self._reset_links(lambda link: link.broken, count=False)
+                await self._reset_links(lambda link: link.broken)
 
         self._run(apply())
 
     async def _snapshot(self) -> ProxyStats:
         return replace(self._stats, open=len(self._links))
 
-    async def _reset_links(self, which: Callable[[_Link], bool], *, count: bool = True) -> int:
+    async def _reset_links(self, which: Callable[[_Link], bool]) -> int:
         chosen = [link for link in self._links if which(link)]
         for link in chosen:
-            self._close(link, reset=True, count=count)
+            self._close(link, reset=True)
         return len(chosen)
 
     async def _shutdown(self) -> None:
