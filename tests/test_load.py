@@ -121,8 +121,9 @@ def test_the_background_load_reconnects_after_resets(
         reset_at = time.monotonic()
         proxy.heal()
     result = load.result()
-    before, after = result.summary(until=delayed_at), result.summary(since=reset_at + 0.05)
-    assert before.statuses == Counter({200: before.requests}) and before.requests >= 30
+    # a request sent just before the delay may have its reply held, then reset: leave a margin
+    before, after = result.summary(until=delayed_at - 0.2), result.summary(since=reset_at + 0.05)
+    assert before.statuses == Counter({200: before.requests}) and before.requests >= 20
     assert sum(result.summary().errors.values()) >= 1
     assert set(result.summary().errors) <= {"reset", "incomplete"}
     assert after.statuses == Counter({200: after.requests}) and after.requests >= 50  # new connections
