@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis cluster clean
+.PHONY: demo test lint bench redis cluster stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ redis:
 cluster:
 	scripts/redis-cluster.sh start
 
-test: $(STAMP) redis cluster
-	$(BIN)/python -m pytest -q
+# The suite's shared servers: a Redis on 127.0.0.1:6379 and a Redis Cluster on free ports, each
+# started unless the caller names one in MG_TEST_REDIS_URL / MG_TEST_CLUSTER_URL (CONTRIBUTING.md).
+# What is started here is recorded in .mg-test/ and keeps running for the next run; `make stop`.
+test: $(STAMP)
+	@if [ -z "$$MG_TEST_REDIS_URL" ]; then scripts/ensure-redis.sh; fi
+	@if [ -z "$$MG_TEST_CLUSTER_URL" ]; then scripts/redis-cluster.sh start; fi
+	MG_TEST_CLUSTER_URL="$${MG_TEST_CLUSTER_URL:-$$(scripts/redis-cluster.sh url)}" $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -38,6 +43,9 @@ bench: $(STAMP) redis
 	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m benchmarks
 
-clean:
-	scripts/redis-cluster.sh stop || true
+# Stops only servers recorded in .mg-test/ by the scripts above, never by port.
+stop:
+	scripts/stop-servers.sh
+
+clean: stop
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
