@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from .wave import Connection, IncompleteReply
+from .wave import Connection, IncompleteReply, Reply
 
 # Why a request got no complete reply: the server reset the connection, no reply within the
 # timeout, the connection closed mid-reply, no connection could be made, or the reply was not HTTP.
@@ -242,7 +242,7 @@ async def _request(
     return Outcome(customer, sent, time.monotonic() - sent, reply.status, records)
 
 
-async def _written_and_read(conn: Connection) -> object:
+async def _written_and_read(conn: Connection) -> Reply:
     await conn.writer.drain()
     return await conn.read_reply()
 
