@@ -202,10 +202,11 @@ def test_an_empty_master_is_added_and_rebalanced_onto(private_cluster: ClusterHa
     assert new in private_cluster.masters()
     assert private_cluster.healthy() == "nodes were added"
     started = time.monotonic()
-    migration = private_cluster.rebalance()
+    # a weight of 0.1 against 1 for the others: ~530 slots move instead of 4096 (seconds saved)
+    migration = private_cluster.rebalance(extra=["--cluster-weight", f"{private_cluster.node_id(new)}=0.1"])
     assert time.monotonic() - started < 1  # started, not waited for
     migration.wait()
-    assert len(private_cluster.slots_of(new)) == 16384 // 4
+    assert abs(len(private_cluster.slots_of(new)) - 16384 * 0.1 / 3.1) < 20
     assert new.address in private_cluster.url
 
 
