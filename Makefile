@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis cluster browser clean
+.PHONY: demo test lint bench redis cluster browser stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ cluster:
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the dashboard test will skip"
 
-test: $(STAMP) redis cluster browser
-	$(BIN)/python -m pytest -q
+# The suite's shared servers: a Redis on 127.0.0.1:6379 and a Redis Cluster on free ports, each
+# started unless the caller names one in MG_TEST_REDIS_URL / MG_TEST_CLUSTER_URL (CONTRIBUTING.md).
+# What is started here is recorded in .mg-test/ and keeps running for the next run; `make stop`.
+test: $(STAMP) browser
+	@if [ -z "$$MG_TEST_REDIS_URL" ]; then scripts/ensure-redis.sh; fi
+	@if [ -z "$$MG_TEST_CLUSTER_URL" ]; then scripts/redis-cluster.sh start; fi
+	MG_TEST_CLUSTER_URL="$${MG_TEST_CLUSTER_URL:-$$(scripts/redis-cluster.sh url)}" $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -43,6 +48,9 @@ bench: $(STAMP) redis
 	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m benchmarks
 
-clean:
-	scripts/redis-cluster.sh stop || true
+# Stops only servers recorded in .mg-test/ by the scripts above, never by port.
+stop:
+	scripts/stop-servers.sh
+
+clean: stop
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

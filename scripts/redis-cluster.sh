@@ -1,54 +1,88 @@
 #!/usr/bin/env bash
-# A local 3-master Redis Cluster on 127.0.0.1:7001-7003 for the test suite.
-#   scripts/redis-cluster.sh start   idempotent: exits at once when the cluster already answers
-#   scripts/redis-cluster.sh stop
-# Files (config, logs) live under ${TMPDIR:-/tmp}/meterguard-cluster; nothing is persisted.
+# The test suite's Redis Cluster: 3 masters ($MG_CLUSTER_MASTERS) on free ports.
+#   scripts/redis-cluster.sh start   reuse the recorded cluster while it is up and ours, else start
+#                                    a new one; its URL goes to .mg-test/cluster/url
+#   scripts/redis-cluster.sh stop    stop the recorded nodes (only them: scripts/_servers.sh)
+#   scripts/redis-cluster.sh url     print the recorded cluster's URL
+# Nothing is persisted (no AOF, no RDB).
 set -euo pipefail
-ports=(7001 7002 7003)
-dir=${TMPDIR:-/tmp}/meterguard-cluster
+. "$(dirname "$0")/_servers.sh"
+dir=$state/cluster
+masters=${MG_CLUSTER_MASTERS:-3}
 
-cluster_ok() { redis-cli -h 127.0.0.1 -p "${ports[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
-node_answers() { redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null | grep -q PONG; }
-
-start() {
-  if command -v redis-cli >/dev/null && cluster_ok; then exit 0; fi
-  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-    echo "redis-server/redis-cli not found: installing Debian's package" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
-  fi
-  for port in "${ports[@]}"; do
-    node_dir=$dir/$port
-    mkdir -p "$node_dir"
-    if ! node_answers "$port"; then
-      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
-        --cluster-config-file "$node_dir/nodes.conf" --cluster-node-timeout 5000 \
-        --appendonly no --save "" --dir "$node_dir" --logfile "$node_dir/redis.log" \
-        --pidfile "$node_dir/redis.pid"
+# Below the kernel's ephemeral range (32768-60999), bus ports (port + 10000) included, so that no
+# outgoing connection takes one between this check and the bind. tests/servers.py uses the same.
+pick_port() {
+  local port
+  for _ in $(seq 200); do
+    port=$((11000 + RANDOM % 11000))
+    if ! listening "$port" && ! listening $((port + 10000)) && [[ " ${ports[*]} " != *" $port "* ]]; then
+      echo "$port"
+      return 0
     fi
   done
-  for port in "${ports[@]}"; do
-    for _ in $(seq 50); do node_answers "$port" && break; sleep 0.1; done
-    node_answers "$port" || { echo "node $port did not start; see $dir/$port/redis.log" >&2; exit 1; }
+  return 1
+}
+
+reusable() {
+  local node count=0
+  [ -s "$dir/url" ] || return 1
+  for node in "$dir"/node*; do
+    recorded_pid "$node" >/dev/null || return 1
+    count=$((count + 1))
   done
-  # Form the cluster only when no slot is assigned yet (a fresh set of nodes).
-  if redis-cli -h 127.0.0.1 -p "${ports[0]}" cluster info | grep -q '^cluster_slots_assigned:0'; then
-    redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
-  fi
-  for _ in $(seq 100); do cluster_ok && exit 0; sleep 0.1; done
-  echo "cluster did not reach cluster_state:ok; see $dir/*/redis.log" >&2
-  exit 1
+  [ "$count" -eq "$masters" ] &&
+    redis-cli -p "$(cat "$dir/node1/port")" cluster info 2>/dev/null | grep -q '^cluster_state:ok'
 }
 
 stop() {
-  for port in "${ports[@]}"; do
-    redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  local node
+  for node in "$dir"/node*; do
+    [ -d "$node" ] && stop_recorded "$node"
   done
   rm -rf "$dir"
+}
+
+start() {
+  if reusable; then
+    echo "redis cluster: $(cat "$dir/url") (running, recorded in $dir)"
+    return 0
+  fi
+  need_redis
+  stop
+  mkdir -p "$dir"
+  ports=()
+  for i in $(seq "$masters"); do
+    for attempt in $(seq 10); do
+      port=$(pick_port)
+      if start_recorded "$dir/node$i" "$port" --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout 5000 --appendonly no --save ""; then
+        ports+=("$port")
+        break
+      fi
+      stop_recorded "$dir/node$i"
+      rm -rf "$dir/node$i"
+      [ "$attempt" -lt 10 ] || { echo "no node could start; see $dir" >&2; exit 1; }
+    done
+  done
+  redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 ||
+    { echo "redis-cli --cluster create failed; see $dir/create.log" >&2; exit 1; }
+  for port in "${ports[@]}"; do
+    for _ in $(seq 100); do
+      redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' && break
+      sleep 0.1
+    done
+    redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' ||
+      { echo "node $port did not reach cluster_state:ok; see $dir" >&2; exit 1; }
+  done
+  url="redis+cluster://$(IFS=,; echo "${ports[*]/#/127.0.0.1:}")"
+  echo "$url" >"$dir/url"
+  echo "redis cluster: $url (started, recorded in $dir)"
 }
 
 case ${1:-} in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  url) cat "$dir/url" ;;
+  *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
 esac

@@ -1,9 +1,20 @@
-"""Shared fixtures.
+"""Shared fixtures, and which Redis servers the suite uses.
 
-The Redis-backed tests REQUIRE a Redis server on 127.0.0.1:6379 and a Redis Cluster on
-127.0.0.1:7001-7003; ``make test`` starts both (scripts/ensure-redis.sh, scripts/redis-cluster.sh)
-and nothing here starts servers or skips. Every test writes under its own key prefix and
-deletes only the keys under that prefix at the end: never FLUSHDB, the server is shared.
+Two shared servers, which tests never stop, reconfigure or FLUSHDB (each test writes under a
+key prefix of its own and deletes only that prefix at the end; one test empties the script
+cache with SCRIPT FLUSH, which every client recovers from):
+
+- a Redis server at ``MG_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/0``;
+- a Redis Cluster at ``MG_TEST_CLUSTER_URL``, default: the URL ``make test`` wrote to
+  ``.mg-test/cluster/url`` when it started the suite's cluster on free ports
+  (scripts/redis-cluster.sh).
+
+``make test`` starts each of them unless the variable is set (CONTRIBUTING.md). Nothing here
+starts, skips or waits for them: a test that needs one fails when it does not answer.
+
+Fault tests get servers of their own instead, started and stopped by fixtures of
+tests/servers.py (``private_redis``, ``redis_servers``, ``private_cluster``,
+``cluster_factory``) and tests/faultproxy.py (``fault_proxy``), registered below.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -22,8 +34,31 @@ from meterguard.store.cluster import RedisClusterStore, startup_nodes
 from meterguard.store.memory import MemoryStore
 from meterguard.store.redis import RedisStore
 
+pytest_plugins = ("tests.servers", "tests.faultproxy")
+
+# written by scripts/redis-cluster.sh (scripts/_servers.sh)
+STATE_DIR = Path(os.environ.get("MG_TEST_STATE") or Path(__file__).resolve().parent.parent / ".mg-test")
+NO_CLUSTER = "redis+cluster://127.0.0.1:1"
+
+
+def _cluster_url() -> str:
+    if url := os.environ.get("MG_TEST_CLUSTER_URL"):
+        return url
+    try:
+        return (STATE_DIR / "cluster" / "url").read_text().strip()
+    except OSError:
+        return NO_CLUSTER  # nothing listens on port 1: the cluster tests fail at once
+
+
 REDIS_URL = os.environ.get("MG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-CLUSTER_URL = os.environ.get("MG_TEST_CLUSTER_URL", "redis+cluster://127.0.0.1:7001")
+CLUSTER_URL = _cluster_url()
+
+
+def pytest_report_header() -> list[str]:
+    cluster = CLUSTER_URL if CLUSTER_URL != NO_CLUSTER else "none (run `make test`, or set MG_TEST_CLUSTER_URL)"
+    return [f"redis: {REDIS_URL}", f"redis cluster: {cluster}"]
+
+
 STORE_KINDS = ("memory", "redis", "cluster")
 
 

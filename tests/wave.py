@@ -36,6 +36,15 @@ class Reply:
         return json.loads(self.body)
 
 
+class IncompleteReply(ConnectionError):
+    """The server closed the connection before the reply was complete; ``status`` is the reply's
+    status when its head had arrived (a response cut off after its headers), else 0."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"server closed the connection mid-response (status {status or 'not received'})")
+        self.status = status
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
         self.reader, self.writer, self.host = reader, writer, host
@@ -54,7 +63,7 @@ class Connection:
                 chunk = await self.reader.read(65536)
                 self.h11.receive_data(chunk)
                 if not chunk:
-                    raise ConnectionError("server closed the connection mid-response")
+                    raise IncompleteReply(status)
                 continue
             if isinstance(event, h11.Response):
                 status = event.status_code
@@ -62,8 +71,15 @@ class Connection:
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                self.h11.start_next_cycle()
+                # after "Connection: close" (either side) the connection is not reused: see idle
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
                 return Reply(status, headers, bytes(body))
+
+    @property
+    def idle(self) -> bool:
+        """Ready for the next request on this connection."""
+        return self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
 
     async def close(self) -> None:
         self.writer.close()

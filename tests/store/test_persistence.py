@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
 from meterguard.plans import Window
 from meterguard.store.base import AdmitRequest, CustomerRecord, Meter, Settlement
 from meterguard.store.redis import RedisStore
 
-from ..wave import free_port
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, with AOF fsync'd on every write."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-
-    def start(self) -> None:
-        subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--logfile", str(self.directory / "redis.log"), "--pidfile", str(self.directory / "redis.pid")],
-            check=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if (
-                subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip()
-                == b"PONG"
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (self.directory / "redis.pid").exists():
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+from ..servers import RedisServer
 
 
 def admission(customer: str) -> AdmitRequest:
@@ -65,9 +22,8 @@ def admission(customer: str) -> AdmitRequest:
     )  # fmt: skip
 
 
-async def test_counters_survive_a_redis_restart_with_aof(private_redis: PrivateRedis) -> None:
-    url = f"redis://127.0.0.1:{private_redis.port}/0"
-    store = RedisStore(url)
+async def test_counters_survive_a_redis_restart_with_aof(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url)
     await store.create_customer(CustomerRecord("acme", "pro"))
     for _ in range(7):
         assert (await store.admit(admission("acme"))).admitted
@@ -75,10 +31,9 @@ async def test_counters_survive_a_redis_restart_with_aof(private_redis: PrivateR
                                   "2026-11-29"))  # fmt: skip
     await store.aclose()
 
-    private_redis.stop()
-    private_redis.start()
+    private_redis.restart()  # graceful; the crash (SIGKILL) case is tests/test_servers.py's
 
-    store = RedisStore(url)
+    store = RedisStore(private_redis.url)
     try:
         usage = await store.usage("acme", "2026-11")
         assert (usage.calls, usage.records) == (7, 42)
@@ -92,8 +47,8 @@ async def test_counters_survive_a_redis_restart_with_aof(private_redis: PrivateR
         await store.aclose()
 
 
-async def test_diagnose_warns_about_settings_that_lose_usage(private_redis: PrivateRedis) -> None:
-    store = RedisStore(f"redis://127.0.0.1:{private_redis.port}/0")
+async def test_diagnose_warns_about_settings_that_lose_usage(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url)
     try:
         assert await store.diagnose() == []  # AOF on, noeviction: nothing to say
         client = Redis(port=private_redis.port)
