@@ -78,18 +78,16 @@ class Authenticator:
 
         While the store's change events arrive, a revocation or customer change drops the cache at
         once, so entries can live CACHE_TTL_SUBSCRIBED; without them, CACHE_TTL_SECONDS is the
-        bound on how long a revoked key is still served. A new subscription starts from an empty
-        cache (changes may have been missed); a lost one keeps the entries, expiring within
-        CACHE_TTL_SECONDS, so that they can stand in while the store is away (authenticate()).
+        bound on how long a revoked key is still served. A new subscription expires every entry
+        (changes may have been missed); a lost one lets them expire within CACHE_TTL_SECONDS.
+        Expired entries are kept: they stand in while the store is away (authenticate()).
         """
         self.ttl = CACHE_TTL_SUBSCRIBED if subscribed else CACHE_TTL_SECONDS
-        if subscribed:
-            self._cache.clear()
-            return
-        soon = self._monotonic() + CACHE_TTL_SECONDS
+        # (Re)subscribed: every entry is looked up again at its next use. Lost: within a second.
+        until = self._monotonic() + (0.0 if subscribed else CACHE_TTL_SECONDS)
         for credential, (expires, result) in self._cache.items():
-            if expires > soon:
-                self._cache[credential] = (soon, result)
+            if expires > until:
+                self._cache[credential] = (until, result)
 
     async def authenticate(self, credential: str) -> Principal | AuthFailure:
         now = self._monotonic()

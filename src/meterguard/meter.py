@@ -92,6 +92,13 @@ class MeterEngine:
             self._day = (day, (now // SECONDS_PER_DAY + 1) * SECONDS_PER_DAY)
         return day
 
+    def ticket(
+        self, customer: str, key_id: str, anchor_day: int, route: Route | None, label: str, now: float | None = None
+    ) -> Ticket:
+        """Where a request's usage goes: its customer, key, route label, period and day."""
+        moment = self._clock() if now is None else now
+        return Ticket(customer, key_id, label, route is not None, self.period(anchor_day, moment), self.day(moment))
+
     async def admit(
         self,
         customer: str,
@@ -108,8 +115,7 @@ class MeterEngine:
         """``spend_cap_cents``: the customer's own cap, overriding the plan's."""
         now = self._clock()
         terms = self.terms(plan_name, route)
-        period = self.period(anchor_day, now)
-        ticket = Ticket(customer, key_id, label, route is not None, period, self.day(now))
+        ticket = self.ticket(customer, key_id, anchor_day, route, label, now)
         request = AdmitRequest(
             customer=customer,
             key_id=key_id,
@@ -118,8 +124,8 @@ class MeterEngine:
             weight=weight,
             windows=terms.windows,
             strategy=terms.strategy,
-            period_id=period.id,
-            period_end=period.end_ts,
+            period_id=ticket.period.id,
+            period_end=ticket.period.end_ts,
             calls=terms.calls,
             records=terms.records,
             spend_cap_cents=terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,

@@ -30,6 +30,7 @@ from .logs import begin, configure_from_env, current, current_plan
 from .meter import MeterEngine, Terms, Ticket
 from .metrics import Metrics
 from .periods import rfc3339
+from .plans import Route
 from .records import count_json, is_json, parse_header
 from .reload import RELOAD_EVENT, ReloadResult, Runtime, build_runtime, keep_restart_only, summary
 from .responses import (
@@ -51,6 +52,7 @@ from .responses import (
 )
 from .store import store_from_url
 from .store.base import Decision, Store, Usage
+from .unresolved import Entry, Unresolved
 
 log = logging.getLogger("meterguard")
 
@@ -86,6 +88,7 @@ class MeterGuard:
         if hasattr(store, "metrics"):
             store.metrics = self.metrics
         self._use(build_runtime(loaded, self.store, self.clock, self.metrics))
+        self._unresolved = Unresolved(self.directory, self.store)
         self._origin = uuid.uuid4().hex  # this process's reload events are not answered by itself
         self._sighup = False
         self._background: set[asyncio.Task[None]] = set()
@@ -157,7 +160,10 @@ class MeterGuard:
         try:
             principal = await self.authenticator.authenticate(credential)
         except StoreError as exc:
-            await self._store_failed(exc, scope, receive, send)
+            if self._fail_open:
+                await self._serve_unresolved(exc, scope, receive, send, credential, route)
+            else:
+                await self._store_failed(exc, scope, receive, send)
             return
         if isinstance(principal, AuthFailure):
             await self._refuse(send, *_unauthenticated(principal.detail, invalid=True))
@@ -220,7 +226,13 @@ class MeterGuard:
                 fingerprint,
             )
         except StoreError as exc:
-            await self._store_failed(exc, scope, receive, send)
+            if self._fail_open:
+                # Served without a decision: the store counts its call once (AdmitRequest.served_on_loss);
+                # its records are settled as any other's, and wait in the ledger for the store.
+                ticket = self.engine.ticket(principal.customer, principal.key_id, principal.anchor_day, route, label)
+                await self._serve_unmetered(exc, scope, receive, send, ticket)
+            else:
+                await self._store_failed(exc, scope, receive, send)
             return
         if decision.idempotency is not None:
             await self._refuse(send, *_idempotency_refusal(decision.idempotency))
@@ -290,6 +302,8 @@ class MeterGuard:
         self.directory: Directory = runtime.directory
         self.authenticator: Authenticator = runtime.authenticator
         self.engine: MeterEngine = runtime.engine
+        if hasattr(self, "_unresolved"):
+            self._unresolved.directory = runtime.directory
         self._alerts: Alerts | None = runtime.alerts
         self._routes = runtime.config.routes
         self._records_header = runtime.config.records_header.encode("latin-1")
@@ -366,6 +380,36 @@ class MeterGuard:
         self.metrics.refused(current(), status)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _serve_unmetered(
+        self, exc: StoreError, scope: Scope, receive: Receive, send: Send, ticket: Ticket
+    ) -> None:
+        self.metrics.count(current_plan(), "unmetered")
+        log.warning("store unavailable, serving (on_store_error: fail_open; usage kept for the store): %s", exc)
+        responder = _Responder(self, send, ticket, [], None)
+        try:
+            await self.app(scope, receive, responder.send)
+        finally:
+            if not responder.settled and responder.records:
+                await self.settle(ticket, responder.records)
+
+    async def _serve_unresolved(
+        self, exc: StoreError, scope: Scope, receive: Receive, send: Send, credential: str, route: Route | None
+    ) -> None:
+        """fail_open, and the credential could not even be looked up: serve; its usage waits for
+        the store to say whose it is (unresolved.py)."""
+        label = route.match if route is not None else unmatched_label(scope["method"], scope["path"])
+        weight = route.weight if route is not None else 1
+        entry = self._unresolved.add(credential, label, route is not None, weight, self.clock())
+        if entry is None:
+            await self._store_failed(exc, scope, receive, send)
+            return
+        self.metrics.count(current_plan(), "unmetered")
+        log.warning("store unavailable, serving an unknown key (on_store_error: fail_open; resolved later): %s", exc)
+        responder = _Responder(self, send, None, [], None, entry)
+        await self.app(scope, receive, responder.send)
+        if not responder.settled:
+            entry.records = responder.records
 
     async def _store_failed(self, exc: StoreError, scope: Scope, receive: Receive, send: Send) -> None:
         if self._fail_open:
@@ -448,6 +492,7 @@ class MeterGuard:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._deliverer is not None:
             await self._deliverer.aclose()
+        await self._unresolved.aclose()
         await self.engine.aclose()
         await self.metrics.aclose()
         if self._sighup:
@@ -528,12 +573,21 @@ class _Responder:
     only up to ``records.max_body_bytes`` (starlette's GZipMiddleware pattern).
     """
 
-    __slots__ = ("guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_capture")
+    __slots__ = (
+        "guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_capture", "_unresolved"
+    )  # fmt: skip
 
     def __init__(
-        self, guard: MeterGuard, send: Send, ticket: Ticket, metered: Headers, capture: idempotency.Capture | None
+        self,
+        guard: MeterGuard,
+        send: Send,
+        ticket: Ticket | None,
+        metered: Headers,
+        capture: idempotency.Capture | None,
+        unresolved: Entry | None = None,
     ) -> None:
         self.guard = guard
+        self._unresolved = unresolved  # no ticket: the records wait with the request's usage
         self._capture = capture
         self._send = send
         self.ticket = ticket
@@ -609,5 +663,8 @@ class _Responder:
     async def _finish(self) -> None:
         if not self.settled:
             self.settled = True
-            if self.records:
+            if self._unresolved is not None:
+                self._unresolved.records = self.records
+            elif self.records:
+                assert self.ticket is not None
                 await self.guard.settle(self.ticket, self.records)

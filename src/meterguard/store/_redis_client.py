@@ -9,8 +9,9 @@ else (``translated()``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -84,8 +85,9 @@ class Lookups:
     ones share a round trip and a connection.
     """
 
-    def __init__(self, client: Callable[[], Any]) -> None:
+    def __init__(self, client: Callable[[], Any], drop_idle: Callable[[], Awaitable[None]]) -> None:
         self._client = client
+        self._drop_idle = drop_idle
         self._queued: dict[str, asyncio.Future[dict[str, str]]] = {}
         self._inflight: dict[str, asyncio.Future[dict[str, str]]] = {}
 
@@ -106,11 +108,7 @@ class Lookups:
 
     async def _read(self, batch: dict[str, asyncio.Future[dict[str, str]]]) -> None:
         try:
-            with translated():
-                async with self._client().pipeline(transaction=False) as pipe:
-                    for key in batch:
-                        pipe.hgetall(key)
-                    replies = await pipe.execute()
+            replies = await self._pipeline(batch)
         except BaseException as exc:  # handed to every waiter
             for future in batch.values():
                 if not future.done():
@@ -127,6 +125,22 @@ class Lookups:
                 if self._inflight.get(key) is future:
                     del self._inflight[key]
 
+    async def _pipeline(self, batch: dict[str, asyncio.Future[dict[str, str]]]) -> list[dict[str, str]]:
+        # Reads are safe to repeat: one more try on a fresh connection after a connection error
+        # (a restarted Redis leaves every pooled connection dead, the first use of each fails).
+        for attempt in (1, 2):
+            try:
+                with translated():
+                    async with self._client().pipeline(transaction=False) as pipe:
+                        for key in batch:
+                            pipe.hgetall(key)
+                        return list(await pipe.execute())
+            except StoreUnavailable:
+                if attempt == 2:
+                    raise
+                await self._drop_idle()
+        raise AssertionError("unreachable")
+
 
 class RedisBase:
     """The client and the key layout; see store/redis.py for the layout itself."""
@@ -139,7 +153,7 @@ class RedisBase:
         self._redis: Any = None
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._closed = False
-        self._lookups = Lookups(self._client)
+        self._lookups = Lookups(self._client, self._drop_idle_connections)
         self.events_keep_exported = 86_400  # seconds an event outlives its export (configure_ledger)
 
     # connection -----------------------------------------------------------------------------------
@@ -175,14 +189,27 @@ class RedisBase:
             self._redis = self._connect()
         return self._redis
 
+    async def _drop_idle_connections(self) -> None:
+        """After a connection error every idle pooled connection is suspect: a Redis that
+        restarted closed them all, and each would fail its next caller in turn. (The cluster
+        client does the same per node by itself.)"""
+        pool = getattr(self._redis, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=False)
+
     async def _script(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         client = self._client()
-        with translated():
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                # The script did not run; EVAL runs it once and caches it on that node again.
-                return await client.eval(script.text, len(keys), *keys, *args)
+        try:
+            with translated():
+                try:
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                except redis_errors.NoScriptError:
+                    # The script did not run; EVAL runs it once and caches it on that node again.
+                    return await client.eval(script.text, len(keys), *keys, *args)
+        except StoreUnavailable:
+            await self._drop_idle_connections()
+            raise
 
     # keys -----------------------------------------------------------------------------------------
 
