@@ -10,7 +10,7 @@ import click
 
 from .admin._documents import plan_json
 from .cli import main, redact
-from .config import load_config
+from .config import Config, load_config
 from .errors import ConfigError
 
 
@@ -65,6 +65,9 @@ def check(file: str) -> None:
         for issue in exc.issues:
             click.echo(str(issue))
         sys.exit(1)
+    except Exception as exc:  # a defect of ours: still one line, never a traceback
+        click.echo(f"{file}: could not be checked ({type(exc).__name__}: {exc}); please report this")
+        sys.exit(1)
     lines = [
         f"{file}: OK (version {config.version}, currency {config.currency}, billing anchor {config.anchor}, "
         f"consistency {config.consistency}, on_store_error {config.on_store_error})",
@@ -85,4 +88,17 @@ def check(file: str) -> None:
         lines.append(f"  {customer.id}: plan {customer.plan}, {customer.status}, {keys} key{'s' * (keys != 1)}")
     lines.append(f"store: {redact(config.store) if config.store else 'not set (memory:// unless --store/MG_STORE)'}")
     lines.append(f"admin: {config.admin_path} (on when {config.admin_token_env} is set)")
+    lines.append(f"auth: {_describe_auth(config)}")
     click.echo("\n".join(lines))
+
+
+def _describe_auth(config: Config) -> str:
+    parts = [f"keys in {config.api_key_header} or Authorization: Bearer"]
+    if config.jwt is not None:
+        parts.append(f"JWTs signed {'/'.join(config.jwt.algorithms)} (key loaded and checked)")
+    if config.failed_limit is None:
+        parts.append("failed authentications not throttled")
+    else:
+        proxies = ", ".join(str(network) for network in config.trusted_proxies) or "none"
+        parts.append(f"at most {config.failed_limit} failed authentications per address (trusted proxies: {proxies})")
+    return "; ".join(parts)

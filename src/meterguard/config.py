@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+import jwt
 from pydantic import ValidationError
 
-from ._config_schema import NAME, WEBHOOK_URL, FileSchema, JWTSchema, MeterPriceSchema
+from ._config_schema import NAME, WEBHOOK_URL, FileSchema, JWTSchema, MeterPriceSchema, Network
 from ._config_yaml import MAX_FILE_BYTES, Loc, dotted, line_of, read_file, read_yaml
 from .errors import ConfigError, ConfigIssue
 from .plans import (
@@ -67,6 +67,8 @@ class JWTSettings:
     audience: str | None = None
     customer_claim: str = "sub"
     leeway: int = 0
+    #: The key loaded by PyJWT (a public key object, or the secret's bytes): parsed once, at load.
+    verifier: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,9 @@ class Config:
     anchor: Literal["calendar", "anniversary"] = "calendar"
     api_key_header: str = "x-api-key"
     jwt: JWTSettings | None = None
+    failed_limit: str | None = "60/minute"  # failed authentications per client address; None: off
+    trusted_proxies: tuple[Network, ...] = ()  # X-Forwarded-For is believed from these only
+    max_credential_bytes: int = 4096
     admin_path: str = "/_meterguard"
     admin_token_env: str = "MG_ADMIN_TOKEN"
     records_header: str = "x-meterguard-records"
@@ -289,6 +294,9 @@ def _build(model: FileSchema, lines: Mapping[Loc, int], source: str, issues: lis
         anchor=model.billing.anchor,
         api_key_header=model.auth.api_key_header.lower(),
         jwt=jwt_settings,
+        failed_limit=model.auth.failed_limit,
+        trusted_proxies=model.auth.trusted_proxies,
+        max_credential_bytes=model.auth.max_credential_bytes,
         admin_path=model.admin.path,
         admin_token_env=model.admin.token_env,
         records_header=model.records.header.lower(),
@@ -326,22 +334,50 @@ def _meter_price(raw: MeterPriceSchema | None, loc: Loc, problem: Any) -> MeterP
     return MeterPrice(raw.unit, tiers=tuple(Tier(tier.up_to, tier.price) for tier in raw.tiers))
 
 
+MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM public key is a few KB; anything larger is the wrong file
+
+#: The kind of key each algorithm family needs. One key cannot serve two kinds: PyJWT refuses a PEM
+#: as an HMAC secret, at request time, with an exception that used to surface as a 500.
+_KEY_KINDS = {"HS": "an HMAC secret", "RS": "an RSA public key", "PS": "an RSA public key",
+              "ES": "an EC public key", "Ed": "an Ed25519/Ed448 public key"}  # fmt: skip
+
+
 def _jwt(raw: JWTSchema, problem: Any) -> JWTSettings | None:
     if (raw.key_env is None) == (raw.key_file is None):
         problem(("auth", "jwt"), "set exactly one of key_env (secret or PEM in a variable) or key_file (PEM)")
         return None
+    where: Loc = ("auth", "jwt", "key_env") if raw.key_env is not None else ("auth", "jwt", "key_file")
     if raw.key_env is not None:
         key = os.environ.get(raw.key_env)
         if not key:
-            problem(("auth", "jwt", "key_env"), f"environment variable {raw.key_env} is not set")
+            problem(where, f"environment variable {raw.key_env} is not set")
             return None
     else:
         assert raw.key_file is not None
         try:
-            key = Path(raw.key_file).read_text()
+            with open(raw.key_file, "rb") as handle:
+                data = handle.read(MAX_KEY_FILE_BYTES + 1)
         except OSError as exc:
-            problem(("auth", "jwt", "key_file"), f"cannot read {raw.key_file}: {exc.strerror}")
+            problem(where, f"cannot read {raw.key_file}: {exc.strerror}")
             return None
+        if len(data) > MAX_KEY_FILE_BYTES:
+            problem(where, f"{raw.key_file} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key")
+            return None
+        try:
+            key = data.decode("utf-8")
+        except UnicodeDecodeError:
+            problem(where, f"{raw.key_file} is not text: give the key as PEM")
+            return None
+    kinds = sorted({_KEY_KINDS[alg[:2]] for alg in raw.algorithms})
+    if len(kinds) > 1:
+        problem(
+            ("auth", "jwt", "algorithms"),
+            f"{', '.join(raw.algorithms)} need {' and '.join(kinds)}: one key cannot be both; list one kind",
+        )
+        return None
+    verifier = _verifier(raw.algorithms, key, where, problem)
+    if verifier is None:
+        return None
     return JWTSettings(
         algorithms=tuple(raw.algorithms),
         key=key,
@@ -349,4 +385,26 @@ def _jwt(raw: JWTSchema, problem: Any) -> JWTSettings | None:
         audience=raw.audience,
         customer_claim=raw.customer_claim,
         leeway=raw.leeway,
+        verifier=verifier,
     )
+
+
+def _verifier(algorithms: list[str], key: str, where: Loc, problem: Any) -> object | None:
+    """The key as PyJWT uses it, loaded now so that a key that does not fit its algorithms is a
+    config error (``meterguard check`` names it), never an exception while serving a request."""
+    verifier: object = None
+    for name in algorithms:
+        algorithm = jwt.get_algorithm_by_name(name)
+        try:
+            verifier = algorithm.prepare_key(key)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            problem(where, f"the key is not {_KEY_KINDS[name[:2]]} usable with {name}: {exc}")
+            return None
+        if hasattr(verifier, "public_key"):
+            problem(where, "this is a private key: give the gateway the public key (it only verifies)")
+            return None
+        weak = algorithm.check_key_length(verifier)
+        if weak:
+            problem(where, f"the key is too weak for {name}: {weak}")
+            return None
+    return verifier
