@@ -68,7 +68,7 @@ class JWTSettings:
     customer_claim: str = "sub"
     leeway: int = 0
     #: The key loaded by PyJWT (a public key object, or the secret's bytes): parsed once, at load.
-    verifier: object = field(default=None, repr=False, compare=False)
+    verifier: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,10 +389,10 @@ def _jwt(raw: JWTSchema, problem: Any) -> JWTSettings | None:
     )
 
 
-def _verifier(algorithms: list[str], key: str, where: Loc, problem: Any) -> object | None:
+def _verifier(algorithms: list[str], key: str, where: Loc, problem: Any) -> Any:
     """The key as PyJWT uses it, loaded now so that a key that does not fit its algorithms is a
     config error (``meterguard check`` names it), never an exception while serving a request."""
-    verifier: object = None
+    verifier: Any = None
     for name in algorithms:
         algorithm = jwt.get_algorithm_by_name(name)
         try:

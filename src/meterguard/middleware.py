@@ -18,7 +18,7 @@ from typing import Any
 
 from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
 from .alerts import Alerts, Deliverer
-from .auth import Authenticator, AuthFailure, Principal
+from .auth import Authenticator, AuthFailure, Principal, Throttled
 from .config import Config, load_config
 from .customers import Directory
 from .errors import StoreError
@@ -38,6 +38,7 @@ from .responses import (
     metered_headers,
     problem,
     retry_seconds,
+    throttled,
 )
 from .store import store_from_url
 from .store.base import Decision, Store, Usage
@@ -70,8 +71,8 @@ class MeterGuard:
         if store is None or isinstance(store, str):
             store = store_from_url(resolve_store_url(store, self.config), clock=clock)
         self.store: Store = store
-        self.directory = Directory(self.config, self.store)
-        self.authenticator = Authenticator(self.config, self.directory)
+        self.directory = Directory(self.config, self.store, clock=self.clock)
+        self.authenticator = Authenticator(self.config, self.directory, clock=self.clock)
         self.engine = MeterEngine(self.config, self.store, self.clock)
         self._routes = self.config.routes
         self._records_header = self.config.records_header.encode("latin-1")
@@ -125,8 +126,13 @@ class MeterGuard:
             return
 
         headers = scope["headers"]
-        credential = self.authenticator.credential(headers)
-        if credential is None:
+        try:
+            # Size, ambiguity, the failed-authentication throttle, then the cache and the store.
+            principal = await self.authenticator.check(scope)
+        except StoreError as exc:
+            await self._store_failed(exc, scope, receive, send)
+            return
+        if principal is None:
             if method == "OPTIONS" and any(name == b"access-control-request-method" for name, _ in headers):
                 await self.app(scope, receive, send)  # a CORS preflight never carries credentials
                 return
@@ -137,11 +143,8 @@ class MeterGuard:
                 ),
             )
             return
-
-        try:
-            principal = await self.authenticator.authenticate(credential)
-        except StoreError as exc:
-            await self._store_failed(exc, scope, receive, send)
+        if isinstance(principal, Throttled):
+            await self._refuse(send, *throttled(principal.retry_after))
             return
         if isinstance(principal, AuthFailure):
             await self._refuse(send, *_unauthenticated(principal.detail, invalid=True))

@@ -23,6 +23,7 @@ SPEND_CAP_REACHED = PROBLEMS + "spend-cap-reached"
 STORE_UNAVAILABLE = PROBLEMS + "store-unavailable"
 PLAN_UNAVAILABLE = PROBLEMS + "plan-unavailable"
 INVALID_IDEMPOTENCY_KEY = PROBLEMS + "invalid-idempotency-key"
+TOO_MANY_FAILED_AUTHENTICATIONS = PROBLEMS + "too-many-failed-authentications"
 
 TITLES = {
     400: "Bad Request",
@@ -110,3 +111,13 @@ def metered_headers(decision: Decision, policy: bytes, calls: Meter, records: Me
         ]
     headers.append((b"x-meterguard-usage", ", ".join(usage).encode()))
     return headers
+
+
+def throttled(retry_after: int) -> tuple[int, Headers, bytes]:
+    """429 for an address past ``auth.failed_limit`` (CONTRACT 11); no credential was looked up."""
+    return problem(
+        429,
+        TOO_MANY_FAILED_AUTHENTICATIONS,
+        f"Too many failed authentications from this address; retry in {retry_after} s.",
+        headers=[(b"retry-after", str(retry_after).encode())],
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .._types import Clock, Receive, Scope, Send
-from ..auth import Authenticator, AuthFailure
+from .._timespec import parse_duration, parse_instant
+from .._types import Clock, Message, Receive, Scope, Send
+from ..auth import Authenticator, AuthFailure, Throttled
 from ..billing import parse_amount
 from ..config import Config, load_config
 from ..customers import KEEP, Directory, Keep
@@ -34,6 +36,7 @@ from ..errors import (
     ConfigIssue,
     CustomerExists,
     CustomerNotFound,
+    KeyNotActive,
     KeyNotFound,
     PlanNotFound,
     StoreError,
@@ -49,7 +52,6 @@ from ._documents import (
     customer_usage,
     key_json,
     plans_document,
-    timestamp,
 )
 from ._problems import STORE_RETRY_AFTER, invalid, json_response, problem
 
@@ -57,6 +59,7 @@ __all__ = ["AdminApp", "create_admin_app"]
 
 PUBLIC_PATHS = frozenset({"/health", "/me/usage"})  # no admin token: one is open, one takes an API key
 MAX_BODY_BYTES = 64 * 1024  # admin bodies are a few fields; anything larger is a mistake or an attack
+DEFAULT_GRACE = "24h"  # how long a rotated-out key keeps working when the request names no grace
 _STATUSES: tuple[str, ...] = get_args(CustomerStatus)
 ADMIN_CHALLENGE = 'Bearer realm="meterguard-admin"'
 CUSTOMER_CHALLENGE = 'Bearer realm="meterguard"'
@@ -117,6 +120,7 @@ class AdminApp:
             _route("/customers/{customer}", GET=self.get_customer, PATCH=self.update_customer),
             _route("/customers/{customer}/keys", GET=self.list_keys, POST=self.create_key),
             _route("/keys/{key_id}", DELETE=self.revoke_key),
+            _route("/keys/{key_id}/rotate", POST=self.rotate_key),
             _route("/customers/{customer}/usage", GET=self.usage),
             _route("/customers/{customer}/usage/daily", GET=self.daily),
             _route("/customers/{customer}/statement", GET=self.statement),
@@ -131,28 +135,54 @@ class AdminApp:
                 KeyNotFound: _key_not_found,
                 PlanNotFound: self._plan_not_found,
                 CustomerExists: _customer_exists,
+                KeyNotActive: _key_not_active,
+                Exception: _unexpected,
             },
             lifespan=self._lifespan,
-            max_body_size=MAX_BODY_BYTES,
         )
+        # Starlette would redirect /customers/ to /customers, but builds the Location without the
+        # admin prefix (it sits in root_path): a 404 problem that names the slash is the honest answer.
+        self.app.router.redirect_slashes = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _route_path(scope) not in PUBLIC_PATHS and not self._authorized(scope):
-            response = _unauthenticated("Send the admin token as 'Authorization: Bearer <token>'.", ADMIN_CHALLENGE)
-            await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if _route_path(scope) not in PUBLIC_PATHS:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        length = _content_length(scope)
+        if length is not None and length > MAX_BODY_BYTES:
+            await _too_large()(scope, receive, send)  # refused before a byte of it is read
+            return
+        await self.app(scope, _limited(receive), send)
 
-    def _authorized(self, scope: Scope) -> bool:
-        if self._token is None:
-            return False
+    def _refusal(self, scope: Scope) -> Response | None:
+        """None when the admin token is right; else a 401, or a 429 past auth.failed_limit."""
+        token = self._bearer(scope)
+        if token is not None and self._token is not None and hmac.compare_digest(token, self._token):
+            # Constant time: the token is a shared secret (LANDSCAPE, "hmac.compare_digest").
+            return None
+        throttle = self.authenticator.throttle
+        if token is not None and throttle.enabled:
+            # A wrong admin token is a failed authentication like a wrong API key, and counts with them.
+            address = throttle.address(scope)
+            wait = throttle.blocked(address)
+            if wait:
+                return _throttled(wait)
+            throttle.failed(address)
+        return _unauthenticated("Send the admin token as 'Authorization: Bearer <token>'.", ADMIN_CHALLENGE)
+
+    @staticmethod
+    def _bearer(scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    # Constant time: the token is a shared secret (LANDSCAPE, "hmac.compare_digest").
-                    return hmac.compare_digest(token.strip(), self._token)
-        return False
+                if scheme.lower() == b"bearer" and token.strip():
+                    return bytes(token.strip())
+        return None
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -251,21 +281,49 @@ class AdminApp:
         return json_response(customer_json(record))
 
     async def create_key(self, request: Request) -> Response:
-        record, key = await self.directory.issue_key(request.path_params["customer"])
-        return json_response(
-            {
-                "key_id": record.key_id,
-                "key": key,
-                "customer": record.customer,
-                "prefix": record.prefix,
-                "created": timestamp(record.created_at),
-            },
-            201,
-        )
+        body = await _json_object(request, optional=True)
+        if isinstance(body, Response):
+            return body
+        errors = _unknown_fields(body, {"expires_at"})
+        expires_at = _instant(body, "expires_at", errors)
+        if errors:
+            return invalid("The key request is not valid.", errors)
+        try:
+            record, key = await self.directory.issue_key(request.path_params["customer"], expires_at)
+        except ValueError as exc:
+            return invalid(f"The key request is not valid: {exc}.", [{"field": "expires_at", "reason": str(exc)}])
+        return json_response({"key": key, **key_json(record, self.clock())}, 201)
+
+    async def rotate_key(self, request: Request) -> Response:
+        body = await _json_object(request, optional=True)
+        if isinstance(body, Response):
+            return body
+        errors = _unknown_fields(body, {"grace", "expires_at"})
+        grace = body.get("grace", DEFAULT_GRACE)
+        grace_seconds = 0
+        if not isinstance(grace, str):
+            errors.append({"field": "grace", "reason": 'a duration such as "24h", "90m" or "7d"'})
+        else:
+            try:
+                grace_seconds = parse_duration(grace)
+            except ValueError as exc:
+                errors.append({"field": "grace", "reason": str(exc)})
+        expires_at = _instant(body, "expires_at", errors)
+        if errors:
+            return invalid("The rotation is not valid.", errors)
+        try:
+            record, key, old = await self.directory.rotate_key(request.path_params["key_id"], grace_seconds, expires_at)
+        except ValueError as exc:
+            return invalid(f"The rotation is not valid: {exc}.")
+        # Other processes refuse the old key at its expiry whatever they cached; this one drops it now.
+        self.authenticator.invalidate()
+        now = self.clock()
+        return json_response({"key": key, **key_json(record, now), "replaces": key_json(old, now)}, 201)
 
     async def list_keys(self, request: Request) -> Response:
         records = await self.directory.list_keys(request.path_params["customer"])
-        return json_response({"keys": [key_json(record) for record in records]})
+        now = self.clock()
+        return json_response({"keys": [key_json(record, now) for record in records]})
 
     async def revoke_key(self, request: Request) -> Response:
         await self.directory.revoke_key(request.path_params["key_id"])
@@ -302,14 +360,15 @@ class AdminApp:
         return json_response(document)
 
     async def me_usage(self, request: Request) -> Response:
-        credential = self.authenticator.credential(request.scope["headers"])
-        if not credential:
+        # The same answers the gateway gives the same key (CONTRACT 6), so a client sees one behaviour.
+        principal = await self.authenticator.check(request.scope)
+        if principal is None:
             return _unauthenticated(
                 f"Send your API key in the {self.config.api_key_header} header or as a bearer token.",
                 CUSTOMER_CHALLENGE,
             )
-        principal = await self.authenticator.authenticate(credential)
-        # The same answers the gateway gives the same key (CONTRACT 6), so a client sees one behaviour.
+        if isinstance(principal, Throttled):
+            return _throttled(principal.retry_after)
         if isinstance(principal, AuthFailure):
             return _unauthenticated(principal.detail, CUSTOMER_CHALLENGE + ', error="invalid_token"')
         if principal.suspended:
@@ -330,15 +389,94 @@ class AdminApp:
 # ----------------------------------------------------------------------------------------------
 
 
-async def _json_object(request: Request) -> dict[str, Any] | Response:
+MAX_BODY_DEPTH = 8  # admin bodies are flat objects; json.loads recurses once per level
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings whole (brackets in them do not count), brackets
+
+
+async def _json_object(request: Request, *, optional: bool = False) -> dict[str, Any] | Response:
+    """The body as a JSON object, or the problem to answer. ``optional``: an empty body is ``{}``."""
     raw = await request.body()
+    if optional and not raw.strip():
+        return {}
+    if _depth(raw) > MAX_BODY_DEPTH:
+        return invalid(f"The body is nested deeper than {MAX_BODY_DEPTH} levels.", status=400)
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return invalid("The body is not valid JSON.", status=400)
     if not isinstance(body, dict):
         return invalid("The body must be a JSON object.", status=400)
     return body
+
+
+def _depth(raw: bytes) -> int:
+    """How deep the JSON nests, counted without parsing it; never less than the parser would find."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.finditer(raw):
+        char = token.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; RFC 8259 does not
+
+
+def _instant(body: dict[str, Any], field: str, errors: list[dict[str, str]]) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.append({"field": field, "reason": "an RFC 3339 time such as 2027-01-01T00:00:00Z"})
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        errors.append({"field": field, "reason": str(exc)})
+        return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            text = value.strip()
+            # Anything but digits is no length we can trust: treated as too large.
+            return int(text) if text.isdigit() and len(text) <= 12 else MAX_BODY_BYTES + 1
+    return None
+
+
+def _limited(receive: Receive) -> Receive:
+    """``receive``, raising a 413 (as an HTTPException, answered as a problem) past MAX_BODY_BYTES."""
+    total = 0
+
+    async def receive_limited() -> Message:
+        nonlocal total
+        message = await receive()
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > MAX_BODY_BYTES:
+                raise HTTPException(413)
+        return message
+
+    return receive_limited
+
+
+def _too_large() -> Response:
+    return invalid(f"The body is larger than {MAX_BODY_BYTES} bytes.", status=413)
+
+
+def _throttled(retry_after: int) -> Response:
+    return problem(
+        "too-many-failed-authentications",
+        "Too Many Requests",
+        429,
+        f"Too many failed authentications from this address; retry in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def _unknown_fields(body: dict[str, Any], known: set[str]) -> list[dict[str, str]]:
@@ -354,7 +492,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
     if exc.status_code == 404:
-        return problem("not-found", "Not found", 404, f"No admin route {request.method} {_route_path(request.scope)}.")
+        path = _route_path(request.scope)
+        hint = " Admin paths take no trailing slash." if path.endswith("/") and len(path) > 1 else ""
+        return problem("not-found", "Not found", 404, f"No admin route {request.method} {path}.{hint}")
     if exc.status_code == 405:
         return problem(
             "method-not-allowed",
@@ -364,7 +504,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             headers=headers,
         )
     if exc.status_code == 413:
-        return invalid(f"The body is larger than {MAX_BODY_BYTES} bytes.", status=413)
+        return _too_large()
     return problem("http-error", exc.detail, exc.status_code, exc.detail, headers=headers)
 
 
@@ -386,6 +526,15 @@ async def _key_not_found(request: Request, exc: Exception) -> Response:
     key_id = request.path_params.get("key_id")
     detail = f"No key {key_id!r}." if str(exc) == key_id else f"{exc}."
     return problem("key-not-found", "Key not found", 404, detail)
+
+
+async def _key_not_active(request: Request, exc: Exception) -> Response:
+    return problem("key-not-active", "Key not active", 409, f"{exc}.")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # A defect of ours, still answered in the admin API's one format; Starlette logs the traceback.
+    return problem("internal-error", "Internal Server Error", 500, "The admin API failed; see the server log.")
 
 
 async def _customer_exists(request: Request, exc: Exception) -> Response:
