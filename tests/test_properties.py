@@ -118,7 +118,7 @@ class Gateway:
         assert authenticator._cache_bytes <= auth.CACHE_BYTES
         assert len(authenticator._cache) <= auth.CACHE_SIZE
         assert len(authenticator._good) <= auth.KNOWN_GOOD_SIZE
-        assert len(authenticator.throttle._blocked) <= MAX_BLOCKED
+        assert len(authenticator.throttle.blocked) <= MAX_BLOCKED
 
 
 @pytest.fixture

@@ -269,5 +269,5 @@ def test_blocked_addresses_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     throttle = FailedAuthThrottle("1/minute")
     for index in range(200):
         throttle.failed(f"198.51.100.{index}")
-    assert len(throttle._blocked) <= 50
-    assert throttle.blocked("198.51.100.199") > 0  # the newest blocks are the ones kept
+    assert len(throttle.blocked) <= 50
+    assert throttle.wait("198.51.100.199") > 0  # the newest blocks are the ones kept

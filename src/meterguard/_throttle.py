@@ -42,18 +42,14 @@ class FailedAuthThrottle:
         self._item = limits.parse(limit) if limit is not None else None
         self._limiter = MovingWindowRateLimiter(MemoryStorage()) if limit is not None else None
         self._trusted = tuple(trusted_proxies)
-        # Addresses known to be blocked, and until when: the request path looks only at this dict,
-        # and only when it is not empty, so a gateway that is not being guessed at pays nothing.
-        self._blocked: dict[str, float] = {}
+        # Addresses known to be blocked, and until when (epoch seconds). The request path looks at
+        # this dict only, and at an address only while the dict is not empty: a gateway that is
+        # not being guessed at pays one truth test per request.
+        self.blocked: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
         return self._limiter is not None
-
-    @property
-    def active(self) -> bool:
-        """Whether any address is blocked now (or was, and has not been looked at since)."""
-        return bool(self._blocked)
 
     def address(self, scope: Any) -> str:
         """The client address a request is counted under (see the module docstring)."""
@@ -65,18 +61,18 @@ class FailedAuthThrottle:
             peer = self._forwarded(scope.get("headers", ()), peer)
         return _key(peer)
 
-    def blocked(self, address: str) -> int:
+    def wait(self, address: str) -> int:
         """Seconds (whole, at least 1) until ``address`` may fail again; 0 when it is not blocked."""
-        until = self._blocked.get(address)
+        until = self.blocked.get(address)
         if until is None:
             return 0
         now = time.time()
         if until <= now:
             assert self._limiter is not None and self._item is not None
             if self._limiter.test(self._item, address):
-                del self._blocked[address]
+                del self.blocked[address]
                 return 0
-            until = self._blocked[address] = self._reset(address, now)
+            until = self.blocked[address] = self._reset(address, now)
         return max(1, math.ceil(until - now))
 
     def failed(self, address: str) -> None:
@@ -86,12 +82,12 @@ class FailedAuthThrottle:
         self._limiter.hit(self._item, address)
         if self._limiter.test(self._item, address):
             return
-        if address not in self._blocked:
+        if address not in self.blocked:
             # The address, never a credential: keys are not logged (CONTRACT 10).
             log.warning("%s: %s failed authentications; refusing it until the window has room", address, self.limit)
-            if len(self._blocked) >= MAX_BLOCKED:
+            if len(self.blocked) >= MAX_BLOCKED:
                 self._forget_lapsed()
-        self._blocked[address] = self._reset(address, time.time())
+        self.blocked[address] = self._reset(address, time.time())
 
     def _reset(self, address: str, now: float) -> float:
         assert self._limiter is not None and self._item is not None
@@ -100,10 +96,10 @@ class FailedAuthThrottle:
 
     def _forget_lapsed(self) -> None:
         now = time.time()
-        for address in [address for address, until in self._blocked.items() if until <= now]:
-            del self._blocked[address]
-        while len(self._blocked) >= MAX_BLOCKED:  # all still blocked: the oldest block goes first
-            del self._blocked[next(iter(self._blocked))]
+        for address in [address for address, until in self.blocked.items() if until <= now]:
+            del self.blocked[address]
+        while len(self.blocked) >= MAX_BLOCKED:  # all still blocked: the oldest block goes first
+            del self.blocked[next(iter(self.blocked))]
 
     def _is_trusted(self, address: IPAddress) -> bool:
         return any(address in network for network in self._trusted)

@@ -100,13 +100,14 @@ class Authenticator:
         one is too large, or when there are two different ones (which one would the client mean?)."""
         found: str | None = None
         authorization: bytes | None = None
-        for name, value in headers:
-            if name == self._key_header:
-                if len(value) > self._max_bytes:  # before decoding or parsing anything
+        key_header, limit = self._key_header, self._max_bytes
+        for name, value in headers:  # every field, not the first match: a second credential matters
+            if name == key_header:
+                if len(value) > limit:  # before decoding or parsing anything
                     return self._too_large
                 candidate = value.decode("latin-1").strip()
             elif name == b"authorization":
-                if len(value) > self._max_bytes + 16:  # room for "Bearer "
+                if len(value) > limit + 16:  # room for "Bearer "
                     return self._too_large
                 # Authorization is a singleton field (RFC 9110 11.6.2): two different ones are ambiguous.
                 if authorization is not None and value.strip() != authorization:
@@ -133,12 +134,17 @@ class Authenticator:
             return None
         throttle = self.throttle
         address: str | None = None
-        if throttle.active:
+        if throttle.blocked:  # only while some address is blocked: otherwise one dict truth test
             address = throttle.address(scope)
-            wait = throttle.blocked(address)
+            wait = throttle.wait(address)
             if wait and not (isinstance(credential, str) and self._digest(credential) in self._good):
                 return Throttled(wait)
-        result = credential if isinstance(credential, AuthFailure) else await self.authenticate(credential)
+        if isinstance(credential, AuthFailure):
+            result: Principal | AuthFailure = credential
+        else:
+            # The cache first, here: a hit (nearly every request) costs no coroutine of its own.
+            cached = self._cached(credential)
+            result = cached if cached is not None else await self.authenticate(credential)
         if isinstance(result, AuthFailure):
             if throttle.enabled:
                 throttle.failed(address if address is not None else throttle.address(scope))
@@ -161,11 +167,17 @@ class Authenticator:
         self.ttl = CACHE_TTL_SUBSCRIBED if subscribed else CACHE_TTL_SECONDS
         self.invalidate()
 
-    async def authenticate(self, credential: str) -> Principal | AuthFailure:
-        now = self._monotonic()
+    def _cached(self, credential: str) -> Principal | AuthFailure | None:
         entry = self._cache.get(credential)
-        if entry is not None and entry[0] > now and (entry[2] is None or entry[2] > self._clock()):
+        if entry is not None and entry[0] > self._monotonic() and (entry[2] is None or entry[2] > self._clock()):
             return entry[1]
+        return None
+
+    async def authenticate(self, credential: str) -> Principal | AuthFailure:
+        cached = self._cached(credential)
+        if cached is not None:
+            return cached
+        now = self._monotonic()
         if len(credential) > self._max_bytes:
             return self._too_large
         if credential.startswith(PREFIX):

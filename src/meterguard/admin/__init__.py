@@ -169,7 +169,7 @@ class AdminApp:
         if token is not None and throttle.enabled:
             # A wrong admin token is a failed authentication like a wrong API key, and counts with them.
             address = throttle.address(scope)
-            wait = throttle.blocked(address)
+            wait = throttle.wait(address)
             if wait:
                 return _throttled(wait)
             throttle.failed(address)
