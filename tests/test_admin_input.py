@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,6 +73,26 @@ async def test_brackets_inside_strings_do_not_count_as_nesting(client: httpx.Asy
     )
     problem(response, 422, "invalid-request")  # refused for its unknown field, not for its depth
     assert response.json()["errors"] == [{"field": "note", "reason": "unknown field"}]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'"' + b'\\"' * 30_000, id="unterminated-string-of-escaped-quotes"),
+        pytest.param(b'"\\' * 20_000, id="unterminated-string-of-backslashes"),
+        pytest.param(b'["' * 30_000, id="open-strings-and-lists"),
+        pytest.param(b"[" * 60_000, id="lists"),
+    ],
+)
+async def test_hostile_bodies_are_answered_quickly(client: httpx.AsyncClient, raw: bytes) -> None:
+    """The nesting check's first version matched whole strings with a regular expression, which
+    backtracked over an unterminated one: 30 s for the first of these. Now one linear pass."""
+    started = time.perf_counter()
+    response = await client.post(
+        "/_meterguard/customers", headers={**ADMIN, "content-type": "application/json"}, content=raw
+    )
+    assert time.perf_counter() - started < 1.0
+    problem(response, 400, "invalid-request")
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,11 @@ def _hostile_files() -> dict[str, str]:
         "long-string": HEAD + 'x: "' + "a" * (MiB - 64) + '"\n',
         "long-key": HEAD + "a" * (MiB - 64) + ": 1\n",
         "unicode": HEAD + "x: [" + "\u00e9\u4e2d\U0001f600, " * (MiB // 16),
+        # limits' rate limit pattern is quadratic in a run of spaces: minutes for this one string
+        "rate-limit-spaces": 'version: 1\nplans:\n  free: {rate_limits: ["1' + " " * (MiB - 80) + '/second x"]}\n',
+        "failed-limit-spaces": 'version: 1\nauth: {failed_limit: "1'
+        + " " * (MiB - 80)
+        + '/second x"}\nplans: {free: {}}\n',
     }
     return {name: text[:MiB] for name, text in files.items()}
 

@@ -26,6 +26,7 @@ WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*$")
 #: Counts live in Redis (Lua numbers are doubles) and in JSON read by clients in any language:
 #: integers beyond 2^53 are not exact there. The largest quota, price unit or window amount.
 MAX_COUNT = 2**53 - 1
+MAX_RATE_LIMIT_CHARS = 256  # "1/second;50/15 minutes" is 22; limits' parser is quadratic in runs of spaces
 MAX_WINDOW_SECONDS = 366 * 86_400  # longer rate windows are quotas; write them as quotas
 MAX_TRUSTED_PROXIES = 256
 
@@ -185,6 +186,9 @@ def _rate_limits(value: object) -> object:
     for text in value:
         if not isinstance(text, str):
             raise ValueError(f"{text!r} is not a rate limit string")
+        if len(text) > MAX_RATE_LIMIT_CHARS:
+            # limits' own pattern backtracks: 200,000 spaces inside one string took minutes
+            raise ValueError(f"a rate limit string is at most {MAX_RATE_LIMIT_CHARS} characters")
         try:
             items = limits.parse_many(text)
         except ValueError:

@@ -9,14 +9,12 @@ customer's own API key, exactly as the gateway does.
 from __future__ import annotations
 
 import hmac
-import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any, get_args
+from typing import get_args
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -25,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .._timespec import parse_duration, parse_instant
-from .._types import Clock, Message, Receive, Scope, Send
+from .._timespec import parse_duration
+from .._types import Clock, Receive, Scope, Send
 from ..auth import Authenticator, AuthFailure, Throttled
 from ..billing import parse_amount
 from ..config import Config, load_config
@@ -43,6 +41,7 @@ from ..errors import (
 )
 from ..store import store_from_url
 from ..store.base import CustomerStatus, Store
+from ._bodies import MAX_BODY_BYTES, content_length, instant, json_object, limited, too_large, unknown_fields
 from ._documents import (
     CUSTOMER_ID,
     MAX_DAYS,
@@ -53,26 +52,25 @@ from ._documents import (
     key_json,
     plans_document,
 )
-from ._problems import STORE_RETRY_AFTER, invalid, json_response, problem
+from ._handlers import (
+    customer_exists,
+    customer_not_found,
+    http_error,
+    key_not_active,
+    key_not_found,
+    route_path,
+    store_error,
+    unexpected,
+)
+from ._problems import STORE_RETRY_AFTER, invalid, json_response, problem, throttled
 
-__all__ = ["AdminApp", "create_admin_app"]
+__all__ = ["MAX_BODY_BYTES", "AdminApp", "create_admin_app"]
 
 PUBLIC_PATHS = frozenset({"/health", "/me/usage"})  # no admin token: one is open, one takes an API key
-MAX_BODY_BYTES = 64 * 1024  # admin bodies are a few fields; anything larger is a mistake or an attack
 DEFAULT_GRACE = "24h"  # how long a rotated-out key keeps working when the request names no grace
 _STATUSES: tuple[str, ...] = get_args(CustomerStatus)
 ADMIN_CHALLENGE = 'Bearer realm="meterguard-admin"'
 CUSTOMER_CHALLENGE = 'Bearer realm="meterguard"'
-
-
-def _route_path(scope: Scope) -> str:
-    # As Starlette routes: a server that keeps root_path inside path (uvicorn >= 0.26, Mount)
-    # and one that strips it (meterguard's own middleware) must both reach the same route.
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :] or "/"
-    return path
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -129,14 +127,14 @@ class AdminApp:
         self.app = Starlette(
             routes=routes,
             exception_handlers={
-                HTTPException: _http_error,
-                StoreError: _store_error,
-                CustomerNotFound: _customer_not_found,
-                KeyNotFound: _key_not_found,
+                HTTPException: http_error,
+                StoreError: store_error,
+                CustomerNotFound: customer_not_found,
+                KeyNotFound: key_not_found,
                 PlanNotFound: self._plan_not_found,
-                CustomerExists: _customer_exists,
-                KeyNotActive: _key_not_active,
-                Exception: _unexpected,
+                CustomerExists: customer_exists,
+                KeyNotActive: key_not_active,
+                Exception: unexpected,
             },
             lifespan=self._lifespan,
         )
@@ -148,16 +146,16 @@ class AdminApp:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _route_path(scope) not in PUBLIC_PATHS:
+        if route_path(scope) not in PUBLIC_PATHS:
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
-        length = _content_length(scope)
+        length = content_length(scope)
         if length is not None and length > MAX_BODY_BYTES:
-            await _too_large()(scope, receive, send)  # refused before a byte of it is read
+            await too_large()(scope, receive, send)  # refused before a byte of it is read
             return
-        await self.app(scope, _limited(receive), send)
+        await self.app(scope, limited(receive), send)
 
     def _refusal(self, scope: Scope) -> Response | None:
         """None when the admin token is right; else a 401, or a 429 past auth.failed_limit."""
@@ -171,7 +169,7 @@ class AdminApp:
             address = throttle.address(scope)
             wait = throttle.wait(address)
             if wait:
-                return _throttled(wait)
+                return throttled(wait)
             throttle.failed(address)
         return _unauthenticated("Send the admin token as 'Authorization: Bearer <token>'.", ADMIN_CHALLENGE)
 
@@ -218,10 +216,10 @@ class AdminApp:
         return json_response(plans_document(self.config))
 
     async def create_customer(self, request: Request) -> Response:
-        body = await _json_object(request)
+        body = await json_object(request)
         if isinstance(body, Response):
             return body
-        errors = _unknown_fields(body, {"id", "plan", "anchor_day"})
+        errors = unknown_fields(body, {"id", "plan", "anchor_day"})
         customer, plan, anchor = body.get("id"), body.get("plan"), body.get("anchor_day")
         if not isinstance(customer, str) or not CUSTOMER_ID.match(customer):
             errors.append({"field": "id", "reason": "required: 1-64 letters, digits, '_', '-' or '.'"})
@@ -244,10 +242,10 @@ class AdminApp:
         return json_response(customer_json(record))
 
     async def update_customer(self, request: Request) -> Response:
-        body = await _json_object(request)
+        body = await json_object(request)
         if isinstance(body, Response):
             return body
-        errors = _unknown_fields(body, {"plan", "status", "spend_cap"})
+        errors = unknown_fields(body, {"plan", "status", "spend_cap"})
         plan, status = body.get("plan"), body.get("status")
         if "plan" in body and not isinstance(plan, str):
             errors.append({"field": "plan", "reason": "the name of a plan in plans.yaml"})
@@ -281,11 +279,11 @@ class AdminApp:
         return json_response(customer_json(record))
 
     async def create_key(self, request: Request) -> Response:
-        body = await _json_object(request, optional=True)
+        body = await json_object(request, optional=True)
         if isinstance(body, Response):
             return body
-        errors = _unknown_fields(body, {"expires_at"})
-        expires_at = _instant(body, "expires_at", errors)
+        errors = unknown_fields(body, {"expires_at"})
+        expires_at = instant(body, "expires_at", errors)
         if errors:
             return invalid("The key request is not valid.", errors)
         try:
@@ -295,10 +293,10 @@ class AdminApp:
         return json_response({"key": key, **key_json(record, self.clock())}, 201)
 
     async def rotate_key(self, request: Request) -> Response:
-        body = await _json_object(request, optional=True)
+        body = await json_object(request, optional=True)
         if isinstance(body, Response):
             return body
-        errors = _unknown_fields(body, {"grace", "expires_at"})
+        errors = unknown_fields(body, {"grace", "expires_at"})
         grace = body.get("grace", DEFAULT_GRACE)
         grace_seconds = 0
         if not isinstance(grace, str):
@@ -308,7 +306,7 @@ class AdminApp:
                 grace_seconds = parse_duration(grace)
             except ValueError as exc:
                 errors.append({"field": "grace", "reason": str(exc)})
-        expires_at = _instant(body, "expires_at", errors)
+        expires_at = instant(body, "expires_at", errors)
         if errors:
             return invalid("The rotation is not valid.", errors)
         try:
@@ -368,7 +366,7 @@ class AdminApp:
                 CUSTOMER_CHALLENGE,
             )
         if isinstance(principal, Throttled):
-            return _throttled(principal.retry_after)
+            return throttled(principal.retry_after)
         if isinstance(principal, AuthFailure):
             return _unauthenticated(principal.detail, CUSTOMER_CHALLENGE + ', error="invalid_token"')
         if principal.suspended:
@@ -382,163 +380,6 @@ class AdminApp:
         except ValueError as exc:
             return invalid(str(exc), [{"field": "period", "reason": "YYYY-MM"}], 400)
         return json_response(document)
-
-
-# ----------------------------------------------------------------------------------------------
-# request bodies
-# ----------------------------------------------------------------------------------------------
-
-
-MAX_BODY_DEPTH = 8  # admin bodies are flat objects; json.loads recurses once per level
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings whole (brackets in them do not count), brackets
-
-
-async def _json_object(request: Request, *, optional: bool = False) -> dict[str, Any] | Response:
-    """The body as a JSON object, or the problem to answer. ``optional``: an empty body is ``{}``."""
-    raw = await request.body()
-    if optional and not raw.strip():
-        return {}
-    if _depth(raw) > MAX_BODY_DEPTH:
-        return invalid(f"The body is nested deeper than {MAX_BODY_DEPTH} levels.", status=400)
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return invalid("The body is not valid JSON.", status=400)
-    if not isinstance(body, dict):
-        return invalid("The body must be a JSON object.", status=400)
-    return body
-
-
-def _depth(raw: bytes) -> int:
-    """How deep the JSON nests, counted without parsing it; never less than the parser would find."""
-    depth = deepest = 0
-    for token in _JSON_TOKENS.finditer(raw):
-        char = token.group()[:1]
-        if char in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in (b"]", b"}"):
-            depth -= 1
-    return deepest
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; RFC 8259 does not
-
-
-def _instant(body: dict[str, Any], field: str, errors: list[dict[str, str]]) -> float | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        errors.append({"field": field, "reason": "an RFC 3339 time such as 2027-01-01T00:00:00Z"})
-        return None
-    try:
-        return parse_instant(value)
-    except ValueError as exc:
-        errors.append({"field": field, "reason": str(exc)})
-        return None
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            text = value.strip()
-            # Anything but digits is no length we can trust: treated as too large.
-            return int(text) if text.isdigit() and len(text) <= 12 else MAX_BODY_BYTES + 1
-    return None
-
-
-def _limited(receive: Receive) -> Receive:
-    """``receive``, raising a 413 (as an HTTPException, answered as a problem) past MAX_BODY_BYTES."""
-    total = 0
-
-    async def receive_limited() -> Message:
-        nonlocal total
-        message = await receive()
-        if message["type"] == "http.request":
-            total += len(message.get("body", b""))
-            if total > MAX_BODY_BYTES:
-                raise HTTPException(413)
-        return message
-
-    return receive_limited
-
-
-def _too_large() -> Response:
-    return invalid(f"The body is larger than {MAX_BODY_BYTES} bytes.", status=413)
-
-
-def _throttled(retry_after: int) -> Response:
-    return problem(
-        "too-many-failed-authentications",
-        "Too Many Requests",
-        429,
-        f"Too many failed authentications from this address; retry in {retry_after} s.",
-        headers={"Retry-After": str(retry_after)},
-    )
-
-
-def _unknown_fields(body: dict[str, Any], known: set[str]) -> list[dict[str, str]]:
-    return [{"field": name, "reason": "unknown field"} for name in sorted(set(body) - known)]
-
-
-# ----------------------------------------------------------------------------------------------
-# exceptions -> problems
-# ----------------------------------------------------------------------------------------------
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers or {})
-    if exc.status_code == 404:
-        path = _route_path(request.scope)
-        hint = " Admin paths take no trailing slash." if path.endswith("/") and len(path) > 1 else ""
-        return problem("not-found", "Not found", 404, f"No admin route {request.method} {path}.{hint}")
-    if exc.status_code == 405:
-        return problem(
-            "method-not-allowed",
-            "Method not allowed",
-            405,
-            f"{request.method} is not allowed here.",
-            headers=headers,
-        )
-    if exc.status_code == 413:
-        return _too_large()
-    return problem("http-error", exc.detail, exc.status_code, exc.detail, headers=headers)
-
-
-async def _store_error(request: Request, exc: Exception) -> Response:
-    return problem(
-        "store-unavailable",
-        "Service Unavailable",
-        503,
-        f"The store did not answer: {exc}",
-        headers={"Retry-After": str(STORE_RETRY_AFTER)},
-    )
-
-
-async def _customer_not_found(request: Request, exc: Exception) -> Response:
-    return problem("customer-not-found", "Customer not found", 404, f"No customer {str(exc)!r}.")
-
-
-async def _key_not_found(request: Request, exc: Exception) -> Response:
-    key_id = request.path_params.get("key_id")
-    detail = f"No key {key_id!r}." if str(exc) == key_id else f"{exc}."
-    return problem("key-not-found", "Key not found", 404, detail)
-
-
-async def _key_not_active(request: Request, exc: Exception) -> Response:
-    return problem("key-not-active", "Key not active", 409, f"{exc}.")
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    # A defect of ours, still answered in the admin API's one format; Starlette logs the traceback.
-    return problem("internal-error", "Internal Server Error", 500, "The admin API failed; see the server log.")
-
-
-async def _customer_exists(request: Request, exc: Exception) -> Response:
-    return problem("customer-exists", "Customer exists", 409, f"A customer {str(exc)!r} already exists.")
 
 
 # ----------------------------------------------------------------------------------------------
