@@ -192,3 +192,10 @@ async def test_every_admin_error_is_a_problem(client: httpx.AsyncClient) -> None
     problem(
         await client.post("/_meterguard/customers/acme/keys", headers=ADMIN, content=b"[1]"), 400, "invalid-request"
     )
+
+
+@pytest.mark.parametrize("days", ["1" * 5000, "0" * 4400 + "7", "99999", "-1", "7.0", "\u0661"])
+async def test_days_past_what_int_reads_is_400(client: httpx.AsyncClient, days: str) -> None:
+    """Found by test_properties.py: int() raises ValueError past 4,300 digits, and that was a 500."""
+    response = await client.get("/_meterguard/customers/acme/usage/daily", headers=ADMIN, params={"days": days})
+    problem(response, 400, "invalid-request")

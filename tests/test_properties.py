@@ -21,6 +21,7 @@ import os
 import string
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -35,7 +36,7 @@ from meterguard.store.memory import MemoryStore
 
 settings.register_profile(
     "meterguard",
-    max_examples=200,
+    max_examples=300,
     deadline=None,
     derandomize=True,
     database=None,
@@ -333,3 +334,41 @@ async def test_no_admin_body_makes_a_500(gateway: Gateway, target: tuple[str, st
     if status >= 400:
         assert response_headers.get(b"content-type") == b"application/problem+json"
     gateway.assert_bounded()
+
+
+ADMIN_READS = [
+    "/_meterguard/customers/acme/usage",
+    "/_meterguard/customers/acme/usage/daily",
+    "/_meterguard/customers/acme/statement",
+    "/_meterguard/customers/acme/keys",
+    "/_meterguard/customers",
+    "/_meterguard/plans",
+    "/_meterguard/me/usage",
+]
+
+
+@given(
+    path=st.sampled_from(ADMIN_READS),
+    query=st.lists(
+        st.tuples(
+            st.sampled_from(["period", "days", "x", ""]),
+            st.one_of(
+                st.text(max_size=12),
+                st.from_regex(r"[0-9]{1,5}-[0-9]{1,3}", fullmatch=True),
+                st.integers(min_value=-(10**6), max_value=10**6).map(str),
+                st.integers(min_value=4300, max_value=6000).map(lambda n: "1" * n),  # past int()'s digit limit
+            ),
+        ),
+        max_size=3,
+    ),
+)
+async def test_no_admin_query_makes_a_500(gateway: Gateway, path: str, query: list[tuple[str, str]]) -> None:
+    headers = [(b"authorization", f"Bearer {TOKEN}".encode()), (b"x-api-key", gateway.key.encode())]
+    if path.endswith("/me/usage"):
+        headers = headers[1:]
+    query_string = urlencode(query).encode()
+    scope = {"method": "GET", "path": path, "headers": headers, "query_string": query_string, "client": ("10.9.9.8", 1)}
+    status, response_headers, _ = await gateway.call(scope)
+    assert status < 500, (status, path, query_string[:80])
+    if status >= 400:
+        assert response_headers.get(b"content-type") == b"application/problem+json"
