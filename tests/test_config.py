@@ -769,13 +769,15 @@ def test_jwt_needs_exactly_one_key_source(tmp_path: Path) -> None:
 
 
 def test_jwt_loaded_and_secret_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MG_TEST_JWT_SECRET", "s3cret-value")
+    # Once HS256 and ES256 with a 12-byte secret; both are refused now (test_jwt_key_* below).
+    secret = "s3cret-value" * 6  # 72 bytes: HS512 needs at least 64 (RFC 7518 3.2)
+    monkeypatch.setenv("MG_TEST_JWT_SECRET", secret)
     path = tmp_path / "plans.yaml"
-    path.write_text(jwt_doc("HS256, ES256"))
+    path.write_text(jwt_doc("HS256, HS512"))
     config = load_config(path)
     assert config.jwt is not None
-    assert config.jwt.algorithms == ("HS256", "ES256")
-    assert config.jwt.key == "s3cret-value"
+    assert config.jwt.algorithms == ("HS256", "HS512")
+    assert config.jwt.key == secret
     assert (config.jwt.customer_claim, config.jwt.leeway, config.jwt.issuer) == ("sub", 0, None)
     assert "s3cret-value" not in repr(config.jwt)
     assert "s3cret-value" not in repr(config)

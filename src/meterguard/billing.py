@@ -12,6 +12,7 @@ formula so every backend bills the same cent.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -143,17 +144,35 @@ def overage_lines(plan: Plan, calls_used: int, records_used: int) -> list[Statem
     return lines
 
 
-def parse_amount(text: str) -> Decimal:
-    """A money amount a user typed (``"1000.00"``): finite, >= 0, at most two decimals; else ValueError."""
+#: A money amount as written by hand: digits, optionally a point and more digits. Decimal() also
+#: reads "1e30", "NaN", "Infinity", "+5" and "1_000"; none of those is a price anyone means.
+PLAIN_AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
+#: Amounts stay below 10^9 so that a price in millionths (plans.MICROS) stays below 2^53: the Lua
+#: scripts count in doubles, and statements multiply prices by units.
+MAX_AMOUNT = Decimal(10**9)
+
+
+def decimal_amount(value: str, places: int) -> Decimal:
+    """``value`` as a Decimal: plain digits, >= 0, below MAX_AMOUNT, at most ``places`` decimals; else ValueError."""
+    text = value.strip()
     try:
-        amount = Decimal(text.strip())
+        amount = Decimal(text)
     except ArithmeticError:
-        raise ValueError(f"{text!r} is not a decimal amount") from None
+        raise ValueError(f"{value!r} is not a decimal amount") from None
     if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{text!r} must be an amount >= 0")
-    if amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"{text!r} has more than two decimals")
+        raise ValueError(f"{value!r} must be a finite amount >= 0")
+    if not PLAIN_AMOUNT.match(text):
+        raise ValueError(f'{value!r} is not a plain decimal amount: write digits and a point, e.g. "1000.00"')
+    if amount >= MAX_AMOUNT:
+        raise ValueError(f"{value!r} is too large: amounts are below {MAX_AMOUNT:,}")
+    if amount.as_tuple().exponent < -places:  # type: ignore[operator]
+        raise ValueError(f"{value!r} has more than {places} decimal places")
     return amount
+
+
+def parse_amount(text: str) -> Decimal:
+    """A money amount a user typed (``"1000.00"``): plain digits, >= 0, at most two decimals; else ValueError."""
+    return decimal_amount(text, 2)
 
 
 def base_cents(plan: Plan) -> int:

@@ -7,13 +7,10 @@ are one line each on stderr and exit 1, never a traceback; usage errors exit 2, 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
 import secrets
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -22,16 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from . import export as export_module
 from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target, run_workers
 from ._types import ASGIApp
 from .admin._documents import (
     CUSTOMER_ID,
     customer_json,
-    customer_statement,
-    customer_usage,
-    key_json,
-    plan_json,
 )
 from .billing import parse_amount
 from .config import Config, load_config
@@ -45,7 +37,6 @@ from .errors import (
     PlanNotFound,
     StoreError,
 )
-from .keys import hash_key, is_well_formed
 from .store import store_from_url
 from .store.base import CustomerStatus, Store
 
@@ -169,85 +160,6 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# check
-# ----------------------------------------------------------------------------------------------
-
-
-def _windows(windows: Sequence[dict[str, Any]]) -> str:
-    return ", ".join(f"{w['limit']}/{w['name']}" for w in windows) or "none"
-
-
-def _describe_price(meter: str, price: dict[str, Any], currency: str) -> str:
-    if "tiers" not in price:
-        return f"{meter} {price['price']} {currency} per {price['unit']:,}"
-    tiers, start = [], 0
-    for tier in price["tiers"]:
-        end = "" if tier["up_to"] is None else f"{tier['up_to']:,}"
-        tiers.append(f"{start:,}-{end}: {tier['price']}")
-        start = tier["up_to"] or 0
-    return f"{meter} per {price['unit']:,} over, graduated ({'; '.join(tiers)} {currency})"
-
-
-def _describe_plan(name: str, plan: dict[str, Any], currency: str) -> list[str]:
-    quotas = plan["quotas"]
-    quota_text = ", ".join(
-        f"{meter} {quotas[meter]:,}" if quotas[meter] is not None else f"{meter} unlimited"
-        for meter in ("calls", "records")
-    )
-    overage = plan["overage"]
-    if overage == "block":
-        overage_text = "block (refused past the quota)"
-    else:
-        parts = [_describe_price(meter, overage[meter], currency) for meter in ("calls", "records") if overage[meter]]
-        if overage["spend_cap"] is not None:
-            parts.append(f"spend cap {overage['spend_cap']} {currency}")
-        overage_text = "billed: " + ", ".join(parts)
-    lines = [
-        f"  {name}: {plan['price']} {currency} per period",
-        f"    windows:  {_windows(plan['rate_limits'])} ({plan['strategy']})",
-    ]
-    for match, windows in plan["route_limits"].items():
-        lines.append(f"    route:    {match}: {_windows(windows)}")
-    lines += [f"    quotas:   {quota_text}", f"    overage:  {overage_text}"]
-    if plan["alerts"]:
-        lines.append("    alerts:   " + ", ".join(f"{a:g}" for a in plan["alerts"]))
-    return lines
-
-
-@main.command()
-@click.argument("file", metavar="FILE")
-def check(file: str) -> None:
-    """Validate a plans file: its errors, one per line (exit 1), or a summary (exit 0)."""
-    try:
-        config = load_config(file)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue))
-        sys.exit(1)
-    lines = [
-        f"{file}: OK (version {config.version}, currency {config.currency}, billing anchor {config.anchor}, "
-        f"consistency {config.consistency}, on_store_error {config.on_store_error})",
-        f"plans ({len(config.plans)}):",
-    ]
-    for name, plan in config.plans.items():
-        lines += _describe_plan(name, plan_json(plan), config.currency)
-    lines.append(f"routes ({len(config.routes.routes)}, first match wins; others: weight 1, all plans):")
-    for route in config.routes.routes:
-        if route.public:
-            lines.append(f"  {route.match}: public (no key, not metered)")
-        else:
-            plans = ", ".join(sorted(route.plans)) if route.plans is not None else "all plans"
-            lines.append(f"  {route.match}: weight {route.weight}, {plans}")
-    lines.append(f"customers ({len(config.customers)}):")
-    for customer in config.customers.values():
-        keys = len(customer.keys)
-        lines.append(f"  {customer.id}: plan {customer.plan}, {customer.status}, {keys} key{'s' * (keys != 1)}")
-    lines.append(f"store: {redact(config.store) if config.store else 'not set (memory:// unless --store/MG_STORE)'}")
-    lines.append(f"admin: {config.admin_path} (on when {config.admin_token_env} is set)")
-    click.echo("\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------------
 # customers
 # ----------------------------------------------------------------------------------------------
 
@@ -326,290 +238,6 @@ def customers_set(
         record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status, spend_cap=cap))
     own_cap = f", spend cap {record.spend_cap}" if record.spend_cap is not None else ""
     click.echo(f"customer {record.id}: plan {record.plan}, {record.status}{own_cap}")
-
-
-# ----------------------------------------------------------------------------------------------
-# keys
-# ----------------------------------------------------------------------------------------------
-
-
-@main.group()
-def keys() -> None:
-    """Issue, list, revoke and hash API keys."""
-
-
-@keys.command("create")
-@click.argument("customer")
-@_state_options
-def keys_create(customer: str, config_path: str, store_url: str | None) -> None:
-    """Issue a key: printed once on stdout (only its hash is stored)."""
-    with _errors():
-        state = State(config_path, store_url)
-        record, key = state.run(lambda s: s.directory.issue_key(customer))
-    click.echo(key)
-    click.echo(f"key {record.key_id} for {customer}: shown this once, store it now", err=True)
-
-
-@keys.command("list")
-@click.argument("customer")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@_state_options
-def keys_list(customer: str, as_json: bool, config_path: str, store_url: str | None) -> None:
-    """A customer's keys: ids and prefixes, never the keys."""
-    with _errors():
-        state = State(config_path, store_url)
-        records = state.run(lambda s: s.directory.list_keys(customer))
-    documents = [key_json(record) for record in records]
-    if as_json:
-        click.echo(json.dumps({"keys": documents}, indent=2))
-        return
-    rows = [
-        [d["key_id"], d["prefix"], d["created"], d["last_used"] or "never", "revoked" if d["revoked"] else "active"]
-        for d in documents
-    ]
-    click.echo(_table(["KEY_ID", "PREFIX", "CREATED", "LAST_USED", "STATE"], rows))
-
-
-@keys.command("revoke")
-@click.argument("key_id")
-@_state_options
-def keys_revoke(key_id: str, config_path: str, store_url: str | None) -> None:
-    """Revoke a key; every gateway refuses it within a second."""
-    with _errors():
-        state = State(config_path, store_url)
-        state.run(lambda s: s.directory.revoke_key(key_id))
-    click.echo(f"revoked {key_id}")
-
-
-@keys.command("hash")
-@click.argument("key", required=False)
-def keys_hash(key: str | None) -> None:
-    """Print the sha256:<hex> form of KEY for plans.yaml (KEY from stdin when omitted)."""
-    if key is None:
-        # Reading from stdin keeps the key out of shell history and the process list.
-        key = sys.stdin.readline().strip()
-    if not is_well_formed(key):
-        _fail("not a well-formed meterguard key (mg_live_ + 32 characters + checksum)")
-    click.echo(hash_key(key))
-
-
-# ----------------------------------------------------------------------------------------------
-# usage and statements
-# ----------------------------------------------------------------------------------------------
-
-
-def _period_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "--period",
-        metavar="YYYY-MM",
-        required=required,
-        help="The billing period that starts in this month" + ("." if required else " (default: the current one)."),
-    )
-
-
-def _fetch(
-    state: State,
-    customer: str,
-    period: str | None,
-    build: Callable[[Config, Store, Any, str | None, float], Awaitable[dict[str, Any]]],
-) -> dict[str, Any]:
-    async def work(s: State) -> dict[str, Any]:
-        record = await s.directory.require(customer)
-        return await build(s.config, s.store, record, period, time.time())
-
-    try:
-        return state.run(work)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--period") from None
-
-
-def _format_usage(doc: dict[str, Any]) -> str:
-    period = doc["period"]
-    lines = [
-        f"customer {doc['customer']}  plan {doc['plan']}  period {period['start']} .. {period['end']}",
-        "",
-        _table(
-            ["METER", "USED", "INCLUDED", "REMAINING", "OVERAGE"],
-            [
-                [
-                    meter,
-                    f"{doc[meter]['used']:,}",
-                    _num(doc[meter]["included"]),
-                    _num(doc[meter]["remaining"]),
-                    f"{doc[meter]['overage']:,}",
-                ]
-                for meter in ("calls", "records")
-            ],
-        ),
-        "",
-    ]
-    charges = doc["charges"]
-    cap = f"  (spend cap {charges['spend_cap']})" if charges["spend_cap"] is not None else ""
-    total = f"{charges['total']} {charges['currency']}"
-    lines.append(f"charges: base {charges['base']} + overage {charges['overage']} = {total}{cap}")
-    rejected = doc["rejected"]
-    lines.append("rejected: " + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()))
-    for title, table in (("ROUTE", doc["by_route"]), ("KEY", doc["by_key"])):
-        if table:
-            lines += [
-                "",
-                _table(
-                    [title, "CALLS", "RECORDS"],
-                    [[name, f"{c['calls']:,}", f"{c['records']:,}"] for name, c in table.items()],
-                ),
-            ]
-    return "\n".join(lines)
-
-
-def _num(value: int | None) -> str:
-    return "unlimited" if value is None else f"{value:,}"
-
-
-@main.command()
-@click.argument("customer")
-@_period_option(required=False)
-@click.option("--json", "as_json", is_flag=True, help="The usage document of the admin API.")
-@_state_options
-def usage(customer: str, period: str | None, as_json: bool, config_path: str, store_url: str | None) -> None:
-    """A customer's usage in a billing period."""
-    with _errors():
-        document = _fetch(State(config_path, store_url), customer, period, customer_usage)
-    click.echo(json.dumps(document, indent=2) if as_json else _format_usage(document))
-
-
-def _tier_label(line: dict[str, Any], prefix: str) -> str:
-    # A flat price is one open-ended tier: no label, so flat statements read as they always have.
-    if line["tier"] == 1 and line["up_to"] is None:
-        return ""
-    return f"{prefix}{line['tier']}"
-
-
-def _statement_rows(doc: dict[str, Any]) -> list[list[str]]:
-    rows = [[f"base price (plan {doc['plan']})", "", "", "", "", "", doc["base"]]]
-    for line in doc["lines"]:
-        rows.append(
-            [
-                f"{line['meter']} overage{_tier_label(line, ', tier ')}",
-                _num(line["included"]),
-                f"{line['used']:,}",
-                f"{line['units']:,}",
-                f"{line['unit']:,}",
-                line["price"],
-                line["amount"],
-            ]
-        )
-    return rows
-
-
-def _statement_md(doc: dict[str, Any]) -> str:
-    period = doc["period"]
-    lines = [
-        f"# Statement: {doc['customer']}, {period['id']}",
-        "",
-        f"Plan **{doc['plan']}**, period {period['start']} to {period['end']} (amounts in {doc['currency']}).",
-        "",
-        "| item | included | used | billable units | per | price | amount |",
-        "|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in _statement_rows(doc)]
-    lines.append(f"| **total** | | | | | | **{doc['total']}** |")
-    if doc["spend_cap"] is not None:
-        lines += ["", f"Overage spend cap: {doc['spend_cap']} {doc['currency']} per period."]
-    return "\n".join(lines)
-
-
-def _statement_csv(doc: dict[str, Any]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        ["customer", "plan", "period", "item", "included", "used", "units", "unit", "price", "amount", "currency"]
-    )
-    prefix = [doc["customer"], doc["plan"], doc["period"]["id"]]
-    writer.writerow([*prefix, "base", "", "", "", "", "", doc["base"], doc["currency"]])
-    for line in doc["lines"]:
-        writer.writerow(
-            [
-                *prefix,
-                f"overage:{line['meter']}{_tier_label(line, ':tier-')}",
-                "" if line["included"] is None else line["included"],
-                line["used"],
-                line["units"],
-                line["unit"],
-                line["price"],
-                line["amount"],
-                doc["currency"],
-            ]
-        )
-    writer.writerow([*prefix, "total", "", "", "", "", "", doc["total"], doc["currency"]])
-    return out.getvalue().rstrip("\n")
-
-
-@main.command()
-@click.argument("customer")
-@_period_option(required=True)
-@click.option("--format", "fmt", type=click.Choice(["md", "json", "csv"]), default="md", show_default=True)
-@_state_options
-def statement(customer: str, period: str, fmt: str, config_path: str, store_url: str | None) -> None:
-    """A customer's statement for a period: base price, overage lines, total."""
-    with _errors():
-        document = _fetch(State(config_path, store_url), customer, period, customer_statement)
-    if fmt == "json":
-        click.echo(json.dumps(document, indent=2))
-    elif fmt == "csv":
-        click.echo(_statement_csv(document))
-    else:
-        click.echo(_statement_md(document))
-
-
-# ----------------------------------------------------------------------------------------------
-# export
-# ----------------------------------------------------------------------------------------------
-
-
-@main.command()
-@click.option("--since", metavar="YYYY-MM-DD|RFC3339", help="Only events at or after this time (older: skipped).")
-@click.option("--format", "fmt", type=click.Choice(list(export_module.FORMATS)), default="jsonl", show_default=True)
-@click.option(
-    "--output", "-o", metavar="FILE", help="Append to FILE, skipping events it already holds (default stdout)."
-)
-@click.option("--customer", "customer_ids", multiple=True, metavar="ID", help="Only this customer (repeatable).")
-@_state_options
-def export(
-    since: str | None,
-    fmt: str,
-    output: str | None,
-    customer_ids: tuple[str, ...],
-    config_path: str,
-    store_url: str | None,
-) -> None:
-    """Usage and billing events, each exactly once per output file (jsonl, csv or Stripe meter events)."""
-    since_ts = None
-    if since is not None:
-        try:
-            since_ts = export_module.parse_since(since)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--since") from None
-    chosen = cast("export_module.Format", fmt)  # click.Choice allows only FORMATS
-    with _errors():
-        state = State(config_path, store_url)
-
-        async def work(s: State) -> export_module.ExportResult:
-            ids = list(customer_ids) or [record.id for record in await s.directory.all()]
-            try:
-                sink = export_module.open_sink(output, chosen)
-            except OSError as exc:
-                raise MeterGuardError(f"cannot open {output}: {exc.strerror}") from None
-            try:
-                return await export_module.export_events(s.store, ids, sink, since=since_ts)
-            finally:
-                sink.close()
-
-        result = state.run(work)
-    click.echo(
-        f"exported {result.written} events from {result.customers} customers"
-        f" ({result.duplicates} already in the output, {result.before_since} before --since)",
-        err=True,
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -736,3 +364,7 @@ def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:
         f"Serving on {base} (Ctrl+C to stop)",
     ]
     return "\n".join(lines)
+
+
+# The command groups live in modules of their own (by job); importing them registers them on main.
+from . import _cli_check, _cli_keys, _cli_reports  # noqa: E402, F401

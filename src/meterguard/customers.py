@@ -19,13 +19,15 @@ from decimal import Decimal
 
 from ._types import Clock
 from .config import Config
-from .errors import CustomerExists, CustomerNotFound, KeyNotFound, PlanNotFound, StoreError
+from .errors import CustomerExists, CustomerNotFound, KeyNotActive, KeyNotFound, PlanNotFound, StoreError
 from .keys import display_prefix, generate_key, hash_key, key_id_for
 from .store.base import EVENT_VERSION, CustomerRecord, CustomerStatus, KeyRecord, Store
 
 log = logging.getLogger("meterguard")
 
 MAX_PLAN_HISTORY = 240  # twenty years of monthly changes; older entries only matter to old statements
+MAX_GRACE_SECONDS = 90 * 86_400  # a rotated-out key that lives on for months is not rotated
+MAX_KEY_LIFETIME_SECONDS = 100 * 365 * 86_400  # an expiry further out is a typo, not a policy
 
 
 class Keep(enum.Enum):
@@ -33,6 +35,16 @@ class Keep(enum.Enum):
 
 
 KEEP = Keep.KEEP  # "leave as it is", where None is a value (no per-customer spend cap)
+
+
+def check_expiry(expires_at: float | None, now: float) -> None:
+    """ValueError unless ``expires_at`` is None or in the future, within MAX_KEY_LIFETIME_SECONDS."""
+    if expires_at is None:
+        return
+    if expires_at <= now:
+        raise ValueError("the expiry is not in the future")
+    if expires_at - now > MAX_KEY_LIFETIME_SECONDS:
+        raise ValueError("the expiry is more than 100 years away")
 
 
 def plan_at(record: CustomerRecord, moment: float) -> str:
@@ -142,14 +154,46 @@ class Directory:
         await self._announce(f"customer:{customer}")
         return record
 
-    async def issue_key(self, customer: str) -> tuple[KeyRecord, str]:
-        """A new key for ``customer``: the record, and the key itself, shown this once."""
+    async def issue_key(self, customer: str, expires_at: float | None = None) -> tuple[KeyRecord, str]:
+        """A new key for ``customer``: the record, and the key itself, shown this once.
+
+        ``expires_at`` (epoch seconds): from then on the key is refused; ValueError unless it is
+        in the future and within MAX_KEY_LIFETIME_SECONDS.
+        """
         await self.require(customer)
+        now = self._clock()
+        check_expiry(expires_at, now)
         key = generate_key()
         key_hash = hash_key(key)
-        record = KeyRecord(key_id_for(key_hash), customer, display_prefix(key), time.time())
+        record = KeyRecord(key_id_for(key_hash), customer, display_prefix(key), now, expires_at=expires_at)
         await self.store.add_key(key_hash, record)
         return record, key
+
+    async def rotate_key(
+        self, key_id: str, grace_seconds: float, expires_at: float | None = None
+    ) -> tuple[KeyRecord, str, KeyRecord]:
+        """A new key in place of ``key_id``: ``(new record, new key, old record)``.
+
+        The new key works at once; the old one until ``grace_seconds`` from now (or its own
+        expiry, if sooner). The new key is issued first: if the old one cannot be updated after
+        it, the customer has two working keys, never none.
+        """
+        if any(record.key_id == key_id for record in self._static_keys.values()):
+            raise KeyNotFound(f"{key_id} is written in plans.yaml; replace it there")
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise ValueError(f"the grace period is at most {MAX_GRACE_SECONDS // 86_400} days")
+        old = await self.store.get_key(key_id)
+        if old is None:
+            raise KeyNotFound(key_id)
+        now = self._clock()
+        state = old.state(now)
+        if state in ("revoked", "expired"):
+            raise KeyNotActive(f"{key_id} is {state}: issue a new key instead of rotating it")
+        record, key = await self.issue_key(old.customer, expires_at)
+        ends = now + grace_seconds if old.expires_at is None else min(old.expires_at, now + grace_seconds)
+        await self.store.expire_key(key_id, ends, record.key_id)
+        await self._announce(f"key:{key_id}")
+        return record, key, replace(old, expires_at=ends, replaced_by=record.key_id)
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         return self._static_keys.get(key_hash) or await self.store.find_key(key_hash)

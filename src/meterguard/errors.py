@@ -9,6 +9,7 @@ Hierarchy::
     ├── CustomerExists         creating a customer whose id is taken
     ├── CustomerNotFound
     ├── KeyNotFound
+    ├── KeyNotActive           rotating a key that is revoked or expired
     └── PlanNotFound
 """
 
@@ -61,6 +62,10 @@ class CustomerNotFound(MeterGuardError):
 
 
 class KeyNotFound(MeterGuardError):
+    pass
+
+
+class KeyNotActive(MeterGuardError):
     pass
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from . import idempotency
 from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
 from .alerts import Alerts, Deliverer
-from .auth import Authenticator, AuthFailure, Principal
+from .auth import Authenticator, AuthFailure, Principal, Throttled
 from .config import Config, load_config
 from .customers import Directory
 from .errors import ConfigError, StoreError
@@ -49,6 +49,7 @@ from .responses import (
     metered_headers,
     problem,
     retry_seconds,
+    throttled,
 )
 from .store import store_from_url
 from .store.base import Decision, Store, Usage
@@ -144,8 +145,17 @@ class MeterGuard:
         context = begin(method, path, route)
 
         headers = scope["headers"]
-        credential = self.authenticator.credential(headers)
-        if credential is None:
+        try:
+            # Size, ambiguity, the failed-authentication throttle, then the cache and the store.
+            principal = await self.authenticator.check(scope)
+        except StoreError as exc:
+            credential = self.authenticator.credential(headers)
+            if self._fail_open and isinstance(credential, str):
+                await self._serve_unresolved(exc, scope, receive, send, credential, route)
+            else:
+                await self._store_failed(exc, scope, receive, send)
+            return
+        if principal is None:
             if method == "OPTIONS" and any(name == b"access-control-request-method" for name, _ in headers):
                 await self.app(scope, receive, send)  # a CORS preflight never carries credentials
                 return
@@ -156,14 +166,8 @@ class MeterGuard:
                 ),
             )
             return
-
-        try:
-            principal = await self.authenticator.authenticate(credential)
-        except StoreError as exc:
-            if self._fail_open:
-                await self._serve_unresolved(exc, scope, receive, send, credential, route)
-            else:
-                await self._store_failed(exc, scope, receive, send)
+        if isinstance(principal, Throttled):
+            await self._refuse(send, *throttled(principal.retry_after))
             return
         if isinstance(principal, AuthFailure):
             await self._refuse(send, *_unauthenticated(principal.detail, invalid=True))

@@ -65,14 +65,15 @@ class ReloadResult:
 def build_runtime(
     config: Config, store: Store, clock: Clock, metrics: Metrics, previous: Runtime | None = None
 ) -> Runtime:
-    directory = Directory(config, store)
-    authenticator = Authenticator(config, directory)
+    directory = Directory(config, store, clock=clock)
+    authenticator = Authenticator(config, directory, clock=clock)
     authenticator.metrics = metrics
     engine = MeterEngine(config, store, clock)
     alerts = Alerts(config, store, clock=clock) if any(plan.alerts for plan in config.plans.values()) else None
     if previous is not None:
-        # Whether change events arrive is a fact of the process, not of the file.
-        authenticator.ttl = previous.authenticator.ttl
+        # Whether change events arrive is a fact of the process, not of the file; so are the
+        # addresses being throttled and the credentials known good.
+        authenticator.adopt(previous.authenticator)
         # The fast path's leases and unflushed usage belong to the store, not to a version of the plans.
         engine.adopt(previous.engine)
     if engine.fast_path is not None:

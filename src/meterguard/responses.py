@@ -26,6 +26,7 @@ INVALID_IDEMPOTENCY_KEY = PROBLEMS + "invalid-idempotency-key"
 IDEMPOTENCY_KEY_REUSED = PROBLEMS + "idempotency-key-reused"
 IDEMPOTENCY_KEY_IN_FLIGHT = PROBLEMS + "idempotency-key-in-flight"
 REQUEST_TOO_LARGE = PROBLEMS + "request-too-large"
+TOO_MANY_FAILED_AUTHENTICATIONS = PROBLEMS + "too-many-failed-authentications"
 
 TITLES = {
     400: "Bad Request",
@@ -116,3 +117,13 @@ def metered_headers(decision: Decision, policy: bytes, calls: Meter, records: Me
         ]
     headers.append((b"x-meterguard-usage", ", ".join(usage).encode()))
     return headers
+
+
+def throttled(retry_after: int) -> tuple[int, Headers, bytes]:
+    """429 for an address past ``auth.failed_limit`` (CONTRACT 11); no credential was looked up."""
+    return problem(
+        429,
+        TOO_MANY_FAILED_AUTHENTICATIONS,
+        f"Too many failed authentications from this address; retry in {retry_after} s.",
+        headers=[(b"retry-after", str(retry_after).encode())],
+    )

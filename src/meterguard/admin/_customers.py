@@ -69,7 +69,8 @@ class CustomerEndpoints(AdminBase):
 
     async def list_keys(self, request: Request) -> Response:
         records = await self.directory.list_keys(request.path_params["customer"])
-        return document(KeyList, {"keys": [key_json(record) for record in records]})
+        now = self.clock()
+        return document(KeyList, {"keys": [key_json(record, now) for record in records]})
 
     async def revoke_key(self, request: Request) -> Response:
         await self.directory.revoke_key(request.path_params["key_id"])

@@ -54,7 +54,7 @@ def customer_json(record: CustomerRecord) -> dict[str, Any]:
     }
 
 
-def key_json(record: KeyRecord) -> dict[str, Any]:
+def key_json(record: KeyRecord, now: float) -> dict[str, Any]:
     # Never the key nor its hash: the prefix is enough for a person to recognise a key.
     return {
         "key_id": record.key_id,
@@ -62,6 +62,9 @@ def key_json(record: KeyRecord) -> dict[str, Any]:
         "prefix": record.prefix,
         "created": timestamp(record.created_at),
         "last_used": timestamp(record.last_used),
+        "expires_at": timestamp(record.expires_at),
+        "state": record.state(now),  # active, expiring (within 7 days), expired or revoked
+        "replaced_by": record.replaced_by,
         "revoked": record.revoked,
     }
 

@@ -45,3 +45,13 @@ def problem(
 def invalid(detail: str, errors: list[dict[str, str]] | None = None, status: int = 422) -> Response:
     extra: dict[str, Any] = {"errors": errors} if errors else {}
     return problem("invalid-request", "Invalid request", status, detail, **extra)
+
+
+def throttled(retry_after: int) -> Response:
+    return problem(
+        "too-many-failed-authentications",
+        "Too Many Requests",
+        429,
+        f"Too many failed authentications from this address; retry in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )

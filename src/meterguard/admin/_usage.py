@@ -5,11 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth import AuthFailure
+from ..auth import AuthFailure, Throttled
 from ._base import AdminBase, document
 from ._documents import MAX_DAYS, customer_daily, customer_statement, customer_usage
 from ._models import DailyDocument, Statement, UsageDocument
-from ._problems import invalid, problem
+from ._problems import invalid, problem, throttled
 
 ADMIN_CHALLENGE = 'Bearer realm="meterguard-admin"'
 CUSTOMER_CHALLENGE = 'Bearer realm="meterguard"'
@@ -56,14 +56,15 @@ class UsageEndpoints(AdminBase):
         return document(Statement, statement)
 
     async def me_usage(self, request: Request) -> Response:
-        credential = self.authenticator.credential(request.scope["headers"])
-        if not credential:
+        # The same answers the gateway gives the same key (CONTRACT 6), so a client sees one behaviour.
+        principal = await self.authenticator.check(request.scope)
+        if principal is None:
             return unauthenticated(
                 f"Send your API key in the {self.config.api_key_header} header or as a bearer token.",
                 CUSTOMER_CHALLENGE,
             )
-        principal = await self.authenticator.authenticate(credential)
-        # The same answers the gateway gives the same key (CONTRACT 6), so a client sees one behaviour.
+        if isinstance(principal, Throttled):
+            return throttled(principal.retry_after)
         if isinstance(principal, AuthFailure):
             return unauthenticated(principal.detail, CUSTOMER_CHALLENGE + ', error="invalid_token"')
         if principal.suspended:

@@ -83,6 +83,8 @@ class RedisDirectory(RedisBase):
             "prefix": record.prefix,
             "created_at": repr(record.created_at),
             "revoked": "1" if record.revoked else "0",
+            "expires_at": "" if record.expires_at is None else repr(record.expires_at),
+            "replaced_by": record.replaced_by or "",
         }
         with translated():
             client = self._client()
@@ -104,6 +106,8 @@ class RedisDirectory(RedisBase):
             created_at=float(fields["created_at"]),
             last_used=float(last_used) if last_used is not None else None,
             revoked=fields.get("revoked") == "1",
+            expires_at=float(fields["expires_at"]) if fields.get("expires_at") else None,
+            replaced_by=fields.get("replaced_by") or None,
         )
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
@@ -143,4 +147,30 @@ class RedisDirectory(RedisBase):
             if key_hash is None:
                 return False
             await client.hset(self._key_key(key_hash), "revoked", "1")
+        return True
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        with translated():
+            client = self._client()
+            key_hash: str | None = await client.hget(self._key_id_key(key_id), "hash")
+            if key_hash is None:
+                return None
+            fields: dict[str, str] = await client.hgetall(self._key_key(key_hash))
+            if not fields:
+                return None
+            last_used: str | None = await client.hget(f"{self._tag(fields['customer'])}:used", fields["key_id"])
+        return self._key_record(fields, last_used)
+
+    async def expire_key(self, key_id: str, expires_at: float, replaced_by: str | None = None) -> bool:
+        # Time-based: every gateway refuses the key from expires_at on, whether or not it hears of
+        # the change (its cached lookups end at the expiry they read).
+        update = {"expires_at": repr(expires_at)}
+        if replaced_by is not None:
+            update["replaced_by"] = replaced_by
+        with translated():
+            client = self._client()
+            key_hash: str | None = await client.hget(self._key_id_key(key_id), "hash")
+            if key_hash is None:
+                return False
+            await client.hset(self._key_key(key_hash), mapping=update)
         return True

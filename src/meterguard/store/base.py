@@ -184,6 +184,11 @@ class CustomerRecord:
     plan_history: tuple[tuple[float, str], ...] = ()
 
 
+#: A key whose expiry is this close shows as "expiring" in key lists (a rotated key in its grace, say).
+EXPIRING_WITHIN_SECONDS = 7 * 86_400
+KeyState = Literal["active", "expiring", "expired", "revoked"]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     key_id: str
@@ -192,6 +197,17 @@ class KeyRecord:
     created_at: float
     last_used: float | None = None
     revoked: bool = False
+    expires_at: float | None = None  # epoch seconds; refused from then on. None: does not expire
+    replaced_by: str | None = None  # the key id that a rotation issued in its place
+
+    def state(self, now: float) -> KeyState:
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is None:
+            return "active"
+        if self.expires_at <= now:
+            return "expired"
+        return "expiring" if self.expires_at - now <= EXPIRING_WITHIN_SECONDS else "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +269,10 @@ class Store(AlertQueue, Protocol):
     async def find_key(self, key_hash: str) -> KeyRecord | None: ...
     async def list_keys(self, customer: str) -> list[KeyRecord]: ...
     async def revoke_key(self, key_id: str) -> bool: ...  # False when unknown
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+    async def expire_key(
+        self, key_id: str, expires_at: float, replaced_by: str | None = None
+    ) -> bool: ...  # sets the key's expiry (and successor); False when unknown
 
     # audit log: one append-only stream of events per customer ------------------------------------
     async def append_event(self, customer: str, fields: Mapping[str, str]) -> str: ...  # the event's id

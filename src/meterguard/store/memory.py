@@ -344,6 +344,18 @@ class MemoryStore:
         self._keys[key_hash] = replace(self._keys[key_hash], revoked=True)
         return True
 
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        key_hash = self._key_ids.get(key_id)
+        return self._with_last_used(self._keys[key_hash]) if key_hash is not None else None
+
+    async def expire_key(self, key_id: str, expires_at: float, replaced_by: str | None = None) -> bool:
+        key_hash = self._key_ids.get(key_id)
+        if key_hash is None:
+            return False
+        record = self._keys[key_hash]
+        self._keys[key_hash] = replace(record, expires_at=expires_at, replaced_by=replaced_by or record.replaced_by)
+        return True
+
     # audit log --------------------------------------------------------------------------------------
 
     async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:

@@ -1,0 +1,237 @@
+"""``meterguard usage``, ``statement`` and ``export``: what customers used and owe."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import click
+
+from . import export as export_module
+from .admin._documents import customer_statement, customer_usage
+from .cli import State, _errors, _state_options, _table, main
+from .config import Config
+from .errors import MeterGuardError
+from .store.base import Store
+
+# ----------------------------------------------------------------------------------------------
+# usage and statements
+# ----------------------------------------------------------------------------------------------
+
+
+def _period_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--period",
+        metavar="YYYY-MM",
+        required=required,
+        help="The billing period that starts in this month" + ("." if required else " (default: the current one)."),
+    )
+
+
+def _fetch(
+    state: State,
+    customer: str,
+    period: str | None,
+    build: Callable[[Config, Store, Any, str | None, float], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    async def work(s: State) -> dict[str, Any]:
+        record = await s.directory.require(customer)
+        return await build(s.config, s.store, record, period, time.time())
+
+    try:
+        return state.run(work)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--period") from None
+
+
+def _format_usage(doc: dict[str, Any]) -> str:
+    period = doc["period"]
+    lines = [
+        f"customer {doc['customer']}  plan {doc['plan']}  period {period['start']} .. {period['end']}",
+        "",
+        _table(
+            ["METER", "USED", "INCLUDED", "REMAINING", "OVERAGE"],
+            [
+                [
+                    meter,
+                    f"{doc[meter]['used']:,}",
+                    _num(doc[meter]["included"]),
+                    _num(doc[meter]["remaining"]),
+                    f"{doc[meter]['overage']:,}",
+                ]
+                for meter in ("calls", "records")
+            ],
+        ),
+        "",
+    ]
+    charges = doc["charges"]
+    cap = f"  (spend cap {charges['spend_cap']})" if charges["spend_cap"] is not None else ""
+    total = f"{charges['total']} {charges['currency']}"
+    lines.append(f"charges: base {charges['base']} + overage {charges['overage']} = {total}{cap}")
+    rejected = doc["rejected"]
+    lines.append("rejected: " + ", ".join(f"{reason} {count:,}" for reason, count in rejected.items()))
+    for title, table in (("ROUTE", doc["by_route"]), ("KEY", doc["by_key"])):
+        if table:
+            lines += [
+                "",
+                _table(
+                    [title, "CALLS", "RECORDS"],
+                    [[name, f"{c['calls']:,}", f"{c['records']:,}"] for name, c in table.items()],
+                ),
+            ]
+    return "\n".join(lines)
+
+
+def _num(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value:,}"
+
+
+@main.command()
+@click.argument("customer")
+@_period_option(required=False)
+@click.option("--json", "as_json", is_flag=True, help="The usage document of the admin API.")
+@_state_options
+def usage(customer: str, period: str | None, as_json: bool, config_path: str, store_url: str | None) -> None:
+    """A customer's usage in a billing period."""
+    with _errors():
+        document = _fetch(State(config_path, store_url), customer, period, customer_usage)
+    click.echo(json.dumps(document, indent=2) if as_json else _format_usage(document))
+
+
+def _tier_label(line: dict[str, Any], prefix: str) -> str:
+    # A flat price is one open-ended tier: no label, so flat statements read as they always have.
+    if line["tier"] == 1 and line["up_to"] is None:
+        return ""
+    return f"{prefix}{line['tier']}"
+
+
+def _statement_rows(doc: dict[str, Any]) -> list[list[str]]:
+    rows = [[f"base price (plan {doc['plan']})", "", "", "", "", "", doc["base"]]]
+    for line in doc["lines"]:
+        rows.append(
+            [
+                f"{line['meter']} overage{_tier_label(line, ', tier ')}",
+                _num(line["included"]),
+                f"{line['used']:,}",
+                f"{line['units']:,}",
+                f"{line['unit']:,}",
+                line["price"],
+                line["amount"],
+            ]
+        )
+    return rows
+
+
+def _statement_md(doc: dict[str, Any]) -> str:
+    period = doc["period"]
+    lines = [
+        f"# Statement: {doc['customer']}, {period['id']}",
+        "",
+        f"Plan **{doc['plan']}**, period {period['start']} to {period['end']} (amounts in {doc['currency']}).",
+        "",
+        "| item | included | used | billable units | per | price | amount |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in _statement_rows(doc)]
+    lines.append(f"| **total** | | | | | | **{doc['total']}** |")
+    if doc["spend_cap"] is not None:
+        lines += ["", f"Overage spend cap: {doc['spend_cap']} {doc['currency']} per period."]
+    return "\n".join(lines)
+
+
+def _statement_csv(doc: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["customer", "plan", "period", "item", "included", "used", "units", "unit", "price", "amount", "currency"]
+    )
+    prefix = [doc["customer"], doc["plan"], doc["period"]["id"]]
+    writer.writerow([*prefix, "base", "", "", "", "", "", doc["base"], doc["currency"]])
+    for line in doc["lines"]:
+        writer.writerow(
+            [
+                *prefix,
+                f"overage:{line['meter']}{_tier_label(line, ':tier-')}",
+                "" if line["included"] is None else line["included"],
+                line["used"],
+                line["units"],
+                line["unit"],
+                line["price"],
+                line["amount"],
+                doc["currency"],
+            ]
+        )
+    writer.writerow([*prefix, "total", "", "", "", "", "", doc["total"], doc["currency"]])
+    return out.getvalue().rstrip("\n")
+
+
+@main.command()
+@click.argument("customer")
+@_period_option(required=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "csv"]), default="md", show_default=True)
+@_state_options
+def statement(customer: str, period: str, fmt: str, config_path: str, store_url: str | None) -> None:
+    """A customer's statement for a period: base price, overage lines, total."""
+    with _errors():
+        document = _fetch(State(config_path, store_url), customer, period, customer_statement)
+    if fmt == "json":
+        click.echo(json.dumps(document, indent=2))
+    elif fmt == "csv":
+        click.echo(_statement_csv(document))
+    else:
+        click.echo(_statement_md(document))
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--since", metavar="YYYY-MM-DD|RFC3339", help="Only events at or after this time (older: skipped).")
+@click.option("--format", "fmt", type=click.Choice(list(export_module.FORMATS)), default="jsonl", show_default=True)
+@click.option(
+    "--output", "-o", metavar="FILE", help="Append to FILE, skipping events it already holds (default stdout)."
+)
+@click.option("--customer", "customer_ids", multiple=True, metavar="ID", help="Only this customer (repeatable).")
+@_state_options
+def export(
+    since: str | None,
+    fmt: str,
+    output: str | None,
+    customer_ids: tuple[str, ...],
+    config_path: str,
+    store_url: str | None,
+) -> None:
+    """Usage and billing events, each exactly once per output file (jsonl, csv or Stripe meter events)."""
+    since_ts = None
+    if since is not None:
+        try:
+            since_ts = export_module.parse_since(since)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    chosen = cast("export_module.Format", fmt)  # click.Choice allows only FORMATS
+    with _errors():
+        state = State(config_path, store_url)
+
+        async def work(s: State) -> export_module.ExportResult:
+            ids = list(customer_ids) or [record.id for record in await s.directory.all()]
+            try:
+                sink = export_module.open_sink(output, chosen)
+            except OSError as exc:
+                raise MeterGuardError(f"cannot open {output}: {exc.strerror}") from None
+            try:
+                return await export_module.export_events(s.store, ids, sink, since=since_ts)
+            finally:
+                sink.close()
+
+        result = state.run(work)
+    click.echo(
+        f"exported {result.written} events from {result.customers} customers"
+        f" ({result.duplicates} already in the output, {result.before_since} before --since)",
+        err=True,
+    )
