@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from meterguard.config import _File
+from meterguard._config_schema import FileSchema as _File
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
