@@ -74,7 +74,7 @@ class Rig:
                     "served": (served.served, served.records),
                     "usage": (calls, records),
                     "cut_off_200s": served.cut_off_200s,
-                    "unmetered": usage["unmetered"],
+                    "unmetered": usage.get("unmetered"),
                 }
         assert mismatches == {}, f"served != usage: {mismatches}; statuses {summary.statuses}"
         if back_at is not None:
