@@ -130,8 +130,8 @@ async def test_sliding_estimate_matches_windows_py_with_a_previous_slot(
     window = Window("1h", 50, 3600)
     now = time.time()
     index = math.floor(now / 3600)
-    # the state hash keeps "<slot>:<count>:<previous slot's count>" per window
-    await raw.hset(f"{key_prefix}:{{c:acme}}:s", "w:1h", f"{index}:10:40")
+    # the state hash keeps each window's count per slot: "w:<window>@<slot index>"
+    await raw.hset(f"{key_prefix}:{{c:acme}}:s", mapping={f"w:1h@{index - 1}": 40, f"w:1h@{index}": 10})
     decisions = [await store.admit(request("acme", windows=(window,), weight=3)) for _ in range(6)]
     current = 10
     for decision in decisions:

@@ -6,6 +6,7 @@ A mixin of RedisStore (layout: store/redis.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,32 @@ log = logging.getLogger("meterguard.store")
 WATCH_BACKOFF_MAX_SECONDS = 5.0
 WATCH_PING_SECONDS = 5.0
 WATCH_POLL_SECONDS = 0.2  # how soon a watch() loop sees that the store closed
+
+
+def usage_fields(customer: str, fields: dict[str, str]) -> dict[str, str]:
+    """An event as store.base documents it. The metering script writes usage compactly (``v: 3``,
+    one field ``u``: a line of counts, then a line per count of a route and key; see
+    store/lua/meter.lua); readers get the fields of ``v: 2``, with ``routes`` and ``keys`` summed."""
+    if fields.get("v") != "3":
+        return dict(fields)
+    head, *rows = fields.get("u", "").split("\n")
+    period, day, ts, calls, records, replays, unmetered = head.split("\t")
+    routes: dict[str, list[int]] = {}
+    keys: dict[str, list[int]] = {}
+    for row in rows:
+        route, key_id, row_calls, row_records = row.split("\t")
+        for table, name in ((routes, route), (keys, key_id)):
+            counts = table.setdefault(name, [0, 0])
+            counts[0] += int(row_calls)
+            counts[1] += int(row_records)
+    out = {
+        "v": "2", "type": "usage", "customer": customer, "period": period, "day": day, "ts": ts,
+        "calls": calls, "records": records, "replays": replays,
+        "routes": json.dumps(routes, separators=(",", ":")), "keys": json.dumps(keys, separators=(",", ":")),
+    }  # fmt: skip
+    if unmetered != "0":
+        out["unmetered"] = unmetered
+    return out
 
 
 def _stream_id(text: str) -> tuple[int, int]:
@@ -65,7 +92,11 @@ class RedisEvents(RedisBase):
                 if "BUSYGROUP" not in str(exc):
                     raise
             reply = await client.xreadgroup(group, consumer, {key: "0" if pending else ">"}, count=count)
-        return [(str(event_id), dict(fields)) for _, entries in reply or () for event_id, fields in entries]
+        return [
+            (str(event_id), usage_fields(customer, fields))
+            for _, entries in reply or ()
+            for event_id, fields in entries
+        ]
 
     async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None:
         """Acknowledge exported events, then trim what every export group has acknowledged."""

@@ -45,7 +45,7 @@ SEP = "\x1f"  # between the parts of an audit cell's field name; control charact
 
 METER = load_script("meter")
 
-CODE_ADMITTED, CODE_RATE, CODE_QUOTA, CODE_CAP, CODE_IN_FLIGHT, CODE_MISMATCH = 0, 1, 2, 3, 4, 5
+CODE_ADMITTED, CODE_RATE, CODE_QUOTA, CODE_CAP, CODE_IN_FLIGHT, CODE_MISMATCH, CODE_EXPIRED = 0, 1, 2, 3, 4, 5, 8
 FLAG_REPLAY, FLAG_CALLS, FLAG_RECORDS, FLAG_WINDOW = 1, 4, 8, 16
 _REASONS: dict[int, Reason] = {CODE_RATE: "rate_limited", CODE_QUOTA: "quota", CODE_CAP: "spend_cap"}
 
@@ -59,7 +59,8 @@ def _meter(meter: Meter) -> list[Any]:
 
 
 def _field(window: Window) -> str:
-    return quote(window.counter, safe="")
+    """The window's name in the customer's state hash (its slots are ``<name>@<slot index>``)."""
+    return "w:" + quote(window.counter, safe="")
 
 
 def idempotency_digest(key: str) -> str:
@@ -150,6 +151,14 @@ class _Batch:
         ]
 
 
+def _recorded(entry: list[Any]) -> list[Any]:
+    """A recorded decision ``[code, granted, flags]`` in the shape of a reply: the counts of that
+    moment are not kept (a repeat is rare: a retry after a lost reply), so the windows read as
+    full and the totals as zero; the decision itself is exact."""
+    code, granted, flags = (int(x) for x in entry)
+    return [code, 0, 0, 0, granted, flags] if code != CODE_EXPIRED else [code]
+
+
 def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
     """A Decision from an admission's reply: the script returns counts, the rest is windows.py."""
     code, calls_used, records_used, spend, granted, flags = reply[:6]
@@ -157,8 +166,9 @@ def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
     admitted = code == CODE_ADMITTED
     states, slots, violated = [], [], []
     retry_after = 0.0
+    known = len(reply) >= 6 + 2 * len(request.windows)
     for i, window in enumerate(request.windows):
-        previous, current = reply[6 + 2 * i], reply[7 + 2 * i]
+        previous, current = (reply[6 + 2 * i], reply[7 + 2 * i]) if known else (0, window.limit)
         index = int(now // window.seconds)
         elapsed = now - index * window.seconds
         before = current - request.weight - granted if admitted else current
@@ -306,8 +316,10 @@ class RedisMeter(RedisBase):
             if status == "stale":
                 out.append(Reply(status, [], int(sec), int(usec)))
                 continue
-            then_sec, then_usec, admissions = json.loads(reply[1])
-            out.append(Reply(status, admissions if isinstance(admissions, list) else [], then_sec, then_usec))
+            if status == "dup":  # a repeat: the decisions recorded when it ran, and when that was
+                out.append(Reply(status, [_recorded(entry) for entry in reply[3]], int(reply[1]), int(reply[2])))
+            else:
+                out.append(Reply(status, list(reply[1]), int(sec), int(usec)))
         return int(sec), int(usec), out
 
     # the Store protocol ---------------------------------------------------------------------------

@@ -6,9 +6,9 @@
 -- on the source only when every key is still there (else ASK or TRYAGAIN, and nothing runs).
 --
 -- Ids. A batch carries its writer id and sequence number. Each customer's state hash keeps, per
--- writer, the last sequence applied and its replies (`l:<writer>` = "<seq>|<reply json>"), so:
+-- writer, the last sequence applied and what its admissions decided (`l:<writer>`), so:
 --   * a repeat of the last batch (a retry after a timeout, a reset, MOVED, ASK, TRYAGAIN or a
---     failover) returns the recorded replies and applies nothing ("dup");
+--     failover) applies nothing and answers "dup" with the recorded decisions;
 --   * an older batch arriving late (stuck in a socket while the writer moved on) applies
 --     nothing ("stale").
 -- A writer has at most one batch in flight per slot, so sequence numbers per customer only grow.
@@ -26,33 +26,41 @@
 --   * carried seq <  recorded seq: resolved by an earlier batch that carried it.
 --
 -- Layout under the customer's tag T (`<prefix>:{c:<id>}`):
---   T:s          hash  w:<window> = "<slot>:<count>:<previous count>"; u:<key id> = last use;
---                      l:<writer> = ledger record (ln: how many); e = day of the last expiry
---                      refresh; P = the period ids with counters, comma-separated, newest last
+--   T:s          hash  <window>@<slot> = units counted in that slot of a rate window (the current
+--                      and the previous slot are kept; <window> = their slot, the last written);
+--                      u:<key id> = last use; l:<writer> = ledger record (ln: how many);
+--                      P = the period ids with counters
 --   T:p:<period> hash  calls, records, rs (units leased, not yet flushed), replays, unmetered,
---                      x:<reason> (refusals), un + u:<label> (unmatched route labels seen),
+--                      x:<reason> (refusals), un + u:<label> (unmatched route labels seen), _,
 --                      c<US><day><US><route><US><key> / r<US>... (calls / records per day, route
---                      and key: the audit cells; totals by route, key and day are sums of them)
---   T:events     stream one usage event per customer, period and day in each batch
+--                      and key: the audit cells; totals by route, key and day are their sums)
+--   T:events     stream usage events, one per customer, period and day in a batch (v 3)
 --   T:i:<digest> hash  an Idempotency-Key: fp (request fingerprint), st = run | done
+--
+-- Cost. Inside Redis a script's time goes to Lua (every new string or table, every number
+-- turned into text) and to each redis.call more than to the commands themselves. So: one HMGET
+-- and one HSET per hash and group, numbers handed to redis.call as numbers (Redis prints them
+-- in C), window fields named once per batch, replies returned as Lua arrays (turned into RESP
+-- in C), events written as one field.
 --
 -- ARGV[1] = JSON {s = settings, w = writer, q = seq, d = deadline ms (0: none), t = terms, g = groups}
 --   settings = {period audit seconds, max unmatched labels, "other" label, idempotency lock
 --               seconds, events max length (0: none), state ttl seconds}
 --   terms    = {sliding (0/1), {{window field, limit, seconds}, ...}, calls meter, records
---               meter, cap cents (-1: none)}; meter = {included (-1: none), unit (0: not
---               billed), {{up_to (-1: open-ended), price micros}, ...}}
+--               meter}; meter = {included (-1: none), unit (0: not billed), {{up_to (-1:
+--               open-ended), price micros}, ...}}
 --   group    = {customer, KEYS index of T:s, KEYS index of T:events, admissions, usages, carries}
 --   admission= {terms, KEYS index of T:p, period id, day, weight, route, listed (0/1), key id,
---               period end, cap (-2: the terms'), lease wanted, KEYS index of T:i (0: none),
+--               period end, cap (-1: none), lease wanted, KEYS index of T:i (0: none),
 --               fingerprint, served on loss (0/1)}
 --   usage    = {KEYS index of T:p, period id, day, period end, rows, consumed, returned, windows,
---               unmetered}; row = {route, listed, key id, calls, records}; window =
+--               unmetered}; row = {route, listed (0/1), key id, calls, records}; window =
 --               {window field, seconds, slot index, units to give back}
 --   carry    = {seq, admissions, usages} exactly as sent in that batch
--- Returns {sec, usec, group reply, ...}; a group reply is {"ok"|"dup", json} or {"stale"}, the
--- json being {sec, usec, {admission reply, ...}} of the run that applied it; an admission reply
--- is {code, calls used, records used, spend cents, granted, flags, previous 1, count 1, ...}.
+-- Returns {sec, usec, group reply, ...}; a group reply is {"ok", {admission reply, ...}}, where
+-- an admission reply is {code, calls used, records used, spend cents, granted, flags, previous
+-- 1, count 1, ...}; or {"dup", sec, usec, {{code, granted, flags}, ...}} with the recorded
+-- decisions and the time of the run that applied them; or {"stale"}.
 
 local CODE_ADMITTED, CODE_RATE, CODE_QUOTA, CODE_CAP = 0, 1, 2, 3
 local CODE_IN_FLIGHT, CODE_MISMATCH, CODE_EXPIRED = 4, 5, 8
@@ -71,20 +79,35 @@ local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
 local expired = deadline > 0 and sec * 1000 + math.floor(usec / 1000) > deadline
-local today = math.floor(sec / 86400)
+local ts = time[1] .. '.' .. string.format('%06d', usec)
+local record_field = 'l:' .. writer
+local seq_text = tostring(seq)
 
-local function int(x) return string.format('%d', x) end
-
--- JSON of a (nested) list of numbers, integers exact: cjson prints 14 significant digits only,
--- and spend in cents or usage counts can pass 10^14.
-local function encode(value)
-  if type(value) == 'table' then
-    local parts = {}
-    for i, item in ipairs(value) do parts[i] = encode(item) end
-    return '[' .. table.concat(parts, ',') .. ']'
+-- Numbers as text, each converted once per call (Lua's conversion is a sprintf: dear in Redis).
+local texts = {}
+local function text(n)
+  local s = texts[n]
+  if s == nil then
+    s = tostring(n) -- %.14g: exact below 10^14, which every count here is
+    texts[n] = s
   end
-  if value == math.floor(value) and math.abs(value) < 9007199254740992 then return int(value) end
-  return string.format('%.17g', value)
+  return s
+end
+
+-- Each window's slot now, and the fields of its current and previous slot: once per batch.
+local slots = {} -- window field .. '/' .. seconds -> {slot index, elapsed, current field, previous field}
+local function slot_of(field, seconds)
+  local id = field .. '/' .. seconds
+  local s = slots[id]
+  if s == nil then
+    local index = math.floor(now / seconds)
+    s = {index, now - index * seconds, field .. '@' .. text(index), field .. '@' .. text(index - 1)}
+    slots[id] = s
+  end
+  return s
+end
+for _, t in ipairs(terms) do
+  for _, w in ipairs(t[2]) do w[4] = slot_of(w[1], w[3]) end
 end
 
 -- windows.estimate
@@ -158,124 +181,364 @@ local function meter_cents(used, meter)
   return cents
 end
 
--- A view of one hash: the fields a group needs are registered first and read with one HMGET,
--- changed in Lua, and written back with one HSET.
+-- A hash as a group sees it: the fields it needs, read with one HMGET; the ones it changed,
+-- written with one HSET. Values are read as text and become numbers when first used as such.
 local function view(key)
-  return {key = key, want = {}, order = {}, vals = {}, dirty = {}, dirty_order = {}}
+  return {key = key, names = {}, vals = {}, dirty = {}, n = 0}
 end
-local function want(v, field)
-  if not v.want[field] then
-    v.want[field] = true
-    v.order[#v.order + 1] = field
-  end
+local function want(v, field) -- a field asked twice is read twice: cheaper than remembering
+  local names = v.names
+  names[#names + 1] = field
 end
 local function load(v)
-  if #v.order == 0 then return end
-  local got = redis.call('HMGET', v.key, unpack(v.order))
-  for i, field in ipairs(v.order) do v.vals[field] = got[i] end
+  local names = v.names
+  if #names == 0 then return end
+  local got = redis.call('HMGET', v.key, unpack(names))
+  local vals = v.vals
+  for i = 1, #names do vals[names[i]] = got[i] end
 end
-local function get(v, field) return tonumber(v.vals[field] or '0') end
+local function get(v, field)
+  local value = v.vals[field]
+  if type(value) ~= 'number' then
+    value = tonumber(value) or 0
+    v.vals[field] = value
+  end
+  return value
+end
 local function put(v, field, value)
   v.vals[field] = value
   if not v.dirty[field] then
     v.dirty[field] = true
-    v.dirty_order[#v.dirty_order + 1] = field
+    v.n = v.n + 1
+    v.dirty[v.n] = field
   end
 end
 local function add(v, field, amount)
   if amount ~= 0 then put(v, field, get(v, field) + amount) end
 end
 local function store(v)
-  if #v.dirty_order == 0 then return false end
-  local args = {}
-  for _, field in ipairs(v.dirty_order) do
-    local value = v.vals[field]
-    if type(value) == 'number' then value = int(value) end
-    args[#args + 1] = field
-    args[#args + 1] = value
+  if v.n == 0 then return end
+  local args, dirty, vals = {}, v.dirty, v.vals
+  for i = 1, v.n do
+    local field = dirty[i]
+    args[2 * i - 1] = field
+    args[2 * i] = vals[field] -- a number is printed by Redis (%.17g), in C: integers exactly
   end
   redis.call('HSET', v.key, unpack(args))
-  return true
+end
+
+-- The group being run: its hashes, the events it writes, the windows whose current slot it
+-- writes first (rolled), and what the record keeps of each admission (code, granted, flags).
+-- Module-level so that the functions below are made once per call, not once per group.
+local state, periods, events, event_order, rolled, rolling, recorded_now
+
+local function want_windows(t)
+  for _, w in ipairs(terms[t][2]) do
+    want(state, w[4][3])
+    want(state, w[4][4])
+  end
+end
+
+local function want_returns(u)
+  for _, w in ipairs(u[8]) do
+    local s = slot_of(w[1], w[2])
+    want(state, s[3])
+    want(state, s[4])
+  end
+end
+
+local function decisions(text_)
+  local at_sec, at_usec, rest = string.match(text_, '^(%d+)|(%d+)|(.*)$')
+  local list = {}
+  for code, granted, flags in string.gmatch(rest, '(%d+),(%d+),(%d+)') do
+    list[#list + 1] = {tonumber(code), tonumber(granted), tonumber(flags)}
+  end
+  return at_sec, at_usec, list
+end
+
+local function period(index, period_end, period_id)
+  local p = periods[index]
+  if p == nil then
+    p = view(KEYS[index])
+    p.period_end = 0
+    p.id = period_id
+    want(p, '_')
+    want(p, 'calls')
+    want(p, 'records')
+    want(p, 'rs')
+    periods[index] = p
+  end
+  if period_end > p.period_end then p.period_end = period_end end
+  return p
+end
+
+local function want_cells(p, day, route, listed, key_id, calls, records)
+  if listed ~= 1 then
+    want(p, 'un')
+    want(p, 'u:' .. route)
+    if calls ~= 0 then want(p, 'c' .. US .. day .. US .. OTHER .. US .. key_id) end
+    if records ~= 0 then want(p, 'r' .. US .. day .. US .. OTHER .. US .. key_id) end
+  end
+  if calls ~= 0 then want(p, 'c' .. US .. day .. US .. route .. US .. key_id) end
+  if records ~= 0 then want(p, 'r' .. US .. day .. US .. route .. US .. key_id) end
+end
+
+local function want_admission(a)
+  want_cells(period(a[2], a[9], a[3]), a[4], a[6], a[7], a[8], a[5], 0)
+end
+
+local function want_usage(u)
+  local p = period(u[1], u[4], u[2])
+  for _, row in ipairs(u[5]) do want_cells(p, u[3], row[1], row[2], row[3], row[4], row[5]) end
+end
+
+-- A window's counts now: (previous slot, current slot).
+local function window_counts(s)
+  return get(state, s[4]), get(state, s[3])
+end
+
+-- Take units back out of the slot they were counted in, if the window still reads it.
+local function window_give_back(field, seconds, slot, units)
+  local s = slot_of(field, seconds)
+  local name
+  if slot == s[1] then name = s[3] elseif slot == s[1] - 1 then name = s[4] else return end
+  if state.vals[name] ~= nil then put(state, name, math.max(0, get(state, name) - units)) end
+end
+
+-- An event per (period, day) of the group; nearly always one, so the first is kept at hand.
+local function event(period_id, day)
+  local e = event_order[1]
+  if e ~= nil and e.period == period_id and e.day == day then return e end
+  local id = period_id .. '\n' .. day
+  e = events[id]
+  if e == nil then
+    e = {period = period_id, day = day, calls = 0, records = 0, replays = 0, unmetered = 0, rows = {}}
+    events[id] = e
+    event_order[#event_order + 1] = e
+  end
+  return e
+end
+
+-- memory._route_label: unmatched "METHOD /path" labels are bounded per period.
+local function label(p, route, listed)
+  if listed == 1 or p.vals['u:' .. route] then return route end
+  if get(p, 'un') >= MAX_UNLISTED then return OTHER end
+  put(p, 'u:' .. route, 1)
+  add(p, 'un', 1)
+  return route
+end
+
+-- Count calls and records in the period totals, the audit cells and the event.
+local function count(p, period_id, day, route, listed, key_id, calls, records)
+  local name = label(p, route, listed)
+  local cell = US .. day .. US .. name .. US .. key_id
+  local e = event(period_id, day)
+  if calls ~= 0 then
+    add(p, 'calls', calls)
+    add(p, 'c' .. cell, calls)
+    e.calls = e.calls + calls
+  end
+  if records ~= 0 then
+    add(p, 'records', records)
+    add(p, 'r' .. cell, records)
+    e.records = e.records + records
+  end
+  -- one line per count; an export adds up lines of the same route and key
+  local rows = e.rows
+  local n = #rows
+  rows[n + 1] = '\n'
+  rows[n + 2] = name
+  rows[n + 3] = '\t'
+  rows[n + 4] = key_id
+  rows[n + 5] = '\t'
+  rows[n + 6] = text(calls)
+  rows[n + 7] = '\t'
+  rows[n + 8] = text(records)
+end
+
+local function apply_usage(u)
+  local p = period(u[1], u[4], u[2])
+  local period_id, day = u[2], u[3]
+  for _, row in ipairs(u[5]) do
+    count(p, period_id, day, row[1], row[2], row[3], row[4], row[5])
+    if row[4] > 0 then put(state, 'u:' .. row[3], time[1]) end
+  end
+  local consumed, returned = u[6], u[7]
+  if consumed + returned > 0 then put(p, 'rs', math.max(0, get(p, 'rs') - consumed - returned)) end
+  for _, w in ipairs(u[8]) do window_give_back(w[1], w[2], w[3], w[4]) end
+  if u[9] > 0 then
+    add(p, 'unmetered', u[9])
+    local e = event(period_id, day)
+    e.unmetered = e.unmetered + u[9]
+  end
+end
+
+local function admit(a)
+  local t = terms[a[1]]
+  local sliding, windows, calls_meter, records_meter = t[1] == 1, t[2], t[3], t[4]
+  local p = periods[a[2]]
+  local period_id, day, weight, route, listed, key_id = a[3], a[4], a[5], a[6], a[7], a[8]
+  local cap, lease_wanted = a[10], a[11]
+  local code, flags = CODE_ADMITTED, 0
+
+  local idem
+  if a[12] > 0 then
+    idem = KEYS[a[12]]
+    local found = redis.call('HMGET', idem, 'fp', 'st')
+    if found[1] then
+      if found[1] ~= a[13] then code = CODE_MISMATCH
+      elseif found[2] == 'done' then flags = FLAG_REPLAY
+      else code = CODE_IN_FLIGHT end
+    end
+  end
+  local replay = flags == FLAG_REPLAY
+
+  local reply = {code, 0, 0, 0, 0, 0}
+  local fresh = {} -- the window's current slot has no field yet
+  local window_flags, bit = 0, FLAG_WINDOW
+  local room = math.huge -- units every window could still take after this request
+  for i, w in ipairs(windows) do
+    local limit, seconds, s = w[2], w[3], w[4]
+    fresh[i] = state.vals[s[3]] == nil
+    local previous, current = window_counts(s)
+    local used = estimate(sliding, previous, current, s[2], seconds)
+    reply[5 + 2 * i], reply[6 + 2 * i] = previous, current
+    if used + weight > limit then
+      window_flags = window_flags + bit
+    else
+      room = math.min(room, math.floor(limit - used - weight + 1e-9))
+    end
+    bit = bit * 2
+  end
+  if code == CODE_ADMITTED and window_flags > 0 then code = CODE_RATE end
+
+  local calls_used, reserved, records_used = get(p, 'calls'), get(p, 'rs'), get(p, 'records')
+  -- Units leased to fast-path processes count as used until they are flushed or given back.
+  local committed = calls_used + reserved
+  local spend = meter_cents(committed, calls_meter) + meter_cents(records_used, records_meter)
+  if code == CODE_ADMITTED and not replay then
+    local calls_out = calls_meter[1] >= 0 and calls_meter[2] <= 0 and committed + weight > calls_meter[1]
+    local records_out = records_meter[1] >= 0 and records_meter[2] <= 0 and records_used >= records_meter[1]
+    if calls_out then flags = flags + FLAG_CALLS end
+    if records_out then flags = flags + FLAG_RECORDS end
+    if calls_out or records_out then code = CODE_QUOTA
+    elseif cap >= 0 and spend >= cap then code = CODE_CAP end
+  end
+  flags = flags + window_flags
+
+  -- The lease: extra units reserved in every window and against the calls quota, so that no
+  -- process can ever admit past a limit; a process takes at most an eighth of what is left.
+  -- Plans that bill overage are never leased: the spend cap must start exactly.
+  local granted = 0
+  local billing = calls_meter[2] > 0 or records_meter[2] > 0 or cap >= 0
+  if code == CODE_ADMITTED and not replay and lease_wanted > 0 and not billing then
+    local left = room
+    if calls_meter[1] >= 0 then left = math.min(left, calls_meter[1] - committed - weight) end
+    if left ~= math.huge then left = math.floor(left / 8) end
+    granted = math.max(0, math.min(lease_wanted, left))
+  end
+
+  if code == CODE_ADMITTED then
+    for i, w in ipairs(windows) do
+      local current = reply[6 + 2 * i] + weight + granted
+      reply[6 + 2 * i] = current
+      local name = w[4][3]
+      if fresh[i] and not rolling[name] then
+        rolling[name] = true
+        rolled[#rolled + 1] = {w[1], w[4][1]}
+      end
+      put(state, name, current)
+    end
+    if replay then
+      add(p, 'replays', 1)
+      local e = event(period_id, day)
+      e.replays = e.replays + 1
+    else
+      count(p, period_id, day, route, listed, key_id, weight, 0)
+      calls_used = calls_used + weight
+      if idem then
+        redis.call('HSET', idem, 'fp', a[13], 'st', 'run')
+        redis.call('EXPIRE', idem, IDEM_LOCK)
+        flags = flags + FLAG_IDEM_SET
+      end
+    end
+    if granted > 0 then add(p, 'rs', granted) end
+    put(state, 'u:' .. key_id, time[1])
+  elseif REASONS[code] then
+    redis.call('HINCRBY', p.key, 'x:' .. REASONS[code], 1) -- refusals: rare, never in the view
+    p.touched = true
+  end
+  reply[1], reply[2], reply[3], reply[4], reply[5], reply[6] = code, calls_used, records_used, spend, granted, flags
+  recorded_now[#recorded_now + 1] = text(code) .. ',' .. text(granted) .. ',' .. text(flags)
+  return reply
+end
+
+-- Resolve one admission of a batch the writer gave up on: `decided` ({code, granted, flags})
+-- is nil when it never ran.
+local function resolve_admission(a, decided, then_now)
+  local p = periods[a[2]]
+  local period_id, day, weight, route, listed, key_id = a[3], a[4], a[5], a[6], a[7], a[8]
+  local served = a[14] == 1
+  local code = decided and decided[1] or CODE_EXPIRED
+  if decided and REASONS[code] then -- a refusal no client saw
+    redis.call('HINCRBY', p.key, 'x:' .. REASONS[code], -1)
+  end
+  if code == CODE_ADMITTED then
+    local granted, flags = decided[2], decided[3]
+    local undo = served and 0 or weight
+    for _, w in ipairs(terms[a[1]][2]) do
+      window_give_back(w[1], w[3], math.floor(then_now / w[3]), undo + granted)
+    end
+    if granted > 0 then put(p, 'rs', math.max(0, get(p, 'rs') - granted)) end
+    if not served then
+      if flags % 2 == FLAG_REPLAY then
+        add(p, 'replays', -1)
+        local e = event(period_id, day)
+        e.replays = e.replays - 1
+      else
+        count(p, period_id, day, route, listed, key_id, -weight, 0)
+      end
+    end
+    -- whether served or not, the first run never completed its Idempotency-Key record
+    if math.floor(flags / FLAG_IDEM_SET) % 2 == 1 and a[12] > 0 then redis.call('DEL', KEYS[a[12]]) end
+  elseif served then
+    count(p, period_id, day, route, listed, key_id, weight, 0)
+  end
 end
 
 -- One customer's group of work.
 local function run_group(group)
   local customer = group[1]
-  local state = view(KEYS[group[2]])
+  state = view(KEYS[group[2]])
+  periods, events, event_order, rolled, rolling, recorded_now = {}, {}, {}, {}, {}, {}
   local stream = KEYS[group[3]]
   local admissions, usages, carries = group[4], group[5], group[6]
-  local record_field = 'l:' .. writer
 
   -- The state hash first, with this writer's record: a repeat or a late batch stops here.
   want(state, record_field)
-  want(state, 'e')
-  want(state, 'P')
-  want(state, 'ln')
-  for _, a in ipairs(admissions) do
-    for _, w in ipairs(terms[a[1]][2]) do want(state, 'w:' .. w[1]) end
-  end
-  for _, u in ipairs(usages) do
-    for _, w in ipairs(u[8]) do want(state, 'w:' .. w[1]) end
-  end
+  for _, a in ipairs(admissions) do want_windows(a[1]) end
+  for _, u in ipairs(usages) do want_returns(u) end
   for _, c in ipairs(carries) do
-    for _, a in ipairs(c[2]) do
-      for _, w in ipairs(terms[a[1]][2]) do want(state, 'w:' .. w[1]) end
-    end
-    for _, u in ipairs(c[3]) do
-      for _, w in ipairs(u[8]) do want(state, 'w:' .. w[1]) end
-    end
+    for _, a in ipairs(c[2]) do want_windows(a[1]) end
+    for _, u in ipairs(c[3]) do want_returns(u) end
   end
   load(state)
   local record = state.vals[record_field]
   local applied = -1
-  local recorded
+  local recorded -- "sec|usec|code,granted,flags;..."
   if record then
     local bar = string.find(record, '|', 1, true)
     applied = tonumber(string.sub(record, 1, bar - 1))
     recorded = string.sub(record, bar + 1)
   end
   if applied >= seq then
-    if applied == seq then return {'dup', recorded} end
+    if applied == seq then
+      local at_sec, at_usec, list = decisions(recorded)
+      return {'dup', at_sec, at_usec, list}
+    end
     return {'stale'}
   end
 
-  local periods = {} -- KEYS index -> view
-  local function period(index, period_end, period_id)
-    local p = periods[index]
-    if p == nil then
-      p = view(KEYS[index])
-      p.period_end = 0
-      p.id = period_id
-      want(p, '_')
-      want(p, 'calls')
-      want(p, 'records')
-      want(p, 'rs')
-      want(p, 'un')
-      for _, reason in pairs(REASONS) do want(p, 'x:' .. reason) end
-      periods[index] = p
-    end
-    if period_end and period_end > p.period_end then p.period_end = period_end end
-    return p
-  end
-  local function want_cells(p, day, route, listed, key_id)
-    if listed ~= 1 then
-      want(p, 'u:' .. route)
-      want(p, 'c' .. US .. day .. US .. OTHER .. US .. key_id)
-      want(p, 'r' .. US .. day .. US .. OTHER .. US .. key_id)
-    end
-    want(p, 'c' .. US .. day .. US .. route .. US .. key_id)
-    want(p, 'r' .. US .. day .. US .. route .. US .. key_id)
-  end
-  local function want_admission(a)
-    local p = period(a[2], a[9], a[3])
-    want_cells(p, a[4], a[6], a[7], a[8])
-  end
-  local function want_usage(u)
-    local p = period(u[1], u[4], u[2])
-    for _, row in ipairs(u[5]) do want_cells(p, u[3], row[1], row[2], row[3]) end
-  end
-
-  -- Pass 1: every field the group reads, one HMGET per period hash.
   for _, a in ipairs(admissions) do want_admission(a) end
   for _, u in ipairs(usages) do want_usage(u) end
   for _, c in ipairs(carries) do
@@ -284,217 +547,21 @@ local function run_group(group)
   end
   for _, p in pairs(periods) do load(p) end
 
-  -- Windows: "<slot>:<count>:<previous count>", read as (previous, current) of the slot now.
-  local function window_counts(field, seconds)
-    local index = math.floor(now / seconds)
-    local raw = state.vals['w:' .. field]
-    if not raw then return index, 0, 0 end
-    local slot, count, before = string.match(raw, '^(-?%d+):(-?%d+):(-?%d+)$')
-    slot, count, before = tonumber(slot), tonumber(count), tonumber(before)
-    if slot == index then return index, before, count end
-    if slot == index - 1 then return index, count, 0 end
-    return index, 0, 0
-  end
-  local function set_window(field, index, previous, current)
-    put(state, 'w:' .. field, int(index) .. ':' .. int(current) .. ':' .. int(previous))
-  end
-  -- Take units back out of the slot they were counted in, if the window still reads it.
-  local function window_give_back(field, seconds, slot, units)
-    local index, previous, current = window_counts(field, seconds)
-    if slot == index then current = math.max(0, current - units)
-    elseif slot == index - 1 then previous = math.max(0, previous - units)
-    else return end
-    set_window(field, index, previous, current)
-  end
 
-  -- Events, one per (period, day) of this group.
-  local events, event_order = {}, {}
-  local function event(period_id, day)
-    local id = period_id .. '\n' .. day
-    local e = events[id]
-    if e == nil then
-      e = {period = period_id, day = day, calls = 0, records = 0, replays = 0, unmetered = 0,
-           routes = {}, keys = {}, n = 0}
-      events[id] = e
-      event_order[#event_order + 1] = id
-    end
-    e.n = e.n + 1
-    return e
-  end
+  -- Events, one per (period, day) of this group: counts, then rows of route, key, calls, records.
 
-  -- memory._route_label: unmatched "METHOD /path" labels are bounded per period.
-  local function label(p, route, listed)
-    if listed == 1 or p.vals['u:' .. route] then return route end
-    if get(p, 'un') >= MAX_UNLISTED then return OTHER end
-    put(p, 'u:' .. route, '1')
-    add(p, 'un', 1)
-    return route
-  end
 
-  -- Count calls and records in the period totals, the audit cells and the event.
-  local function count(p, period_id, day, route, listed, key_id, calls, records)
-    local name = label(p, route, listed)
-    local cell = US .. day .. US .. name .. US .. key_id
-    add(p, 'calls', calls)
-    add(p, 'records', records)
-    add(p, 'c' .. cell, calls)
-    add(p, 'r' .. cell, records)
-    local e = event(period_id, day)
-    e.calls, e.records = e.calls + calls, e.records + records
-    local r = e.routes[name] or {0, 0}
-    r[1], r[2] = r[1] + calls, r[2] + records
-    e.routes[name] = r
-    local k = e.keys[key_id] or {0, 0}
-    k[1], k[2] = k[1] + calls, k[2] + records
-    e.keys[key_id] = k
-  end
 
-  local function apply_usage(u)
-    local p = period(u[1])
-    local period_id, day = u[2], u[3]
-    for _, row in ipairs(u[5]) do
-      count(p, period_id, day, row[1], row[2], row[3], row[4], row[5])
-      if row[4] > 0 then put(state, 'u:' .. row[3], int(sec)) end
-    end
-    local consumed, returned = u[6], u[7]
-    if consumed + returned > 0 then put(p, 'rs', math.max(0, get(p, 'rs') - consumed - returned)) end
-    for _, w in ipairs(u[8]) do window_give_back(w[1], w[2], w[3], w[4]) end
-    if u[9] > 0 then
-      add(p, 'unmetered', u[9])
-      local e = event(period_id, day)
-      e.unmetered = e.unmetered + u[9]
-    end
-  end
 
-  local function admit(a)
-    local t = terms[a[1]]
-    local sliding, windows, calls_meter, records_meter = t[1] == 1, t[2], t[3], t[4]
-    local p = period(a[2])
-    local period_id, day, weight, route, listed, key_id = a[3], a[4], a[5], a[6], a[7], a[8]
-    local cap, lease_wanted = a[10], a[11]
-    if cap == -2 then cap = t[5] end
-    local code, flags = CODE_ADMITTED, 0
 
-    local idem
-    if a[12] > 0 then
-      idem = KEYS[a[12]]
-      local found = redis.call('HMGET', idem, 'fp', 'st')
-      if found[1] then
-        if found[1] ~= a[13] then code = CODE_MISMATCH
-        elseif found[2] == 'done' then flags = FLAG_REPLAY
-        else code = CODE_IN_FLIGHT end
-      end
-    end
-    local replay = flags == FLAG_REPLAY
 
-    local counts, window_flags = {}, 0
-    local room = math.huge -- units every window could still take after this request
-    for i, w in ipairs(windows) do
-      local limit, seconds = w[2], w[3]
-      local index, previous, current = window_counts(w[1], seconds)
-      local used = estimate(sliding, previous, current, now - index * seconds, seconds)
-      counts[i] = {index, previous, current}
-      if used + weight > limit then
-        window_flags = window_flags + FLAG_WINDOW * 2 ^ (i - 1)
-      else
-        room = math.min(room, math.floor(limit - used - weight + 1e-9))
-      end
-    end
-    if code == CODE_ADMITTED and window_flags > 0 then code = CODE_RATE end
-
-    local calls_used, reserved, records_used = get(p, 'calls'), get(p, 'rs'), get(p, 'records')
-    -- Units leased to fast-path processes count as used until they are flushed or given back.
-    local committed = calls_used + reserved
-    local spend = meter_cents(committed, calls_meter) + meter_cents(records_used, records_meter)
-    if code == CODE_ADMITTED and not replay then
-      local calls_out = calls_meter[1] >= 0 and calls_meter[2] <= 0 and committed + weight > calls_meter[1]
-      local records_out = records_meter[1] >= 0 and records_meter[2] <= 0 and records_used >= records_meter[1]
-      if calls_out then flags = flags + FLAG_CALLS end
-      if records_out then flags = flags + FLAG_RECORDS end
-      if calls_out or records_out then code = CODE_QUOTA
-      elseif cap >= 0 and spend >= cap then code = CODE_CAP end
-    end
-    flags = flags + window_flags
-
-    -- The lease: extra units reserved in every window and against the calls quota, so that no
-    -- process can ever admit past a limit; a process takes at most an eighth of what is left.
-    -- Plans that bill overage are never leased: the spend cap must start exactly.
-    local granted = 0
-    local billing = calls_meter[2] > 0 or records_meter[2] > 0 or cap >= 0
-    if code == CODE_ADMITTED and not replay and lease_wanted > 0 and not billing then
-      local left = room
-      if calls_meter[1] >= 0 then left = math.min(left, calls_meter[1] - committed - weight) end
-      if left ~= math.huge then left = math.floor(left / 8) end
-      granted = math.max(0, math.min(lease_wanted, left))
-    end
-
-    local reply = {code, calls_used, records_used, spend, granted, flags}
-    if code == CODE_ADMITTED then
-      for i, w in ipairs(windows) do
-        local c = counts[i]
-        c[3] = c[3] + weight + granted
-        set_window(w[1], c[1], c[2], c[3])
-      end
-      if replay then
-        add(p, 'replays', 1)
-        event(period_id, day).replays = event(period_id, day).replays + 1
-      else
-        count(p, period_id, day, route, listed, key_id, weight, 0)
-        reply[2] = calls_used + weight
-        if idem then
-          redis.call('HSET', idem, 'fp', a[13], 'st', 'run')
-          redis.call('EXPIRE', idem, IDEM_LOCK)
-          reply[6] = reply[6] + FLAG_IDEM_SET
-        end
-      end
-      if granted > 0 then add(p, 'rs', granted) end
-      put(state, 'u:' .. key_id, int(sec))
-    elseif REASONS[code] then
-      add(p, 'x:' .. REASONS[code], 1)
-    end
-    for i = 1, #windows do
-      reply[#reply + 1] = counts[i][2]
-      reply[#reply + 1] = counts[i][3]
-    end
-    return reply
-  end
-
-  -- Resolve one admission of a batch the writer gave up on. `reply` is nil when it never ran.
-  local function resolve_admission(a, reply, then_now)
-    local p = period(a[2])
-    local period_id, day, weight, route, listed, key_id = a[3], a[4], a[5], a[6], a[7], a[8]
-    local served = a[14] == 1
-    local code = reply and reply[1] or CODE_EXPIRED
-    if reply and REASONS[code] then add(p, 'x:' .. REASONS[code], -1) end -- a refusal no client saw
-    if code == CODE_ADMITTED then
-      local flags, granted = reply[6], reply[5]
-      local undo = served and 0 or weight
-      local t = terms[a[1]]
-      for _, w in ipairs(t[2]) do
-        window_give_back(w[1], w[3], math.floor(then_now / w[3]), undo + granted)
-      end
-      if granted > 0 then put(p, 'rs', math.max(0, get(p, 'rs') - granted)) end
-      if not served then
-        if flags % 2 == FLAG_REPLAY then
-          add(p, 'replays', -1)
-          event(period_id, day).replays = event(period_id, day).replays - 1
-        else
-          count(p, period_id, day, route, listed, key_id, -weight, 0)
-        end
-      end
-      -- whether served or not, the first run never completed its Idempotency-Key record
-      if math.floor(flags / FLAG_IDEM_SET) % 2 == 1 and a[12] > 0 then redis.call('DEL', KEYS[a[12]]) end
-    elseif served then
-      count(p, period_id, day, route, listed, key_id, weight, 0)
-    end
-  end
 
   for _, c in ipairs(carries) do
     local carried = c[1]
     if carried == applied then
-      local old = cjson.decode(recorded)
-      local then_now = old[1] + old[2] / 1000000
-      for i, a in ipairs(c[2]) do resolve_admission(a, old[3][i], then_now) end
+      local at_sec, at_usec, list = decisions(recorded)
+      local then_now = tonumber(at_sec) + tonumber(at_usec) / 1000000
+      for i, a in ipairs(c[2]) do resolve_admission(a, list[i], then_now) end
     elseif carried > applied then
       for _, a in ipairs(c[2]) do resolve_admission(a, nil, now) end
       for _, u in ipairs(c[3]) do apply_usage(u) end
@@ -503,19 +570,26 @@ local function run_group(group)
   for _, u in ipairs(usages) do apply_usage(u) end
   local replies = {}
   for i, a in ipairs(admissions) do
-    if expired then replies[i] = {CODE_EXPIRED} else replies[i] = admit(a) end
+    if expired then
+      replies[i] = {CODE_EXPIRED}
+      recorded_now[i] = '8,0,0'
+    else
+      replies[i] = admit(a)
+    end
   end
 
-  -- Pass 3: write back, expiries once per hash (new period hash; the state and stream daily).
+  -- Write back; expiries once per hash (a new period hash) or now and then (the state hash).
+  local refresh = record == nil
   for _, p in pairs(periods) do
-    local new = #p.dirty_order > 0 and not p.vals['_']
-    if new then put(p, '_', '1') end
+    local new = (p.n > 0 or p.touched) and not p.vals['_']
+    if new then put(p, '_', 1) end
     store(p)
     if new then
+      refresh = true
       -- never an expiry in the past, even for a period id that ended long ago (a replayed row)
       redis.call('EXPIREAT', p.key, math.max(p.period_end + AUDIT, sec + STATE_TTL))
       -- the periods this customer has counters for, newest last, for reading days back
-      local known = state.vals['P'] or ''
+      local known = redis.call('HGET', state.key, 'P') or ''
       if not string.find(',' .. known .. ',', ',' .. p.id .. ',', 1, true) then
         if known ~= '' then known = known .. ',' end
         known = known .. p.id
@@ -525,50 +599,55 @@ local function run_group(group)
       end
     end
   end
-  for _, id in ipairs(event_order) do
-    local e = events[id]
-    local fields = {'v', '2', 'type', 'usage', 'customer', customer, 'period', e.period, 'day', e.day,
-                    'ts', int(sec) .. '.' .. string.format('%06d', usec), 'calls', int(e.calls),
-                    'records', int(e.records), 'replays', int(e.replays),
-                    'routes', cjson.encode(e.routes), 'keys', cjson.encode(e.keys)}
-    if e.unmetered ~= 0 then
-      fields[#fields + 1] = 'unmetered'
-      fields[#fields + 1] = int(e.unmetered)
-    end
+  for _, e in ipairs(event_order) do
+    -- "<period>\t<day>\t<ts>\t<calls>\t<records>\t<replays>\t<unmetered>", then a line per
+    -- count: "<route>\t<key id>\t<calls>\t<records>" (tabs never occur in either).
+    local body = e.period .. '\t' .. e.day .. '\t' .. ts .. '\t' .. text(e.calls) .. '\t' .. text(e.records) .. '\t'
+      .. text(e.replays) .. '\t' .. text(e.unmetered) .. table.concat(e.rows)
     if EVENTS_MAX > 0 then
-      redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAX, '*', unpack(fields))
+      redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAX, '*', 'v', '3', 'u', body)
     else
-      redis.call('XADD', stream, '*', unpack(fields))
+      redis.call('XADD', stream, '*', 'v', '3', 'u', body)
     end
   end
-  local reply_json = encode({sec, usec, replies})
-  put(state, record_field, int(seq) .. '|' .. reply_json)
+  put(state, record_field, seq_text .. '|' .. time[1] .. '|' .. time[2] .. '|' .. table.concat(recorded_now, ';'))
   if not record then
     -- A writer's first batch for this customer: forget writers silent for a day (gateway
     -- processes that ended), so that the state hash keeps one record per live writer.
-    add(state, 'ln', 1)
-    if get(state, 'ln') > MAX_WRITERS then
+    local writers = redis.call('HINCRBY', state.key, 'ln', 1)
+    if writers > MAX_WRITERS then
       local all = redis.call('HGETALL', state.key)
       local live = 1
       for i = 1, #all, 2 do
         local field, value = all[i], all[i + 1]
         if string.sub(field, 1, 2) == 'l:' and field ~= record_field then
-          local at = tonumber(string.match(value, '^%d+|%[(%d+)'))
+          local at = tonumber(string.match(value, '^%d+|(%d+)|'))
           if at and at < sec - 86400 then redis.call('HDEL', state.key, field) else live = live + 1 end
         end
       end
-      put(state, 'ln', live)
+      redis.call('HSET', state.key, 'ln', live)
     end
   end
-  if get(state, 'e') < today then
-    put(state, 'e', today)
-    store(state)
-    redis.call('EXPIRE', state.key, STATE_TTL)
-    if #event_order > 0 or redis.call('EXISTS', stream) == 1 then redis.call('EXPIRE', stream, STATE_TTL) end
-  else
-    store(state)
+  -- A window's first write in a new slot drops the slots before the previous one, found from
+  -- the window's own field (the slot it last wrote): once per window slot, not per request.
+  if #rolled > 0 then refresh = true end
+  for _, roll in ipairs(rolled) do
+    local window, index = roll[1], roll[2]
+    local last = tonumber(redis.call('HGET', state.key, window) or '')
+    if last and last < index then
+      if last < index - 1 then redis.call('HDEL', state.key, window .. '@' .. text(last)) end
+      redis.call('HDEL', state.key, window .. '@' .. text(last - 1))
+    end
+    put(state, window, index)
   end
-  return {'ok', reply_json}
+  store(state)
+  -- The state hash and the stream live STATE_TTL from their last refresh: whenever a window
+  -- turns to a new slot, a period starts, or a writer first meets this customer.
+  if refresh then
+    redis.call('EXPIRE', state.key, STATE_TTL)
+    if redis.call('EXISTS', stream) == 1 then redis.call('EXPIRE', stream, STATE_TTL) end
+  end
+  return {'ok', replies}
 end
 
 local out = {time[1], time[2]}
