@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic_core import ErrorDetails
 
 from ._documents import CUSTOMER_ID
 
 Money = str  # a decimal string with two decimals (more for unit prices), CONTRACT 5
 Timestamp = str  # RFC 3339, UTC
-_MONEY = r"^[0-9]{1,15}(\.[0-9]{1,2})?$"  # what billing.parse_amount takes; 15 digits keep Decimal exact
+# What billing.parse_amount takes (below 10^9, two decimals), for the document only: the handler
+# refuses with parse_amount's own reasons ("1e30 is not a plain decimal amount"), not a pattern's.
+_MONEY = r"^[0-9]{1,9}(\.[0-9]{1,2})?$"
 
 
 def _integral(value: object) -> object:
@@ -56,8 +59,8 @@ class CustomerUpdate(_Body):
     # Not nullable (a null plan or status is refused), yet optional: the default is not validated.
     plan: str = Field(default=None, description="The name of a plan in plans.yaml.")  # type: ignore[assignment]
     status: Literal["active", "suspended"] = Field(default=None)  # type: ignore[arg-type]
-    spend_cap: str | None = Field(
-        default=None, pattern=_MONEY, description="The customer's own overage cap, e.g. \"1000.00\"; null: the plan's."
+    spend_cap: Annotated[str, WithJsonSchema({"type": "string", "pattern": _MONEY})] | None = Field(
+        default=None, description="The customer's own overage cap, e.g. \"1000.00\"; null: the plan's."
     )
 
 
@@ -292,9 +295,14 @@ def shape(model: type[BaseModel], document: Any) -> Any:
 def errors_of(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as the admin API's ``errors`` member: ``{"field", "reason"}``."""
     return [
-        {
-            "field": ".".join(str(part) for part in error["loc"]),
-            "reason": "unknown field" if error["type"] == "extra_forbidden" else str(error["msg"]),
-        }
+        {"field": ".".join(str(part) for part in error["loc"]), "reason": _reason(error)}
         for error in exc.errors(include_url=False)
     ]
+
+
+def _reason(error: ErrorDetails) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return str(error["msg"])
