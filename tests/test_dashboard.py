@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -59,9 +60,12 @@ def test_dashboard_logs_in_and_shows_customers_usage_and_keys(tmp_path: Path) ->
             base = f"http://127.0.0.1:{gateway.port}"
             with httpx.Client(base_url=base) as client:
                 keys = {}
-                for customer, plan in (("acme-data", "pro"), ("tiny-app", "free")):
+                # tiny-app's key expires in 3 days: the page shows when, and that it is expiring
+                expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86400))
+                for customer, plan, body in (("acme-data", "pro", {}), ("tiny-app", "free", {"expires_at": expires})):
                     client.post("/_meterguard/customers", headers=ADMIN, json={"id": customer, "plan": plan})
-                    keys[customer] = client.post(f"/_meterguard/customers/{customer}/keys", headers=ADMIN).json()["key"]
+                    url = f"/_meterguard/customers/{customer}/keys"
+                    keys[customer] = client.post(url, headers=ADMIN, json=body).json()["key"]
                 for _ in range(12):  # pro: 12 calls, 2 over its 10; 120 records, 20 over
                     client.get("/v1/posts/search?n=10", headers={"x-api-key": keys["acme-data"]})
                 for _ in range(4):  # free: 3 admitted, 1 refused by the 3/minute window
@@ -92,6 +96,8 @@ def test_dashboard_logs_in_and_shows_customers_usage_and_keys(tmp_path: Path) ->
                 assert "never" not in page.inner_text("#keys")  # the key was used: its last use is shown
                 page.click("tr.customer[data-customer='tiny-app']")
                 page.locator("#detail-title", has_text="tiny-app").wait_for()  # (wait_for_function would need CSP eval)
+                tiny_keys = page.inner_text("#keys")
+                assert expires in tiny_keys and "expiring" in tiny_keys
                 page.click("tr.customer[data-customer='acme-data']")
                 page.locator("#detail-title", has_text="acme-data").wait_for()
                 assert page.evaluate("sessionStorage.getItem('meterguard.admin-token')") == TOKEN

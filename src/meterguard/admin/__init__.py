@@ -8,11 +8,13 @@ is set, or run on its own with :func:`create_admin_app`. Every route but ``GET /
 
 Layout, by job: ``_spec`` (every operation once: routing and OpenAPI), ``_models`` (bodies and
 documents), ``_openapi``, ``_customers`` / ``_usage`` / ``_operators`` (the endpoints), ``_app``
-(token check, errors as problems, standalone use), ``static/`` (the dashboard).
+(token check and its throttle, standalone use), ``_bodies`` (size and depth bounds),
+``_handlers`` (every exception as a problem), ``static/`` (the dashboard).
 """
 
 from __future__ import annotations
 
 from ._app import AdminApp, create_admin_app
+from ._bodies import MAX_BODY_BYTES
 
-__all__ = ["AdminApp", "create_admin_app"]
+__all__ = ["MAX_BODY_BYTES", "AdminApp", "create_admin_app"]

@@ -1,4 +1,5 @@
-"""The admin app: token check, routing from the operation table, exceptions as problems, standalone use."""
+"""The admin app: token check (and its throttle), body bounds, routing from the operation table,
+exceptions as problems, standalone use."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..errors import (
     ConfigIssue,
     CustomerExists,
     CustomerNotFound,
+    KeyNotActive,
     KeyNotFound,
     PlanNotFound,
     StoreError,
@@ -31,14 +33,23 @@ from ..metrics import Metrics
 from ..reload import RELOAD_EVENT, ReloadResult, keep_restart_only, summary
 from ..store import store_from_url
 from ..store.base import Store
-from ._base import Reloader, route_path
+from ._base import Reloader
+from ._bodies import MAX_BODY_BYTES, content_length, limited, too_large
 from ._customers import CustomerEndpoints
+from ._handlers import (
+    customer_exists,
+    customer_not_found,
+    http_error,
+    key_not_active,
+    key_not_found,
+    route_path,
+    store_error,
+    unexpected,
+)
 from ._operators import OperatorEndpoints
-from ._problems import STORE_RETRY_AFTER, invalid, problem
+from ._problems import problem, throttled
 from ._spec import OPERATIONS, PUBLIC_PATHS
 from ._usage import ADMIN_CHALLENGE, UsageEndpoints, unauthenticated
-
-MAX_BODY_BYTES = 64 * 1024  # admin bodies are a few fields; anything larger is a mistake or an attack
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -82,16 +93,20 @@ class AdminApp(CustomerEndpoints, UsageEndpoints, OperatorEndpoints):
         self.app = Starlette(
             routes=[_route(path, methods) for path, methods in by_path.items()],
             exception_handlers={
-                HTTPException: _http_error,
-                StoreError: _store_error,
-                CustomerNotFound: _customer_not_found,
-                KeyNotFound: _key_not_found,
+                HTTPException: http_error,
+                StoreError: store_error,
+                CustomerNotFound: customer_not_found,
+                KeyNotFound: key_not_found,
                 PlanNotFound: self._plan_not_found,
-                CustomerExists: _customer_exists,
+                CustomerExists: customer_exists,
+                KeyNotActive: key_not_active,
+                Exception: unexpected,
             },
             lifespan=self._lifespan,
-            max_body_size=MAX_BODY_BYTES,
         )
+        # Starlette would redirect /customers/ to /customers, but builds the Location without the
+        # admin prefix (it sits in root_path): a 404 problem that names the slash is the honest answer.
+        self.app.router.redirect_slashes = False
 
     def use(self, config: Config, directory: Directory, authenticator: Authenticator) -> None:
         """Serve another version of plans.yaml (a reload); one synchronous step."""
@@ -100,22 +115,45 @@ class AdminApp(CustomerEndpoints, UsageEndpoints, OperatorEndpoints):
         self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and route_path(scope) not in PUBLIC_PATHS and not self._authorized(scope):
-            response = unauthenticated("Send the admin token as 'Authorization: Bearer <token>'.", ADMIN_CHALLENGE)
-            await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if route_path(scope) not in PUBLIC_PATHS:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        # Starlette's own max_body_size answers plain text where no body is read; these are problems.
+        length = content_length(scope)
+        if length is not None and length > MAX_BODY_BYTES:
+            await too_large()(scope, receive, send)  # refused before a byte of it is read
+            return
+        await self.app(scope, limited(receive), send)
 
-    def _authorized(self, scope: Scope) -> bool:
-        if self._token is None:
-            return False
+    def _refusal(self, scope: Scope) -> Response | None:
+        """None when the admin token is right; else a 401, or a 429 past auth.failed_limit."""
+        token = self._bearer(scope)
+        if token is not None and self._token is not None and hmac.compare_digest(token, self._token):
+            # Constant time: the token is a shared secret (LANDSCAPE, "hmac.compare_digest").
+            return None
+        throttle = self.authenticator.throttle
+        if token is not None and throttle.enabled:
+            # A wrong admin token is a failed authentication like a wrong API key, and counts with them.
+            address = throttle.address(scope)
+            wait = throttle.wait(address)
+            if wait:
+                return throttled(wait)
+            throttle.failed(address)
+        return unauthenticated("Send the admin token as 'Authorization: Bearer <token>'.", ADMIN_CHALLENGE)
+
+    @staticmethod
+    def _bearer(scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    # Constant time: the token is a shared secret (LANDSCAPE, "hmac.compare_digest").
-                    return hmac.compare_digest(token.strip(), self._token)
-        return False
+                if scheme.lower() == b"bearer" and token.strip():
+                    return bytes(token.strip())
+        return None
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -130,53 +168,6 @@ class AdminApp(CustomerEndpoints, UsageEndpoints, OperatorEndpoints):
         # Directory raises PlanNotFound(name); usage of a customer on a removed plan says more.
         detail = text if " " in text else f"No plan {text!r} in plans.yaml."
         return problem("unknown-plan", "Unknown plan", 422, detail, plans=sorted(self.config.plans))
-
-
-# ----------------------------------------------------------------------------------------------
-# exceptions -> problems
-# ----------------------------------------------------------------------------------------------
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers or {})
-    if exc.status_code == 404:
-        return problem("not-found", "Not found", 404, f"No admin route {request.method} {route_path(request.scope)}.")
-    if exc.status_code == 405:
-        return problem(
-            "method-not-allowed",
-            "Method not allowed",
-            405,
-            f"{request.method} is not allowed here.",
-            headers=headers,
-        )
-    if exc.status_code == 413:
-        return invalid(f"The body is larger than {MAX_BODY_BYTES} bytes.", status=413)
-    return problem("http-error", exc.detail, exc.status_code, exc.detail, headers=headers)
-
-
-async def _store_error(request: Request, exc: Exception) -> Response:
-    return problem(
-        "store-unavailable",
-        "Service Unavailable",
-        503,
-        f"The store did not answer: {exc}",
-        headers={"Retry-After": str(STORE_RETRY_AFTER)},
-    )
-
-
-async def _customer_not_found(request: Request, exc: Exception) -> Response:
-    return problem("customer-not-found", "Customer not found", 404, f"No customer {str(exc)!r}.")
-
-
-async def _key_not_found(request: Request, exc: Exception) -> Response:
-    key_id = request.path_params.get("key_id")
-    detail = f"No key {key_id!r}." if str(exc) == key_id else f"{exc}."
-    return problem("key-not-found", "Key not found", 404, detail)
-
-
-async def _customer_exists(request: Request, exc: Exception) -> Response:
-    return problem("customer-exists", "Customer exists", 409, f"A customer {str(exc)!r} already exists.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -10,31 +9,19 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._types import Clock, Scope
+from .._types import Clock
 from ..auth import Authenticator
 from ..config import Config
 from ..customers import Directory
 from ..metrics import Metrics
 from ..reload import ReloadResult
 from ..store.base import Store
+from ._bodies import json_object
 from ._models import errors_of, shape
 from ._problems import invalid, json_response
 
 Body = TypeVar("Body", bound=BaseModel)
 Reloader = Callable[[], Awaitable[ReloadResult]]
-
-
-def route_path(scope: Scope) -> str:
-    """The path inside the admin API.
-
-    As Starlette routes: a server that keeps root_path inside path (uvicorn >= 0.26, Mount) and one
-    that strips it (meterguard's own middleware) must both reach the same route.
-    """
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :] or "/"
-    return path
 
 
 class AdminBase:
@@ -49,15 +36,12 @@ class AdminBase:
     reloader: Reloader | None
 
 
-async def parse_body(request: Request, model: type[Body]) -> Body | Response:
-    """The body as ``model``, or the problem to answer: 400 when it is not a JSON object, 422 when invalid."""
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return invalid("The body is not valid JSON.", status=400)
-    if not isinstance(body, dict):
-        return invalid("The body must be a JSON object.", status=400)
+async def parse_body(request: Request, model: type[Body], *, optional: bool = False) -> Body | Response:
+    """The body as ``model``, or the problem to answer: 400 when it is not a JSON object (or nests
+    too deep), 422 when invalid. ``optional``: no body is ``{}``, every field's default."""
+    body = await json_object(request, optional=optional)
+    if isinstance(body, Response):
+        return body
     try:
         return model.model_validate(body)
     except ValidationError as exc:

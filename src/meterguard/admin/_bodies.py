@@ -1,5 +1,5 @@
 """Admin request bodies: bounded in size (by Content-Length, and as a chunked body arrives) and in
-nesting (checked before json.loads, which recurses once per level), and the fields they carry."""
+nesting (checked before json.loads, which recurses once per level); _models.py validates the fields."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._timespec import parse_instant
 from .._types import Message, Receive, Scope
 from ._problems import invalid
 
@@ -69,20 +68,6 @@ def no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; RFC 8259 does not
 
 
-def instant(body: dict[str, Any], field: str, errors: list[dict[str, str]]) -> float | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        errors.append({"field": field, "reason": "an RFC 3339 time such as 2027-01-01T00:00:00Z"})
-        return None
-    try:
-        return parse_instant(value)
-    except ValueError as exc:
-        errors.append({"field": field, "reason": str(exc)})
-        return None
-
-
 def content_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -110,7 +95,3 @@ def limited(receive: Receive) -> Receive:
 
 def too_large() -> Response:
     return invalid(f"The body is larger than {MAX_BODY_BYTES} bytes.", status=413)
-
-
-def unknown_fields(body: dict[str, Any], known: set[str]) -> list[dict[str, str]]:
-    return [{"field": name, "reason": "unknown field"} for name in sorted(set(body) - known)]

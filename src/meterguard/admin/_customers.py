@@ -1,4 +1,4 @@
-"""Customers and keys: ``/customers``, ``/customers/{customer}``, ``/customers/{customer}/keys``, ``/keys/{key_id}``."""
+"""Customers and keys: ``/customers[/{customer}]``, ``/customers/{customer}/keys``, ``/keys/{key_id}[/rotate]``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ from starlette.responses import Response
 from ..billing import parse_amount
 from ..customers import KEEP, Keep
 from ._base import AdminBase, document, parse_body
-from ._documents import customer_json, key_json, timestamp
-from ._models import Customer, CustomerCreate, CustomerList, CustomerUpdate, KeyCreated, KeyList
+from ._documents import customer_json, key_json
+from ._models import (
+    Customer,
+    CustomerCreate,
+    CustomerList,
+    CustomerUpdate,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyRotate,
+    KeyRotated,
+)
 from ._problems import invalid
 
 
@@ -57,15 +67,29 @@ class CustomerEndpoints(AdminBase):
         return document(Customer, customer_json(record))
 
     async def create_key(self, request: Request) -> Response:
-        record, key = await self.directory.issue_key(request.path_params["customer"])
-        created = {
-            "key_id": record.key_id,
-            "key": key,
-            "customer": record.customer,
-            "prefix": record.prefix,
-            "created": timestamp(record.created_at),
-        }
-        return document(KeyCreated, created, 201)
+        body = await parse_body(request, KeyCreate, optional=True)
+        if isinstance(body, Response):
+            return body
+        try:
+            record, key = await self.directory.issue_key(request.path_params["customer"], body.expires)
+        except ValueError as exc:  # an expiry in the past, or more than 100 years away
+            return invalid(f"The key request is not valid: {exc}.", [{"field": "expires_at", "reason": str(exc)}])
+        return document(KeyCreated, {"key": key, **key_json(record, self.clock())}, 201)
+
+    async def rotate_key(self, request: Request) -> Response:
+        body = await parse_body(request, KeyRotate, optional=True)
+        if isinstance(body, Response):
+            return body
+        try:
+            record, key, old = await self.directory.rotate_key(
+                request.path_params["key_id"], body.grace_seconds, body.expires
+            )
+        except ValueError as exc:
+            return invalid(f"The rotation is not valid: {exc}.")
+        # Other processes refuse the old key at its expiry whatever they cached; this one drops it now.
+        self.authenticator.invalidate()
+        now = self.clock()
+        return document(KeyRotated, {"key": key, **key_json(record, now), "replaces": key_json(old, now)}, 201)
 
     async def list_keys(self, request: Request) -> Response:
         records = await self.directory.list_keys(request.path_params["customer"])

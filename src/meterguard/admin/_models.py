@@ -10,18 +10,45 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic_core import ErrorDetails
 
+from .._timespec import parse_duration, parse_instant
+from ..customers import MAX_GRACE_SECONDS
+from ..store.base import KeyState
 from ._documents import CUSTOMER_ID
 
 Money = str  # a decimal string with two decimals (more for unit prices), CONTRACT 5
 Timestamp = str  # RFC 3339, UTC
-_MONEY = r"^[0-9]{1,15}(\.[0-9]{1,2})?$"  # what billing.parse_amount takes; 15 digits keep Decimal exact
+# What billing.parse_amount takes (below 10^9, two decimals), for the document only: the handler
+# refuses with parse_amount's own reasons ("1e30 is not a plain decimal amount"), not a pattern's.
+_MONEY = r"^[0-9]{1,9}(\.[0-9]{1,2})?$"
+#: Durations the document promises (each at most MAX_GRACE_SECONDS). Sums such as "1w2d" are taken
+#: too, but a pattern cannot bound a sum, and what it admits must be accepted (schemathesis checks).
+GRACE_PATTERN = r"^(0|[0-9]{1,6}s|[0-9]{1,5}m|[0-9]{1,3}h|([0-8]?[0-9]|90)d|(0?[0-9]|1[0-2])w)$"
+DEFAULT_GRACE = "24h"  # how long a rotated-out key keeps working when the request names no grace
 
 
 def _integral(value: object) -> object:
     # JSON Schema's integer includes 1.0; a bool is never one (strict mode refuses it as it should).
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _instant(value: str | None) -> str | None:
+    if value is not None:
+        parse_instant(value)  # its ValueError says what is wrong; the handler reads the time again
+    return value
+
+
+def _grace(value: str) -> str:
+    if parse_duration(value) > MAX_GRACE_SECONDS:
+        raise ValueError(f"the grace period is at most {MAX_GRACE_SECONDS // 86_400} days")
+    return value
+
+
+#: An RFC 3339 time with its offset. Its documented pattern names future years only, and is made
+#: when the document is served (_openapi.py): "in the future" is no pattern of its own.
+Instant = Annotated[str | None, AfterValidator(_instant)]
 
 
 class _Body(BaseModel):
@@ -56,9 +83,35 @@ class CustomerUpdate(_Body):
     # Not nullable (a null plan or status is refused), yet optional: the default is not validated.
     plan: str = Field(default=None, description="The name of a plan in plans.yaml.")  # type: ignore[assignment]
     status: Literal["active", "suspended"] = Field(default=None)  # type: ignore[arg-type]
-    spend_cap: str | None = Field(
-        default=None, pattern=_MONEY, description="The customer's own overage cap, e.g. \"1000.00\"; null: the plan's."
+    spend_cap: Annotated[str, WithJsonSchema({"type": "string", "pattern": _MONEY})] | None = Field(
+        default=None, description="The customer's own overage cap, e.g. \"1000.00\"; null: the plan's."
     )
+
+
+class KeyCreate(_Body):
+    """``POST /customers/{id}/keys``: the body is optional."""
+
+    expires_at: Instant = Field(
+        default=None,
+        description="When the key stops working: RFC 3339 with an offset, in the future, within 100 years.",
+    )
+
+    @property
+    def expires(self) -> float | None:
+        return None if self.expires_at is None else parse_instant(self.expires_at)
+
+
+class KeyRotate(KeyCreate):
+    """``POST /keys/{key_id}/rotate``: the body is optional."""
+
+    grace: Annotated[str, AfterValidator(_grace), WithJsonSchema({"type": "string", "pattern": GRACE_PATTERN})] = Field(
+        default=DEFAULT_GRACE,
+        description='How long the old key keeps working: "0", or a duration such as 90m, 24h, 7d or 1w2d; at most 90d.',
+    )
+
+    @property
+    def grace_seconds(self) -> int:
+        return parse_duration(self.grace)
 
 
 # --- documents ----------------------------------------------------------------------------------------
@@ -110,6 +163,9 @@ class Key(_Document):
     prefix: str
     created: Timestamp | None
     last_used: Timestamp | None
+    expires_at: Timestamp | None = Field(description="From then on the key is refused; null: never.")
+    state: KeyState = Field(description="expiring: its expiry is within 7 days.")
+    replaced_by: str | None = Field(description="The key a rotation issued in its place.")
     revoked: bool
 
 
@@ -117,12 +173,12 @@ class KeyList(_Document):
     keys: list[Key]
 
 
-class KeyCreated(_Document):
-    key_id: str
+class KeyCreated(Key):
     key: str = Field(description="The key itself: shown this once, stored only as SHA-256.")
-    customer: str
-    prefix: str
-    created: Timestamp | None
+
+
+class KeyRotated(KeyCreated):
+    replaces: Key = Field(description="The old key, with the expiry the rotation gave it.")
 
 
 class PeriodSpan(_Document):
@@ -292,9 +348,14 @@ def shape(model: type[BaseModel], document: Any) -> Any:
 def errors_of(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as the admin API's ``errors`` member: ``{"field", "reason"}``."""
     return [
-        {
-            "field": ".".join(str(part) for part in error["loc"]),
-            "reason": "unknown field" if error["type"] == "extra_forbidden" else str(error["msg"]),
-        }
+        {"field": ".".join(str(part) for part in error["loc"]), "reason": _reason(error)}
         for error in exc.errors(include_url=False)
     ]
+
+
+def _reason(error: ErrorDetails) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return str(error["msg"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime
 from functools import cache
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +22,10 @@ _PATH_PARAMS = {
     "customer": ("A customer id.", r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
     "key_id": ("A key id.", None),
 }
+# RFC 3339 as _timespec.parse_instant reads it, but only for days every year has (no February 29th):
+# what the pattern admits, the API must accept.
+_MONTH_DAY = r"((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
+_TIME = r"[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 
 
 def _models() -> list[type[BaseModel]]:
@@ -53,10 +59,21 @@ def _param(param: Param, where: str, required: bool) -> dict[str, Any]:
     return {"name": param.name, "in": where, "required": required, "description": param.description, "schema": schema}
 
 
+def future_instant(year: int) -> str:
+    """A pattern for times a key may expire at, seen from ``year``: whole decades that all lie
+    ahead (from year + 2 on, so no offset or year's end can put one in the past) and within the
+    100 years a key may live (up to year + 89)."""
+    first, last = (year + 1) // 10 + 1, (year + 90) // 10 - 1
+    decades = "|".join(f"{decade:03d}" for decade in range(first, last + 1))
+    return f"^({decades})[0-9]-{_MONTH_DAY}{_TIME}$"
+
+
 def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[int, Any] = dict(op.responses)
     if op.auth != "none":
         responses.setdefault(401, m.Problem)
+        # Past auth.failed_limit wrong tokens or keys from one address (the right admin token still works).
+        responses.setdefault(429, m.Problem)
     if op.handler not in ("static", "openapi", "metrics_text"):
         responses.setdefault(503, m.Problem)  # the store did not answer
     described: dict[str, Any] = {}
@@ -81,13 +98,18 @@ def _operation(op: Operation) -> dict[str, Any]:
         operation["parameters"] = parameters
     if op.body is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": op.body_required,
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=op.body.__name__)}}},
         }
     operation["security"] = {"admin": [{"admin": []}], "none": [], "customer": [{"apiKey": []}, {"customer": []}]}[
         op.auth
     ]
     return operation
+
+
+def _string_branch(schema: dict[str, Any]) -> dict[str, Any]:
+    """The string schema of a property that is a string, or a string or null."""
+    return next(branch for branch in schema.get("anyOf", [schema]) if branch.get("type") == "string")
 
 
 def _version() -> str:
@@ -97,17 +119,21 @@ def _version() -> str:
         return "0.0.0"
 
 
+def openapi_document(prefix: str = "", plans: tuple[str, ...] = (), year: int | None = None) -> dict[str, Any]:
+    """The document; ``prefix`` (the admin path as mounted) becomes the server URL, ``plans`` (the
+    loaded plans) the values a body may name: a body naming another plan is refused (422), and
+    ``year`` (default: this one, UTC) the years a key's ``expires_at`` may name."""
+    return _document(prefix, plans, datetime.fromtimestamp(time.time(), UTC).year if year is None else year)
+
+
 @cache
-def openapi_document(prefix: str = "", plans: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The document; ``prefix`` (the admin path as mounted) becomes the server URL, and ``plans`` (the
-    loaded plans) the values a body may name: a body naming another plan is refused (422)."""
+def _document(prefix: str, plans: tuple[str, ...], year: int) -> dict[str, Any]:
     _, schemas = models_json_schema([(model, "validation") for model in _models()], ref_template=_REF)
     if plans:
         for model in ("CustomerCreate", "CustomerUpdate"):
-            plan = schemas["$defs"][model]["properties"]["plan"]
-            for branch in plan.get("anyOf", [plan]):
-                if branch.get("type") == "string":
-                    branch["enum"] = list(plans)
+            _string_branch(schemas["$defs"][model]["properties"]["plan"])["enum"] = list(plans)
+    for model in ("KeyCreate", "KeyRotate"):
+        _string_branch(schemas["$defs"][model]["properties"]["expires_at"])["pattern"] = future_instant(year)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)

@@ -11,8 +11,9 @@ from starlette.responses import Response
 
 from ..errors import StoreError
 from ..metrics import CONTENT_TYPE
-from ._base import AdminBase, document, route_path
+from ._base import AdminBase, document
 from ._documents import plans_document
+from ._handlers import route_path
 from ._models import Health, PlansDocument, ReloadSummary
 from ._openapi import openapi_document
 from ._problems import NO_STORE, STORE_RETRY_AFTER, json_response, problem

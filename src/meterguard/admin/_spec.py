@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from . import _models as m
-from ._documents import PERIOD_PATTERN
+from ._documents import MAX_DAYS, PERIOD_PATTERN
 
 Auth = Literal["admin", "none", "customer"]
 #: A response: a model (JSON), a media type (text, html), or None (no body).
@@ -34,13 +34,14 @@ class Operation:
     summary: str
     responses: Mapping[int, Answer]
     body: type[BaseModel] | None = None
+    body_required: bool = True  # False: no body (or an empty one) means every field's default
     query: tuple[Param, ...] = ()
     auth: Auth = "admin"
     tags: tuple[str, ...] = field(default=())
 
 
 _PERIOD = Param("period", "YYYY-MM; the current period when omitted.", pattern=PERIOD_PATTERN)
-_DAYS = Param("days", "How many days, ending today (UTC).", minimum=1, maximum=90, kind="integer")
+_DAYS = Param("days", "How many days, ending today (UTC).", minimum=1, maximum=MAX_DAYS, kind="integer")
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/health", "health", "Store health", {200: m.Health, 503: m.Health}, auth="none",
@@ -56,11 +57,16 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: m.Customer, 400: m.Problem, 404: m.Problem, 413: m.Problem, 422: m.Problem},
               body=m.CustomerUpdate, tags=("customers",)),
     Operation("POST", "/customers/{customer}/keys", "create_key", "Issue a key (shown once)",
-              {201: m.KeyCreated, 404: m.Problem}, tags=("keys",)),
+              {201: m.KeyCreated, 400: m.Problem, 404: m.Problem, 413: m.Problem, 422: m.Problem},
+              body=m.KeyCreate, body_required=False, tags=("keys",)),
     Operation("GET", "/customers/{customer}/keys", "list_keys", "A customer's keys (never the key itself)",
               {200: m.KeyList, 404: m.Problem}, tags=("keys",)),
     Operation("DELETE", "/keys/{key_id}", "revoke_key", "Revoke a key everywhere within 1 s",
               {204: None, 404: m.Problem}, tags=("keys",)),
+    Operation("POST", "/keys/{key_id}/rotate", "rotate_key",
+              "Rotate a key: a new one (shown once) works at once, the old one until the grace ends",
+              {201: m.KeyRotated, 400: m.Problem, 404: m.Problem, 409: m.Problem, 413: m.Problem, 422: m.Problem},
+              body=m.KeyRotate, body_required=False, tags=("keys",)),
     Operation("GET", "/customers/{customer}/usage", "usage", "Usage of a period",
               {200: m.UsageDocument, 400: m.Problem, 404: m.Problem, 422: m.Problem}, query=(_PERIOD,),
               tags=("usage",)),

@@ -115,9 +115,12 @@
     const body = $("keys").querySelector("tbody");
     body.replaceChildren();
     for (const key of keys.keys) {
-      body.append(el("tr", {},
+      // state: active, expiring (within 7 days), expired or revoked; a rotated-out key names its successor
+      const state = key.state + (key.replaced_by ? " (replaced by " + key.replaced_by + ")" : "");
+      body.append(el("tr", { class: "key " + key.state },
         el("td", {}, key.key_id), el("td", {}, key.prefix), el("td", {}, key.created || "(plans.yaml)"),
-        el("td", {}, key.last_used || "never"), el("td", {}, key.revoked ? "revoked" : "active")));
+        el("td", {}, key.last_used || "never"), el("td", {}, key.expires_at || "no expiry"),
+        el("td", { class: "state" }, state)));
     }
     $("detail").hidden = false;
   }
