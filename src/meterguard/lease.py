@@ -36,6 +36,7 @@ LEASE_SECONDS = 1.0  # a lease lives at most this long, and never past the end o
 TARGET_LEASE_SECONDS = 0.5  # a lease should carry about this much of the customer's traffic
 FIRST_LEASE = 4
 MAX_LEASE = 256
+EARLY_FLUSH_UNITS = MAX_LEASE // 2  # consumed units of one customer that trigger a flush before the interval
 IDLE_PRUNE_AT = 10_000  # bookkeeping entries before idle ones are dropped
 
 LeaseKey = tuple[str, str, tuple[Window, ...]]  # customer, period id, the windows the request touches
@@ -82,6 +83,7 @@ class FastPath:
         self._flushed: dict[tuple[str, str], int] = {}
         self._records_per_call: dict[tuple[str, str], float] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._early: asyncio.Task[None] | None = None
 
     # admission -----------------------------------------------------------------------------------
 
@@ -164,6 +166,10 @@ class FastPath:
         counts = pending.rows.setdefault((request.route, request.listed, request.key_id), [0, 0])
         counts[0] += request.weight
         pending.consumed += request.weight
+        if pending.consumed >= EARLY_FLUSH_UNITS and self._early is None:
+            # A busy customer's usage goes to the store before the interval ends: what a SIGKILL
+            # loses stays within MAX_LEASE units, however fast leases are used up.
+            self._early = asyncio.ensure_future(self._flush_early())
         snapshot = lease.snapshot
         age = now - lease.started
         return Decision(
@@ -256,6 +262,14 @@ class FastPath:
                 del table[period]
         self._sizes = {key: size for key, size in self._sizes.items() if (key[0], key[1]) in busy}
 
+    async def _flush_early(self) -> None:
+        try:
+            await self.flush()
+        except StoreError as exc:  # pragma: no cover - the store keeps flushes itself
+            log.warning("fast path: flush failed: %s", exc)
+        finally:
+            self._early = None
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
@@ -270,6 +284,8 @@ class FastPath:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+        if self._early is not None:
+            await asyncio.gather(self._early, return_exceptions=True)
         now = self._monotonic()
         for key, lease in list(self._leases.items()):
             self._retire(key, lease, now)
