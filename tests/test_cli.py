@@ -433,18 +433,18 @@ def test_serve_reports_a_bad_target_or_config(runner: CliRunner, plans_file: str
 
 
 def test_serve_wraps_the_app_in_meterguard(runner: CliRunner, plans_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    served: list[tuple[Any, str, int]] = []
-
-    async def fake_server(app: Any, host: str, port: int) -> None:
-        served.append((app, host, port))
-
-    monkeypatch.setattr(cli, "_run_server", fake_server)
+    served: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(cli, "_run_server", lambda guard, options, before=None: served.append((guard, options)))
     result = run(runner, "serve", "tests.support:data_app", "--config", plans_file, "--port", "8123")
     assert result.exit_code == 0, result.output
-    ((app, host, port),) = served
+    ((app, options),) = served
     assert isinstance(app, MeterGuard) and app.app is data_app
-    assert (host, port) == ("127.0.0.1", 8123)
+    assert (options["host"], options["port"]) == ("127.0.0.1", 8123)
     assert app.store.url == "memory://"
+    # uvicorn's own loop and protocol choice (uvloop, httptools where installed), no access log
+    assert (options["loop"], options["http"], options["access_log"]) == ("auto", "auto", False)
+    assert (options["proxy_headers"], options["forwarded_allow_ips"], options["root_path"]) == (True, None, "")
+    assert options["log_config"]["loggers"]["meterguard"]["handlers"] == ["meterguard"]
 
 
 def test_serve_with_workers_uses_an_import_string(
@@ -464,6 +464,7 @@ def test_serve_with_workers_uses_an_import_string(
     ((target, kwargs),) = calls
     assert target == "meterguard._serve:create_app"
     assert kwargs["workers"] == 3
+    assert (kwargs["loop"], kwargs["http"], kwargs["access_log"]) == ("auto", "auto", False)
     assert os.environ["MG_SERVE_TARGET"] == "tests.support:data_app"
     assert os.environ["MG_CONFIG"] == os.path.abspath(plans_file)
     assert os.environ["MG_STORE"] == REDIS_URL

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import sys
@@ -19,8 +20,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target, run_workers
-from ._types import ASGIApp
+from ._serve import (
+    CONFIG_ENV,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    STORE_ENV,
+    TARGET_ENV,
+    import_target,
+    run_workers,
+    serve_one,
+    uvicorn_options,
+)
 from .admin._documents import (
     CUSTOMER_ID,
     customer_json,
@@ -37,6 +47,7 @@ from .errors import (
     PlanNotFound,
     StoreError,
 )
+from .logs import LOG_FORMAT_ENV, JsonFormatter
 from .store import store_from_url
 from .store.base import CustomerStatus, Store
 
@@ -245,11 +256,18 @@ def customers_set(
 # ----------------------------------------------------------------------------------------------
 
 
-async def _run_server(app: ASGIApp, host: str, port: int) -> None:
-    import uvicorn
+def _warn(message: str, log_format: str) -> None:
+    # Before uvicorn has configured logging: as a line of the format the rest of the log will have.
+    if log_format.lower() == "json":
+        record = logging.LogRecord("meterguard", logging.WARNING, __file__, 0, message, None, None)
+        click.echo(JsonFormatter().format(record), err=True)
+    else:
+        click.echo(f"warning: {message}", err=True)
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="auto"))
-    await server.serve()
+
+def _run_server(guard: Any, options: dict[str, Any], before: Callable[[], Awaitable[None]] | None = None) -> None:
+    # A seam for tests, which serve nothing: the real one is uvicorn's Server.run (_serve.py).
+    serve_one(guard, options, before)
 
 
 @main.command()
@@ -259,8 +277,47 @@ async def _run_server(app: ASGIApp, host: str, port: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 512))
-def serve(target: str, config_path: str, store_url: str | None, host: str, port: int, workers: int) -> None:
-    """Serve an ASGI app wrapped in MeterGuard, with uvicorn."""
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="uvicorn's and meterguard's."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    envvar=LOG_FORMAT_ENV,
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, uvicorn's lines included (env MG_LOG_FORMAT).",
+)
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="uvicorn's line per request.")
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=True,
+    show_default=True,
+    help="Take the client address and scheme from X-Forwarded-For/-Proto sent by --forwarded-allow-ips (uvicorn's).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="FORWARDED_ALLOW_IPS",
+    metavar="IPS",
+    help="Comma-separated addresses or networks whose proxy headers are believed, or '*' "
+    "(env FORWARDED_ALLOW_IPS; default 127.0.0.1,::1).",
+)
+@click.option("--root-path", default="", metavar="PATH", help="ASGI root_path, behind a proxy that mounts a prefix.")
+def serve(
+    target: str,
+    config_path: str,
+    store_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_format: str,
+    access_log: bool,
+    proxy_headers: bool,
+    forwarded_allow_ips: str | None,
+    root_path: str,
+) -> None:
+    """Serve an ASGI app wrapped in MeterGuard, with uvicorn (uvloop and httptools where installed)."""
     with _errors():
         config = load_config(config_path)
     url = resolve_store(store_url, config)
@@ -271,32 +328,35 @@ def serve(target: str, config_path: str, store_url: str | None, host: str, port:
                 "--workers > 1 needs a shared store: memory:// counts per process. "
                 "Use --store redis://host:6379/0 (or MG_STORE)."
             )
-        click.echo(MEMORY_WARNING.replace("the command exits", "the server stops"), err=True)
+        _warn(MEMORY_WARNING.replace("warning: ", "").replace("the command exits", "the server stops"), log_format)
     try:
         app = import_target(target)
     except ImportError as exc:
         _fail(f"cannot import {target}: {exc}")
+    options = uvicorn_options(
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_format=log_format.lower(),
+        access_log=access_log,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        root_path=root_path,
+    )
 
     if workers > 1:
         # uvicorn needs an import string to start worker processes; each builds its own MeterGuard.
         os.environ[TARGET_ENV] = target
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
         os.environ[STORE_ENV] = url
-        run_workers("meterguard._serve:create_app", host=host, port=port, workers=workers)
+        run_workers("meterguard._serve:create_app", workers=workers, **options)
         return
     from .middleware import MeterGuard
 
     with _errors():
         guard = MeterGuard(app, config=config, store=url)
     with _interruptible():
-        asyncio.run(_serve_guard(guard, host, port))
-
-
-async def _serve_guard(guard: Any, host: str, port: int) -> None:
-    try:
-        await _run_server(guard, host, port)
-    finally:
-        await guard.aclose()
+        _run_server(guard, options)
 
 
 @main.command()
@@ -305,7 +365,7 @@ async def _serve_guard(guard: Any, host: str, port: int) -> None:
 @click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (default memory://).")
 def demo(host: str, port: int, store_url: str | None) -> None:
     """Run the bundled posts API behind meterguard, with one customer and key per plan."""
-    from .demo import create_demo_app, demo_config
+    from .demo import create_demo_app, demo_config, provision
     from .middleware import MeterGuard
 
     config = demo_config()
@@ -317,19 +377,24 @@ def demo(host: str, port: int, store_url: str | None) -> None:
         os.environ[token_env] = token
     with _errors(), _interruptible():
         guard = MeterGuard(create_demo_app(config), config=config, store=store_url or "memory://")
-        asyncio.run(_demo(guard, host, port, token))
-
-
-async def _demo(guard: Any, host: str, port: int, token: str) -> None:
-    from .demo import provision
-
-    try:
-        made = await provision(guard.directory)
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        click.echo(_demo_banner(made, guard, base, token))
-        await _run_server(guard, host, port)
-    finally:
-        await guard.aclose()
+
+        async def provision_then_announce() -> None:
+            made = await provision(guard.directory)
+            click.echo(_demo_banner(made, guard, base, token))
+
+        # The demo shows each request (uvicorn's access log), as a first run should.
+        options = uvicorn_options(
+            host=host,
+            port=port,
+            log_level="info",
+            log_format="text",
+            access_log=True,
+            proxy_headers=True,
+            forwarded_allow_ips=None,
+            root_path="",
+        )
+        _run_server(guard, options, provision_then_announce)
 
 
 def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:
