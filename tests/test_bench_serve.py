@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from benchmarks import _common, http
 from benchmarks.arms import PATH
 

@@ -12,24 +12,37 @@ from typing import Any, cast
 import click
 
 from . import export as export_module
-from .admin._documents import customer_statement, customer_usage
+from .admin._documents import anchor_day, customer_statement, customer_usage, resolve_period
 from .cli import State, _errors, _state_options, _table, main
 from .config import Config
 from .errors import MeterGuardError
-from .store.base import Store
+from .periods import period_for
+from .store.base import CustomerRecord, Store
 
 # ----------------------------------------------------------------------------------------------
 # usage and statements
 # ----------------------------------------------------------------------------------------------
 
 
-def _period_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "--period",
-        metavar="YYYY-MM",
-        required=required,
-        help="The billing period that starts in this month" + ("." if required else " (default: the current one)."),
-    )
+PERIOD_HELP = (
+    "The billing period: YYYY-MM (the one that starts in that month), 'current' (the default) "
+    "or 'previous' (the last one that ended: what an invoice run wants)."
+)
+
+
+def _period_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--period", metavar="YYYY-MM|current|previous", help=PERIOD_HELP)(command)
+
+
+def _period_id(config: Config, record: CustomerRecord, period: str | None, now: float) -> str | None:
+    """``current``/None -> None (the period containing now); ``previous`` -> the one before it."""
+    if period is None or period == "current":
+        return None
+    if period == "previous":
+        # The day before the current period starts lies in the previous one, whatever the anchor.
+        current = resolve_period(config, record, None, now)
+        return period_for(current.start_ts - 1, anchor_day(config, record)).id
+    return period
 
 
 def _fetch(
@@ -40,7 +53,8 @@ def _fetch(
 ) -> dict[str, Any]:
     async def work(s: State) -> dict[str, Any]:
         record = await s.directory.require(customer)
-        return await build(s.config, s.store, record, period, time.time())
+        now = time.time()
+        return await build(s.config, s.store, record, _period_id(s.config, record, period, now), now)
 
     try:
         return state.run(work)
@@ -92,7 +106,7 @@ def _num(value: int | None) -> str:
 
 @main.command()
 @click.argument("customer")
-@_period_option(required=False)
+@_period_option
 @click.option("--json", "as_json", is_flag=True, help="The usage document of the admin API.")
 @_state_options
 def usage(customer: str, period: str | None, as_json: bool, config_path: str, store_url: str | None) -> None:
@@ -171,11 +185,17 @@ def _statement_csv(doc: dict[str, Any]) -> str:
 
 @main.command()
 @click.argument("customer")
-@_period_option(required=True)
-@click.option("--format", "fmt", type=click.Choice(["md", "json", "csv"]), default="md", show_default=True)
+@_period_option
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "csv"]), help="md (the default), json or csv.")
+@click.option("--json", "as_json", is_flag=True, help="The statement document of the admin API (--format json).")
 @_state_options
-def statement(customer: str, period: str, fmt: str, config_path: str, store_url: str | None) -> None:
-    """A customer's statement for a period: base price, overage lines, total."""
+def statement(
+    customer: str, period: str | None, fmt: str | None, as_json: bool, config_path: str, store_url: str | None
+) -> None:
+    """A customer's statement for a period (default: the current one): base price, overage lines, total."""
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} disagree: give one")
+    fmt = "json" if as_json else fmt or "md"
     with _errors():
         document = _fetch(State(config_path, store_url), customer, period, customer_statement)
     if fmt == "json":

@@ -14,6 +14,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +49,7 @@ from .errors import (
     StoreError,
 )
 from .logs import LOG_FORMAT_ENV, JsonFormatter
+from .plans import RouteTable
 from .store import store_from_url
 from .store.base import CustomerStatus, Store
 
@@ -108,16 +110,36 @@ def resolve_store(explicit: str | None, config: Config) -> str:
     return explicit or config.store or "memory://"
 
 
-class State:
-    """The config and store of a state command, opened lazily and closed by :meth:`run`."""
+#: The config of a read-only command run without a plans file: no plans, no static customers.
+STORE_ONLY = Config(plans={}, routes=RouteTable(()), source="(no plans file)")
 
-    def __init__(self, config_path: str, store_url: str | None) -> None:
-        self.config = load_config(config_path)
+
+class State:
+    """The config and store of a state command, opened lazily and closed by :meth:`run`.
+
+    ``config_path`` None (read-only commands only): the store alone, with no plans file, so
+    customers written only in plans.yaml are not seen; the store must then be named.
+    """
+
+    def __init__(self, config_path: str | None, store_url: str | None) -> None:
+        if config_path is None:
+            if not store_url:
+                raise click.UsageError("give --store URL (or MG_STORE), or --config FILE (or MG_CONFIG)")
+            self.config = STORE_ONLY
+        else:
+            self.config = load_config(config_path)
         self.url = resolve_store(store_url, self.config)
         if urlsplit(self.url).scheme == "memory":
             click.echo(MEMORY_WARNING, err=True)
         self.store: Store = _open_store(self.url)
+        # The file's event-stream bounds: an export acknowledges, and trims what every group has
+        # exported after events.keep_exported_seconds. Never the spool: that is a gateway's.
+        self.store.configure_ledger(replace(self.config.ledger, spool_path=None))
         self.directory = Directory(self.config, self.store)
+
+    @property
+    def has_plans(self) -> bool:
+        return self.config is not STORE_ONLY
 
     def run(self, work: Callable[[State], Awaitable[T]]) -> T:
         async def main() -> T:
@@ -137,7 +159,7 @@ def _open_store(url: str) -> Store:
     return store_from_url(url)
 
 
-def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _with_state_options(command: Callable[..., Any], read_only: bool) -> Callable[..., Any]:
     command = click.option(
         "--store",
         "store_url",
@@ -145,15 +167,29 @@ def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="URL",
         help="Store URL (env MG_STORE); defaults to the file's store:, then memory://.",
     )(command)
-    command = click.option(
+    return click.option(
         "--config",
         "config_path",
         envvar=CONFIG_ENV,
-        required=True,
+        required=not read_only,
         metavar="FILE",
-        help="The plans file (env MG_CONFIG).",
+        help="The plans file (env MG_CONFIG)"
+        + ("; optional here: without it, the store's customers only (give --store)." if read_only else "."),
     )(command)
-    return command
+
+
+def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config`` (required) and ``--store``."""
+    return _with_state_options(command, read_only=False)
+
+
+def _read_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config`` and ``--store`` of a read-only command: the store alone will do."""
+    return _with_state_options(command, read_only=True)
+
+
+def _json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2))
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -180,13 +216,17 @@ def customers() -> None:
     """Create, list and change customers."""
 
 
+JSON_HELP = "JSON on stdout (the admin API's document) instead of text."
+
+
 @customers.command("create")
 @click.argument("customer_id", metavar="ID")
 @click.option("--plan", required=True, help="A plan of the plans file.")
 @click.option("--anchor-day", type=click.IntRange(1, 31), help="Day of month periods start (anniversary anchor).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_state_options
 def customers_create(
-    customer_id: str, plan: str, anchor_day: int | None, config_path: str, store_url: str | None
+    customer_id: str, plan: str, anchor_day: int | None, as_json: bool, config_path: str, store_url: str | None
 ) -> None:
     """Create customer ID on plan P."""
     if not CUSTOMER_ID.match(customer_id):
@@ -194,20 +234,23 @@ def customers_create(
     with _errors():
         state = State(config_path, store_url)
         record = state.run(lambda s: s.directory.create(customer_id, plan, anchor_day))
+    if as_json:
+        _json(customer_json(record))
+        return
     click.echo(f"created customer {record.id} on plan {record.plan} (periods start on day {record.anchor_day})")
 
 
 @customers.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@_state_options
-def customers_list(as_json: bool, config_path: str, store_url: str | None) -> None:
+@_read_options
+def customers_list(as_json: bool, config_path: str | None, store_url: str | None) -> None:
     """List customers (the store's and the plans file's)."""
     with _errors():
         state = State(config_path, store_url)
         records = state.run(lambda s: s.directory.all())
     documents = [customer_json(record) for record in records]
     if as_json:
-        click.echo(json.dumps({"customers": documents}, indent=2))
+        _json({"customers": documents})
         return
     rows = [[d["id"], d["plan"], d["status"], d["anchor_day"], d["created"] or "(plans file)"] for d in documents]
     click.echo(_table(["ID", "PLAN", "STATUS", "ANCHOR", "CREATED"], rows))
@@ -222,12 +265,14 @@ def customers_list(as_json: bool, config_path: str, store_url: str | None) -> No
     metavar="AMOUNT|none",
     help="This customer's overage spend cap per period, e.g. 1000.00; 'none' goes back to the plan's.",
 )
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_state_options
 def customers_set(
     customer_id: str,
     plan: str | None,
     status: str | None,
     spend_cap: str | None,
+    as_json: bool,
     config_path: str,
     store_url: str | None,
 ) -> None:
@@ -247,6 +292,9 @@ def customers_set(
         state = State(config_path, store_url)
         new_status = cast("CustomerStatus | None", status)  # click.Choice allows only the two
         record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status, spend_cap=cap))
+    if as_json:
+        _json(customer_json(record))
+        return
     own_cap = f", spend cap {record.spend_cap}" if record.spend_cap is not None else ""
     click.echo(f"customer {record.id}: plan {record.plan}, {record.status}{own_cap}")
 
