@@ -410,6 +410,8 @@ def test_each_output_file_and_format_gets_every_event(
     usage = [json.loads(line) for line in (exporter.tmp / "a.jsonl").read_text().splitlines()]
     assert sum(event["calls"] for event in usage) == 2 and sum(event["records"] for event in usage) == 7
     assert all(event["type"] == "usage" and event["ts"].endswith("Z") for event in usage)
+    # as each store writes them: the Redis ledger folds usage per batch (v 2), memory per request (v 1)
+    assert {event["v"] for event in usage} == ({1} if exporter.url.startswith("memory") else {2})
     exporter.export("-o", str(exporter.tmp / "b.jsonl"), *only)
     assert exporter.ids("b.jsonl") == events
     stdout = exporter.export(*only).stdout  # stdout: a group per format
