@@ -320,7 +320,9 @@ def _run_server(guard: Any, options: dict[str, Any], before: Callable[[], Awaita
 
 @main.command()
 @click.argument("target", metavar="MODULE:APP")
-@click.option("--config", "config_path", envvar=CONFIG_ENV, required=True, metavar="FILE", help="The plans file.")
+@click.option(
+    "--config", "config_path", envvar=CONFIG_ENV, required=True, metavar="FILE", help="The plans file (env MG_CONFIG)."
+)
 @click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (env MG_STORE).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
