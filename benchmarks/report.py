@@ -26,7 +26,7 @@ SKELETON = f"""\
 # Benchmarks
 
 What "fast" means for meterguard and how it is measured is set out in BENCHMARKS.md (the
-project's spec): six arms serving the same Starlette app and the same JSON body of 10 records,
+project's spec): the arms serving the same Starlette app and the same JSON body of 10 records,
 two harnesses, ratios measured side by side in one run with the arms interleaved.
 
 ## Running it
