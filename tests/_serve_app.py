@@ -36,3 +36,16 @@ async def no_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         raise RuntimeError("no lifespan here")
     await app(scope, receive, send)
+
+
+async def failing_shutdown(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same app, whose lifespan shutdown fails (MeterGuard then hears no shutdown.complete)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.failed", "message": "the app's own cleanup failed"})
+                return
+    await app(scope, receive, send)

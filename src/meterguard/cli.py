@@ -27,6 +27,7 @@ from ._serve import (
     LOG_LEVELS,
     STORE_ENV,
     TARGET_ENV,
+    LifespanAnswered,
     import_target,
     run_workers,
     serve_one,
@@ -404,7 +405,7 @@ def serve(
     from .middleware import MeterGuard
 
     with _errors():
-        guard = MeterGuard(app, config=config, store=url)
+        guard = MeterGuard(LifespanAnswered(app), config=config, store=url)
     with _interruptible():
         _run_server(guard, options)
 
