@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .arms import ARMS
+from .arms import IN_PROCESS_ARMS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("inprocess", help="the raw ASGI harness only")
     commands.add_parser("http", help="the uvicorn + wrk harness only")
     prof = commands.add_parser("profile", help="profile one arm in the in-process loop")
-    prof.add_argument("arm", choices=ARMS)
+    prof.add_argument("arm", choices=IN_PROCESS_ARMS)
     prof.add_argument("--requests", type=int, default=20000)
     prof.add_argument("--top", type=int, default=30)
     prof.add_argument("--cprofile", action="store_true", help="cProfile (deterministic) instead of pyinstrument")
     prof.add_argument("--tree", action="store_true", help="also print pyinstrument's call tree")
     srv = commands.add_parser("serve", help="serve one arm under uvicorn (used by the HTTP harness)")
-    srv.add_argument("arm", choices=ARMS)
+    srv.add_argument("arm", choices=IN_PROCESS_ARMS)
     srv.add_argument("--port", type=int, required=True)
     srv.add_argument("--prefix", required=True)
     srv.add_argument("--keys-file", required=True)

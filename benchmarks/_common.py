@@ -24,11 +24,14 @@ def env_float(name: str, default: float) -> float:
 
 
 def selected_arms() -> list[str]:
-    """MG_BENCH_ARMS=mg-exact,slowapi runs a subset; ``bare`` is always run, every ratio needs it."""
+    """MG_BENCH_ARMS=mg-exact,slowapi runs a subset; ``bare`` is always run, every ratio needs it
+    (and ``mg-exact`` with ``mg-serve``)."""
     wanted = [arm.strip() for arm in os.environ.get("MG_BENCH_ARMS", "").split(",") if arm.strip()]
     unknown = [arm for arm in wanted if arm not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
+    if "mg-serve" in wanted:
+        wanted.append("mg-exact")  # what mg-serve is compared with: the same gateway under plain uvicorn
     return [arm for arm in ARMS if not wanted or arm in wanted or arm == "bare"]
 
 

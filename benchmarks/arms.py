@@ -6,6 +6,8 @@
 ``mg-fast``     meterguard, Redis, ``consistency: fast``
 ``slowapi``     slowapi 0.1.x (its pure-ASGI middleware) on limits' sync Redis storage, key = X-API-Key
 ``limits-aio``  a minimal pure-ASGI middleware calling ``limits.aio`` (redis-py asyncio) once per request
+``mg-serve``    mg-exact started by ``meterguard serve`` instead of plain uvicorn (HTTP harness only:
+                benchmarks/serve_target.py is the app it serves, benchmarks/http.py starts it)
 
 Every Redis key an arm writes starts with the run's prefix (``bench-<hex>``), so that the run
 can delete exactly its own keys from a shared server afterwards.
@@ -25,8 +27,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-ARMS = ("bare", "mg-memory", "mg-exact", "mg-fast", "slowapi", "limits-aio")
+ARMS = ("bare", "mg-memory", "mg-exact", "mg-fast", "slowapi", "limits-aio", "mg-serve")
 MG_ARMS = ("mg-memory", "mg-exact", "mg-fast")
+# Arms that are a way of running a server, not an app: nothing to build in the in-process loop.
+HTTP_ONLY = ("mg-serve",)
+IN_PROCESS_ARMS = tuple(arm for arm in ARMS if arm not in HTTP_ONLY)
 PATH = "/v1/records"
 KEY_HEADER = "x-api-key"
 PLAN = "scale"
@@ -137,6 +142,8 @@ async def build(name: str, *, redis_url: str, prefix: str, keys: int) -> BuiltAr
         return _build_slowapi(redis_url=redis_url, prefix=prefix, keys=keys)
     if name == "limits-aio":
         return _build_limits_aio(redis_url=redis_url, prefix=prefix, keys=keys)
+    if name in HTTP_ONLY:
+        raise ValueError(f"{name} is a way of starting a server: the HTTP harness runs it (benchmarks/http.py)")
     raise ValueError(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
 
 
@@ -151,7 +158,12 @@ async def _build_meterguard(name: str, *, redis_url: str, prefix: str, keys: int
         separator = "&" if "?" in redis_url else "?"
         store = f"{redis_url}{separator}prefix={prefix}-{name}"
     guard = MeterGuard(make_app(), config=config, store=store)
-    # Customers and keys go through the public Directory API, as an operator's would.
+    issued = await provision(guard.directory, keys)
+    return BuiltArm(name, guard, issued, [guard.aclose])
+
+
+async def provision(directory: Any, keys: int) -> list[str]:
+    """``keys`` keys, two per customer, through the public Directory API, as an operator's would."""
     customers = max(1, keys // 2)
     issued: list[str] = []
     semaphore = asyncio.Semaphore(32)
@@ -159,16 +171,29 @@ async def _build_meterguard(name: str, *, redis_url: str, prefix: str, keys: int
     async def one(index: int) -> list[str]:
         async with semaphore:
             customer = f"bench-cust-{index:04d}"
-            await guard.directory.create(customer, PLAN)
+            await directory.create(customer, PLAN)
             mine = []
             for _ in range(2 if index < keys - customers else 1):
-                _record, key = await guard.directory.issue_key(customer)
+                _record, key = await directory.issue_key(customer)
                 mine.append(key)
             return mine
 
     for mine in await asyncio.gather(*(one(i) for i in range(customers))):
         issued.extend(mine)
-    return BuiltArm(name, guard, issued[:keys], [guard.aclose])
+    return issued[:keys]
+
+
+async def provision_store(store_url: str, consistency: str, keys: int) -> list[str]:
+    """Customers and keys in the store at ``store_url``, for a server started on it afterwards (mg-serve)."""
+    from meterguard import parse_config
+    from meterguard.customers import Directory
+    from meterguard.store import store_from_url
+
+    store = store_from_url(store_url)
+    try:
+        return await provision(Directory(parse_config(plans_yaml(consistency)), store), keys)
+    finally:
+        await store.aclose()
 
 
 def _build_slowapi(*, redis_url: str, prefix: str, keys: int) -> BuiltArm:

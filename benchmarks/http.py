@@ -1,5 +1,10 @@
 """Harness 2: each arm behind uvicorn (1 worker, uvloop, httptools) in a subprocess, loaded by wrk.
 
+Every arm but one runs under ``python -m benchmarks serve ARM`` (uvicorn.Config with uvloop,
+httptools, log level warning, no access log). ``mg-serve`` is mg-exact started by
+``meterguard serve benchmarks.serve_target:app --log-level warning`` instead, whose defaults
+are the same uvicorn flags: the difference between the two is what the command costs.
+
 Per arm and round: start the server (it creates its customers and keys, then writes them to a
 file), run wrk for a warm-up, ``CONFIG RESETSTAT``, run wrk ``-t1 -c32 --latency`` for
 MG_BENCH_SECONDS, read ``INFO commandstats``, stop the server. wrk's Lua script rotates
@@ -44,7 +49,8 @@ from ._common import (
     redis_cpu_seconds,
     selected_arms,
 )
-from .arms import PATH, build
+from .arms import PATH, build, plans_yaml, provision_store
+from .serve_target import COUNT_FILE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -139,26 +145,30 @@ class _Server:
         self.log_path = workdir / f"{arm}-{self.port}.log"
         self._log = open(self.log_path, "wb")  # closed in stop()
         self._asked = 0
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks",
-                "serve",
-                arm,
-                "--port",
-                str(self.port),
-                "--prefix",
-                prefix,
-                "--keys-file",
-                str(self.keys_file),
-                "--keys",
-                str(keys),
-            ],
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        if arm == "mg-serve":
+            command, env = self._meterguard_serve(prefix, keys, workdir)
+        else:
+            command = [sys.executable, "-m", "benchmarks", "serve", arm, "--port", str(self.port),
+                       "--prefix", prefix, "--keys-file", str(self.keys_file), "--keys", str(keys)]  # fmt: skip
+            env = dict(os.environ)
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def _meterguard_serve(self, prefix: str, keys: int, workdir: Path) -> tuple[list[str], dict[str, str]]:
+        """mg-exact's plans and store, its customers and keys made here first, served by the command."""
+        separator = "&" if "?" in REDIS_URL else "?"
+        store = f"{REDIS_URL}{separator}prefix={prefix}-mg-serve"
+        plans = workdir / f"mg-serve-{self.port}.yaml"
+        plans.write_text(plans_yaml("exact"))
+        issued = asyncio.run(provision_store(store, "exact", keys))
+        Path(f"{self.keys_file}.tmp").write_text(json.dumps(issued))
+        os.replace(f"{self.keys_file}.tmp", self.keys_file)
+        command = [sys.executable, "-m", "meterguard", "serve", "benchmarks.serve_target:app",
+                   "--config", str(plans), "--store", store, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--log-level", "warning"]  # fmt: skip
+        env = {**os.environ, COUNT_FILE_ENV: f"{self.keys_file}.count", "PYTHONPATH": str(ROOT)}
+        for name in ("MG_LOG_FORMAT", "MG_CONFIG", "MG_STORE"):
+            env.pop(name, None)  # the command's own defaults, whatever the caller's shell holds
+        return command, env
 
     def wait_ready(self, timeout: float = 60.0) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -321,6 +331,7 @@ def _paired(mine: list[dict[str, Any]], other: list[dict[str, Any]], fn: Any) ->
 def _aggregate(arms: list[str], per_round: dict[str, list[dict[str, Any]]], errors: dict[str, str]) -> dict[str, Any]:
     bare = per_round.get("bare", [])
     slowapi = per_round.get("slowapi", [])
+    exact = per_round.get("mg-exact", [])
     results: dict[str, Any] = {}
     for arm in arms:
         samples = per_round[arm]
@@ -342,6 +353,13 @@ def _aggregate(arms: list[str], per_round: dict[str, list[dict[str, Any]]], erro
             "rps": median("rps"),
             "ratio": _paired(samples, bare, lambda a, b: a["rps"] / b["rps"]),
             "vs_slowapi": _paired(samples, slowapi, lambda a, b: a["rps"] / b["rps"]),
+            # mg-serve: the same gateway as mg-exact, started by `meterguard serve` (BENCHMARKS.md: within 5%)
+            "vs_mg_exact": _paired(samples, exact, lambda a, b: a["rps"] / b["rps"]) if arm == "mg-serve" else None,
+            "cpu_vs_mg_exact_us": (
+                _paired(samples, exact, lambda a, b: a["gateway_cpu_us"] - b["gateway_cpu_us"])
+                if arm == "mg-serve"
+                else None
+            ),
             "p50_ms": median("p50_ms"),
             "p99_ms": median("p99_ms"),
             "p99_added_ms": _paired(samples, bare, lambda a, b: a["p99_ms"] - b["p99_ms"]),

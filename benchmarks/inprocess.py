@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _count
 from ._common import CONCURRENCY, REDIS_URL, delete_prefix, env_int, new_prefix, redis_client, selected_arms
-from .arms import KEY_HEADER, PATH, BuiltArm, build
+from .arms import HTTP_ONLY, KEY_HEADER, PATH, BuiltArm, build
 
 _RECEIVE_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -144,7 +144,7 @@ def run(arms: list[str] | None = None) -> dict[str, Any]:
     """Run the in-process harness over ``arms`` (default: MG_BENCH_ARMS or all six)."""
     logging.getLogger("meterguard").setLevel(logging.ERROR)  # the Redis AOF warning, once per arm
     _count.install()
-    arms = arms or selected_arms()
+    arms = [arm for arm in arms or selected_arms() if arm not in HTTP_ONLY]
     rounds = env_int("MG_BENCH_INPROC_ROUNDS", 7)
     requests = env_int("MG_BENCH_INPROC_REQUESTS", 6400)
     keys = env_int("MG_BENCH_KEYS", 400)

@@ -26,7 +26,7 @@ SKELETON = f"""\
 # Benchmarks
 
 What "fast" means for meterguard and how it is measured is set out in BENCHMARKS.md (the
-project's spec): six arms serving the same Starlette app and the same JSON body of 10 records,
+project's spec): the arms serving the same Starlette app and the same JSON body of 10 records,
 two harnesses, ratios measured side by side in one run with the arms interleaved.
 
 ## Running it
@@ -192,6 +192,8 @@ def targets(inprocess: dict[str, Any] | None, http: dict[str, Any] | None) -> li
     row("mg-fast, Redis commands per request", _get(http, "mg-fast", "cmds_per_req"), 0.05, False, cmds)
     for arm in MG_ARMS:
         row(f"{arm}, p99 latency added (HTTP, 32 in flight)", _get(http, arm, "p99_added_ms"), 2.0, False, milli)
+    row("`meterguard serve` vs the same app under plain uvicorn (mg-serve / mg-exact, req/s)",
+        _get(http, "mg-serve", "vs_mg_exact"), 0.95, True, ratio)  # fmt: skip
     return rows
 
 

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from meterguard import MeterGuard, cli
+from meterguard._serve import LifespanAnswered
 from meterguard.keys import generate_key, hash_key
 from meterguard.store.base import Store
 from meterguard.store.cluster import RedisClusterStore
@@ -404,8 +405,130 @@ def test_statement_formats(
     assert rows[2] == f"{acme},pro,{_period()},overage:calls,2,5,3,1,1.00,3.00,USD"
     assert rows[3].endswith(",total,,,,,,5003.00,USD")
 
-    result = run(runner, "statement", acme, *state(backend, plans_file))
-    assert result.exit_code == 2 and "--period" in result.output
+    # --json is --format json; --period defaults to the current period, as usage's does (issue 10)
+    assert json.loads(run(runner, "statement", acme, "--json", *opts).stdout) == document
+    assert json.loads(run(runner, "statement", acme, "--json", *state(backend, plans_file)).stdout) == document
+    assert json.loads(run(runner, "statement", acme, "--json", "--period", "current", *opts[:-2]).stdout) == document
+    result = run(runner, "statement", acme, "--json", "--format", "csv", *opts)
+    assert result.exit_code == 2 and "disagree" in result.output
+
+
+def _previous_period() -> str:
+    import time
+
+    year, month = time.gmtime().tm_year, time.gmtime().tm_mon
+    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
+
+
+def test_period_previous_is_the_last_period_that_ended(
+    runner: CliRunner, backend: Backend, plans_file: str, unique_customer: Callable[[str], str]
+) -> None:
+    acme = unique_customer("acme")
+    _traffic(backend, plans_file, acme, "pro", [1, 1, 1])  # all in the current period
+    opts = state(backend, plans_file)
+    for command in (["usage", acme, "--json"], ["statement", acme, "--format", "json"]):
+        previous = json.loads(run(runner, *command, "--period", "previous", *opts).stdout)
+        assert previous["period"]["start"] == f"{_previous_period()}-01T00:00:00Z"
+        current = json.loads(run(runner, *command, *opts).stdout)
+        assert current["period"]["start"] == previous["period"]["end"] == f"{_period()}-01T00:00:00Z"
+    assert json.loads(run(runner, "usage", acme, "--json", "--period", "previous", *opts).stdout)["calls"]["used"] == 0
+    result = run(runner, "usage", acme, "--period", "last", *opts)
+    assert result.exit_code == 2 and "YYYY-MM" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# --json on every command that prints (issue 11)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_json_output_of_customer_and_key_commands(
+    runner: CliRunner, backend: Backend, plans_file: str, unique_customer: Callable[[str], str]
+) -> None:
+    opts = state(backend, plans_file)
+    acme = unique_customer("acme")
+    created = json.loads(run(runner, "customers", "create", acme, "--plan", "free", "--json", *opts).stdout)
+    assert {
+        "id": acme,
+        "plan": "free",
+        "status": "active",
+        "anchor_day": 1,
+        "spend_cap": None,
+    }.items() <= created.items()
+    changed = run(runner, "customers", "set", acme, "--plan", "pro", "--spend-cap", "12.50", "--json", *opts).stdout
+    assert {"id": acme, "plan": "pro", "spend_cap": "12.50"}.items() <= json.loads(changed).items()
+    assert [entry["plan"] for entry in json.loads(changed)["plan_history"]] == ["free", "pro"]
+
+    result = run(runner, "keys", "create", acme, "--expires", "30d", "--json", *opts)
+    issued = json.loads(result.stdout)
+    assert issued["key"].startswith("mg_live_") and issued["key"].startswith(issued["prefix"])
+    assert (issued["customer"], issued["state"], issued["revoked"]) == (acme, "active", False)
+    assert issued["expires_at"] is not None and "shown this once" in result.stderr
+    assert hash_key(issued["key"]) not in result.output
+
+    rotated = json.loads(run(runner, "keys", "rotate", issued["key_id"], "--grace", "0", "--json", *opts).stdout)
+    assert rotated["key"].startswith("mg_live_") and rotated["key"] != issued["key"]
+    assert rotated["replaces"]["key_id"] == issued["key_id"] and rotated["replaces"]["replaced_by"] == rotated["key_id"]
+
+    revoked = json.loads(run(runner, "keys", "revoke", rotated["key_id"], "--json", *opts).stdout)
+    assert (revoked["key_id"], revoked["revoked"], revoked["state"]) == (rotated["key_id"], True, "revoked")
+    assert "key" not in revoked  # never the key itself
+
+    hashed = json.loads(run(runner, "keys", "hash", issued["key"], "--json").stdout)
+    assert hashed == {"hash": hash_key(issued["key"])}
+
+
+def test_check_json(runner: CliRunner, plans_file: str, tmp_path: Path) -> None:
+    result = run(runner, "check", plans_file, "--json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert (document["file"], document["ok"], document["currency"]) == (plans_file, True, "USD")
+    assert document["plans"]["pro"]["price"] == "5000.00"
+    assert document["plans"]["pro"]["overage"]["spend_cap"] == "2500.00"
+    assert {"match": "GET /health", "public": True}.items() <= document["routes"][0].items()
+    assert document["customers"] == [{"id": "static-co", "plan": "free", "status": "active", "keys": 0}]
+    assert document["store"] is None and document["admin"]["path"] == "/_meterguard"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_PLANS)
+    result = run(runner, "check", str(bad), "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["ok"] is False and len(document["errors"]) == 3
+    first = document["errors"][0]
+    assert (first["file"], first["line"], first["path"]) == (str(bad), 4, "plans.free.price")
+    assert first["message"] == run(runner, "check", str(bad)).stdout.splitlines()[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# read-only commands without a plans file (issue 10)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_read_only_commands_need_only_the_store(
+    runner: CliRunner, backend: Backend, plans_file: str, unique_customer: Callable[[str], str]
+) -> None:
+    acme = unique_customer("acme")
+    run(runner, "customers", "create", acme, "--plan", "pro", *state(backend, plans_file))
+    key_id = json.loads(run(runner, "keys", "create", acme, "--json", *state(backend, plans_file)).stdout)["key_id"]
+    store = ["--store", backend.url]
+
+    result = run(runner, "customers", "list", "--json", *store)
+    assert result.exit_code == 0, result.output
+    listed = {c["id"]: c for c in json.loads(result.stdout)["customers"]}
+    assert listed[acme]["plan"] == "pro"
+    assert "static-co" not in listed  # written only in plans.yaml: the store alone does not know it
+    result = run(runner, "keys", "list", acme, "--json", *store)
+    assert result.exit_code == 0, result.output
+    assert [k["key_id"] for k in json.loads(result.stdout)["keys"]] == [key_id]
+
+    # Commands that need plans (prices, quotas, the billing anchor) or change state still need the file.
+    for args in (["usage", acme], ["statement", acme], ["customers", "create", "x", "--plan", "pro"],
+                 ["keys", "revoke", key_id]):  # fmt: skip
+        result = run(runner, *args, *store)
+        assert result.exit_code == 2 and "--config" in result.output, args
+    # Neither a file nor a store: nothing to read.
+    result = run(runner, "customers", "list")
+    assert result.exit_code == 2 and "--store" in result.output
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,18 +556,19 @@ def test_serve_reports_a_bad_target_or_config(runner: CliRunner, plans_file: str
 
 
 def test_serve_wraps_the_app_in_meterguard(runner: CliRunner, plans_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    served: list[tuple[Any, str, int]] = []
-
-    async def fake_server(app: Any, host: str, port: int) -> None:
-        served.append((app, host, port))
-
-    monkeypatch.setattr(cli, "_run_server", fake_server)
+    served: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(cli, "_run_server", lambda guard, options, before=None: served.append((guard, options)))
     result = run(runner, "serve", "tests.support:data_app", "--config", plans_file, "--port", "8123")
     assert result.exit_code == 0, result.output
-    ((app, host, port),) = served
-    assert isinstance(app, MeterGuard) and app.app is data_app
-    assert (host, port) == ("127.0.0.1", 8123)
+    ((app, options),) = served
+    # the app, with the lifespan answered for it where it does not speak it (so the gateway is closed at stop)
+    assert isinstance(app, MeterGuard) and isinstance(app.app, LifespanAnswered) and app.app.app is data_app
+    assert (options["host"], options["port"]) == ("127.0.0.1", 8123)
     assert app.store.url == "memory://"
+    # uvicorn's own loop and protocol choice (uvloop, httptools where installed), no access log
+    assert (options["loop"], options["http"], options["access_log"]) == ("auto", "auto", False)
+    assert (options["proxy_headers"], options["forwarded_allow_ips"], options["root_path"]) == (True, None, "")
+    assert options["log_config"]["loggers"]["meterguard"]["handlers"] == ["meterguard"]
 
 
 def test_serve_with_workers_uses_an_import_string(
@@ -464,6 +588,7 @@ def test_serve_with_workers_uses_an_import_string(
     ((target, kwargs),) = calls
     assert target == "meterguard._serve:create_app"
     assert kwargs["workers"] == 3
+    assert (kwargs["loop"], kwargs["http"], kwargs["access_log"]) == ("auto", "auto", False)
     assert os.environ["MG_SERVE_TARGET"] == "tests.support:data_app"
     assert os.environ["MG_CONFIG"] == os.path.abspath(plans_file)
     assert os.environ["MG_STORE"] == REDIS_URL
@@ -472,4 +597,5 @@ def test_serve_with_workers_uses_an_import_string(
     from meterguard._serve import create_app
 
     app = create_app()
-    assert isinstance(app, MeterGuard) and app.app is data_app and app.store.url == REDIS_URL
+    assert isinstance(app, MeterGuard) and isinstance(app.app, LifespanAnswered) and app.app.app is data_app
+    assert app.store.url == REDIS_URL

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,10 @@ def test_meterguard_demo_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MG_STORE", raising=False)
     served: list[tuple[Any, str, int]] = []
 
-    async def fake_server(app: Any, host: str, port: int) -> None:
-        served.append((app, host, port))
+    def fake_server(app: Any, options: dict[str, Any], before: Callable[[], Awaitable[None]] | None = None) -> None:
+        served.append((app, options["host"], options["port"]))
+        if before is not None:  # in the server's loop, before it listens: the customers and the banner
+            asyncio.run(before())
 
     monkeypatch.setattr(cli, "_run_server", fake_server)
     result = CliRunner().invoke(cli.main, ["demo", "--port", "8123"], catch_exceptions=False)

@@ -6,21 +6,27 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
+import re
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
-from meterguard import cli
+from meterguard import MeterGuard, cli
 from meterguard import export as export_module
-from meterguard.export import FileSink, export_events, parse_since
+from meterguard.export import FileSink, export_events, parse_since, rfc3339_ts, typed
 from meterguard.store.base import EVENT_VERSION, Store
 from meterguard.store.cluster import RedisClusterStore
 from meterguard.store.memory import MemoryStore
 from meterguard.store.redis import RedisStore
 
 from .conftest import CLUSTER_URL, REDIS_URL, drop_keys
+from .support import data_app
 
 NOV_1 = 1_793_491_200.0  # 2026-11-01T00:00:00Z
 
@@ -119,15 +125,38 @@ async def test_jsonl_csv_and_stripe_shapes(store: Store, tmp_path: Path, unique_
         sink.close()
         outputs[fmt] = path.read_text().splitlines()
 
+    # Typed values (issue 10): counts are numbers, routes and keys objects, ts RFC 3339, v a number.
     first, second = (json.loads(line) for line in outputs["jsonl"])
-    assert first == {"event_id": f"{acme}/{usage_id}", **usage_event(acme, NOV_1 + 5.25, 3, 0)}
-    assert second == {"event_id": f"{acme}/{plan_id}", **plan_fields}
+    assert first == {
+        "event_id": f"{acme}/{usage_id}",
+        "customer": acme,
+        "type": "usage",
+        "ts": "2026-11-01T00:00:05.250000Z",
+        "v": 1,
+        "period": "2026-11",
+        "day": "2026-11-02",
+        "calls": 3,
+        "records": 0,
+        "replays": 0,
+        "routes": {"GET /v1/posts": [3, 0]},
+        "keys": {"k1": [3, 0]},
+    }
+    assert list(first)[:5] == ["event_id", "customer", "type", "ts", "v"]
+    assert second == {
+        "event_id": f"{acme}/{plan_id}",
+        "customer": acme,
+        "type": "plan",
+        "ts": "2026-11-01T00:00:09.000000Z",
+        "v": 1,
+        "plan": "pro",
+        "previous": "free",
+    }
 
     rows = list(csv.reader(outputs["csv"]))
     assert rows[0] == list(export_module.CSV_COLUMNS)
-    assert rows[1][:10] == [f"{acme}/{usage_id}", acme, "usage", f"{NOV_1 + 5.25:.6f}", "2026-11", "2026-11-02",
-                            "3", "0", "0", ""]  # fmt: skip
-    assert json.loads(rows[1][11]) == {"keys": '{"k1": [3, 0]}', "routes": '{"GET /v1/posts": [3, 0]}', "v": "1"}
+    assert rows[1][:10] == [f"{acme}/{usage_id}", acme, "usage", "2026-11-01T00:00:05.250000Z", "2026-11",
+                            "2026-11-02", "3", "0", "0", ""]  # fmt: skip
+    assert json.loads(rows[1][11]) == {"keys": {"k1": [3, 0]}, "routes": {"GET /v1/posts": [3, 0]}, "v": 1}
     assert rows[2][2] == "plan" and rows[2][9:11] == ["pro", "free"]
 
     assert [json.loads(line) for line in outputs["stripe"]] == [
@@ -138,6 +167,61 @@ async def test_jsonl_csv_and_stripe_shapes(store: Store, tmp_path: Path, unique_
             "payload": {"stripe_customer_id": acme, "value": "3"},
         }
     ]  # no records line (0), no line for the plan event
+
+
+def v2_event(customer: str, ts: str, calls: int, records: int, unmetered: int | None = None) -> dict[str, str]:
+    """A usage event as the Redis ledger writes it (store/lua/meter.lua: v 2, ts "<sec>.<usec>")."""
+    fields = {
+        "v": "2", "type": "usage", "customer": customer, "period": "2026-11", "day": "2026-11-02", "ts": ts,
+        "calls": str(calls), "records": str(records), "replays": "0",
+        "routes": json.dumps({"GET /v1/posts": [calls, records]}), "keys": json.dumps({"key_1": [calls, records]}),
+    }  # fmt: skip
+    if unmetered is not None:
+        fields["unmetered"] = str(unmetered)
+    return fields
+
+
+async def test_v2_events_and_corrections(store: Store, tmp_path: Path, unique_customer: Callable[[str], str]) -> None:
+    """A correction (an admission undone after a fault) is a usage event with negative counts."""
+    acme = unique_customer("acme")
+    sold = await store.append_event(acme, v2_event(acme, "1793491205.000001", 4, 40, unmetered=2))
+    undone = await store.append_event(acme, v2_event(acme, "1793491206.500000", -1, 0))
+    out = {}
+    for fmt in ("jsonl", "stripe", "csv"):
+        sink = FileSink(str(tmp_path / fmt), fmt)
+        await export_events(store, [acme], sink, group=f"g-{fmt}")
+        sink.close()
+        out[fmt] = (tmp_path / fmt).read_text().splitlines()
+    first, second = (json.loads(line) for line in out["jsonl"])
+    # the microsecond survives: read as a decimal, not through a float (which gives .000000)
+    assert (first["v"], first["ts"], first["calls"], first["records"]) == (2, "2026-11-01T00:00:05.000001Z", 4, 40)
+    assert first["unmetered"] == 2 and first["keys"] == {"key_1": [4, 40]}
+    assert (second["ts"], second["calls"], second["records"]) == ("2026-11-01T00:00:06.500000Z", -1, 0)
+    assert second["routes"] == {"GET /v1/posts": [-1, 0]}
+    assert [(line["identifier"], line["payload"]["value"]) for line in map(json.loads, out["stripe"])] == [
+        (f"{acme}/{sold}:calls", "4"),
+        (f"{acme}/{sold}:records", "40"),
+        (f"{acme}/{undone}:calls", "-1"),  # a negative meter event under its own identifier; no records line (0)
+    ]
+    rows = list(csv.reader(out["csv"]))
+    assert rows[2][6:8] == ["-1", "0"] and json.loads(rows[1][11])["unmetered"] == 2
+
+
+def test_rfc3339_ts() -> None:
+    assert rfc3339_ts("1793491205.250000") == "2026-11-01T00:00:05.250000Z"  # v1, v2
+    assert rfc3339_ts("1793491205.2500002") == "2026-11-01T00:00:05.250000Z"  # the memory store's repr(float)
+    assert rfc3339_ts("1793491205") == "2026-11-01T00:00:05.000000Z"
+    assert rfc3339_ts("1793491205.000001") == "2026-11-01T00:00:05.000001Z"
+    for bad in ("", "soon", "nan", "inf", "1e30"):
+        assert rfc3339_ts(bad) is None
+
+
+def test_an_unreadable_value_is_kept_as_written() -> None:
+    fields = {"v": "x", "type": "usage", "ts": "later", "calls": "1.5", "routes": "{not json"}
+    assert typed("c/1-0", "c", fields) == {
+        "event_id": "c/1-0", "customer": "c", "type": "usage", "ts": "later", "v": "x", "calls": "1.5",
+        "routes": "{not json",
+    }  # fmt: skip
 
 
 async def test_stripe_output_deduplicates_on_its_identifiers(
@@ -243,3 +327,234 @@ def test_export_command_writes_plan_changes_once(
 
     result = runner.invoke(cli.main, ["export", "--since", "soon", *opts])
     assert result.exit_code == 2 and "--since" in result.output
+
+
+def test_default_groups() -> None:
+    assert (
+        export_module.default_group("out/usage.jsonl", "jsonl") == f"export:file:{os.path.abspath('out/usage.jsonl')}"
+    )
+    assert export_module.default_group(None, "jsonl") == "export"  # the name every export used before
+    assert export_module.default_group(None, "stripe") == "export:stripe"
+    assert export_module.default_group(None, "csv") == "export:csv"
+
+
+# ------------------------------------------------------------------------------------------------
+# groups, replays, progress, --json: the command on every store, with events a gateway wrote
+# ------------------------------------------------------------------------------------------------
+
+
+class Exporter:
+    """The CLI on one store, with a gateway on the same store to make real usage events."""
+
+    def __init__(self, url: str, tmp_path: Path, plans: str = PLANS) -> None:
+        self.url = url
+        self.tmp = tmp_path
+        self.plans = tmp_path / "plans.yaml"
+        self.plans.write_text(plans)
+        self.runner = CliRunner()
+
+    @property
+    def opts(self) -> list[str]:
+        return ["--config", str(self.plans), "--store", self.url]
+
+    def traffic(self, customer: str, calls: list[int], *, create: bool = True) -> None:
+        async def go() -> None:
+            store = cli._open_store(self.url)
+            guard = MeterGuard(data_app, config=str(self.plans), store=store)
+            try:
+                if create:
+                    await guard.directory.create(customer, "free")
+                _, key = await guard.directory.issue_key(customer)
+                transport = httpx.ASGITransport(app=guard)
+                async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+                    for n in calls:
+                        response = await client.get(f"/v1/posts/search?n={n}", headers={"x-api-key": key})
+                        assert response.status_code == 200, response.text
+            finally:
+                if not self.url.startswith("memory"):  # the memory store is shared between invocations
+                    await guard.aclose()
+
+        asyncio.run(go())
+
+    def export(self, *args: str, code: int = 0) -> Result:
+        result = self.runner.invoke(cli.main, ["export", *args], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        assert "Traceback" not in result.output
+        return result
+
+    def ids(self, name: str, fmt: str = "jsonl") -> list[str]:
+        lines = (self.tmp / name).read_text().splitlines()
+        if fmt == "stripe":
+            return sorted({json.loads(line)["identifier"].rsplit(":", 1)[0] for line in lines})
+        return sorted(json.loads(line)["event_id"] for line in lines)
+
+
+@pytest.fixture
+def exporter(cli_store: str, tmp_path: Path) -> Exporter:
+    return Exporter(cli_store, tmp_path)
+
+
+def test_each_output_file_and_format_gets_every_event(
+    exporter: Exporter, unique_customer: Callable[[str], str]
+) -> None:
+    """The new user's trap (issue 10): a jsonl export, then ``--format stripe -o stripe.jsonl``,
+    wrote 0 lines, as did a jsonl export to a second file: they shared one consumer group."""
+    acme = unique_customer("acme")
+    exporter.traffic(acme, [3, 4])
+    only = ["--customer", acme, *exporter.opts]
+    exporter.export("-o", str(exporter.tmp / "a.jsonl"), *only)
+    events = exporter.ids("a.jsonl")
+    exporter.export("--format", "stripe", "-o", str(exporter.tmp / "stripe.jsonl"), *only)
+    assert exporter.ids("stripe.jsonl", "stripe") == events
+
+    usage = [json.loads(line) for line in (exporter.tmp / "a.jsonl").read_text().splitlines()]
+    assert sum(event["calls"] for event in usage) == 2 and sum(event["records"] for event in usage) == 7
+    assert all(event["type"] == "usage" and event["ts"].endswith("Z") for event in usage)
+    # as each store writes them: the Redis ledger folds usage per batch (v 2), memory per request (v 1)
+    assert {event["v"] for event in usage} == ({1} if exporter.url.startswith("memory") else {2})
+    exporter.export("-o", str(exporter.tmp / "b.jsonl"), *only)
+    assert exporter.ids("b.jsonl") == events
+    stdout = exporter.export(*only).stdout  # stdout: a group per format
+    assert sorted(json.loads(line)["event_id"] for line in stdout.splitlines()) == events
+    rows = exporter.export("--format", "csv", *only).stdout.splitlines()
+    assert sorted(row.split(",", 1)[0] for row in rows[1:]) == events
+
+    # and each of them exactly once: a rerun of any writes nothing
+    for args in (
+        ["-o", str(exporter.tmp / "a.jsonl")],
+        ["--format", "stripe", "-o", str(exporter.tmp / "stripe.jsonl")],
+    ):
+        assert "exported 0 events" in exporter.export(*args, *only).stderr
+    assert exporter.export(*only).stdout == ""
+    assert exporter.ids("a.jsonl") == events
+
+
+def test_one_group_across_rotating_files(exporter: Exporter, unique_customer: Callable[[str], str]) -> None:
+    acme = unique_customer("acme")
+    only = ["--customer", acme, *exporter.opts]
+    exporter.traffic(acme, [1, 2])
+    exporter.export("-o", str(exporter.tmp / "day1.jsonl"), "--group", "billing", *only)
+    exporter.traffic(acme, [5], create=False)
+    result = exporter.export("-o", str(exporter.tmp / "day2.jsonl"), "--group", "billing", *only)
+    assert "group billing" in result.stderr
+    exporter.export("-o", str(exporter.tmp / "all.jsonl"), *only)
+    day1, day2 = exporter.ids("day1.jsonl"), exporter.ids("day2.jsonl")
+    assert day1 and day2 and not set(day1) & set(day2)
+    assert sorted(day1 + day2) == exporter.ids("all.jsonl")
+    assert exporter.export("--group", " ", *only, code=2).exit_code == 2
+
+
+def test_replay_writes_kept_events_again_and_moves_no_group(
+    exporter: Exporter, unique_customer: Callable[[str], str]
+) -> None:
+    acme = unique_customer("acme")
+    only = ["--customer", acme, *exporter.opts]
+    exporter.traffic(acme, [2, 2, 2])
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
+
+    result = exporter.export("--replay", today, "-o", str(exporter.tmp / "replay.jsonl"), *only)
+    assert "replay from" in result.stderr
+    replayed = exporter.ids("replay.jsonl")
+    assert replayed
+    # the replay acknowledged nothing: the file's own group still gets every event
+    exporter.export("-o", str(exporter.tmp / "a.jsonl"), *only)
+    assert exporter.ids("a.jsonl") == replayed
+    # and a stdout group too, after a replay to stdout
+    replay_out = exporter.export("--replay", today, *only).stdout.splitlines()
+    assert sorted(json.loads(line)["event_id"] for line in replay_out) == replayed
+    assert len(exporter.export(*only).stdout.splitlines()) == len(replayed)
+
+    # a replay into a file that holds the events adds none; one from tomorrow finds none
+    summary = json.loads(
+        exporter.export("--replay", today, "-o", str(exporter.tmp / "a.jsonl"), "--json", *only).stdout
+    )
+    assert (summary["written"], summary["duplicates"], summary["group"]) == (0, len(replayed), None)
+    assert summary["oldest"].startswith(today)
+    empty = exporter.export("--replay", tomorrow, "-o", str(exporter.tmp / "none.jsonl"), "--json", *only)
+    assert json.loads(empty.stdout)["written"] == 0 and json.loads(empty.stdout)["oldest"] is None
+
+    for args in (["--since", today], ["--group", "g"]):
+        result = exporter.export("--replay", today, *args, *only, code=2)
+        assert "--replay" in result.output
+    assert "--replay" in exporter.export("--replay", "whenever", *only, code=2).output
+
+
+def test_an_export_trims_after_keep_exported_seconds_of_the_plans_file(
+    exporter: Exporter, unique_customer: Callable[[str], str]
+) -> None:
+    """The store trims what every group has exported, keeping events.keep_exported_seconds; the
+    CLI is the process that acknowledges, so it must know the file's setting (it used the store's
+    default of a day before)."""
+    if exporter.url.startswith("memory"):
+        pytest.skip("the memory store keeps its last 10,000 events per customer, exported or not")
+    exporter.plans.write_text(PLANS + "events:\n  keep_exported_seconds: 0\n")
+    acme = unique_customer("acme")
+    only = ["--customer", acme, *exporter.opts]
+    exporter.traffic(acme, [1, 1])
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    before = json.loads(exporter.export("--replay", today, "-o", str(exporter.tmp / "r1"), "--json", *only).stdout)
+    assert before["written"] > 0
+    exporter.export("-o", str(exporter.tmp / "a.jsonl"), *only)  # the only group: acknowledged, so trimmed at once
+    after = json.loads(exporter.export("--replay", today, "-o", str(exporter.tmp / "r2"), "--json", *only).stdout)
+    assert after["written"] == 0
+
+
+def test_json_summary_goes_where_the_events_do_not(exporter: Exporter, unique_customer: Callable[[str], str]) -> None:
+    acme = unique_customer("acme")
+    only = ["--customer", acme, *exporter.opts]
+    exporter.traffic(acme, [1])
+    path = exporter.tmp / "a.jsonl"
+    summary = json.loads(exporter.export("-o", str(path), "--json", *only).stdout)
+    assert summary == {
+        "written": len(exporter.ids("a.jsonl")), "duplicates": 0, "before_since": 0, "customers": 1,
+        "group": f"export:file:{path}", "oldest": None,
+    }  # fmt: skip
+    exporter.traffic(acme, [1], create=False)
+    result = exporter.export("--json", *only)
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # stdout holds events, only events
+    assert events and all("event_id" in event for event in events)
+    tail = result.stderr[result.stderr.index("{\n") :]
+    assert json.loads(tail)["written"] == len(events) and json.loads(tail)["group"] == "export"
+
+
+def test_progress_bar_on_a_terminal_only(
+    exporter: Exporter, unique_customer: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meterguard import _cli_reports
+
+    acme = unique_customer("acme")
+    exporter.traffic(acme, [1, 1])
+    only = ["--customer", acme, *exporter.opts]
+    result = exporter.export("-o", str(exporter.tmp / "quiet.jsonl"), *only)
+    assert "exporting" not in result.stderr  # not a terminal (CliRunner): not a byte of progress
+
+    terminals: set[str] = {"stderr"}
+
+    def is_terminal(stream: object) -> bool:
+        return (stream is sys.stderr and "stderr" in terminals) or (stream is sys.stdout and "stdout" in terminals)
+
+    monkeypatch.setattr(_cli_reports, "_is_terminal", is_terminal)
+    import click._termui_impl
+
+    monkeypatch.setattr(click._termui_impl, "isatty", lambda stream: True)  # click's own check, for the real bar
+    exporter.traffic(acme, [1], create=False)
+    result = exporter.export("-o", str(exporter.tmp / "bar.jsonl"), *only)
+    assert "exporting" in result.stderr and "0/1" in result.stderr and "1/1" in result.stderr
+    assert re.search(r"1/1 +[0-9]+ events", result.stderr)
+
+    terminals.add("stdout")  # the events go to the terminal: no bar to tear them
+    result = exporter.export(*only)
+    assert "exporting" not in result.stderr
+
+
+def test_export_from_the_store_alone(exporter: Exporter, unique_customer: Callable[[str], str]) -> None:
+    acme = unique_customer("acme")
+    exporter.traffic(acme, [2])
+    store_only = ["--store", exporter.url]
+    result = exporter.export("-o", str(exporter.tmp / "a.jsonl"), "--customer", acme, *store_only)
+    assert exporter.ids("a.jsonl") and "note:" not in result.stderr
+    result = exporter.export("-o", str(exporter.tmp / "b.jsonl"), *store_only)
+    assert "customers written only in plans.yaml are not exported" in result.stderr
+    assert exporter.ids("a.jsonl") == [i for i in exporter.ids("b.jsonl") if i.startswith(f"{acme}/")]
+    assert "--store" in exporter.export(code=2).output

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from .admin._documents import plan_json
+from .admin._documents import plan_json, plans_document
 from .cli import main, redact
 from .config import Config, load_config
 from .errors import ConfigError
@@ -57,17 +58,40 @@ def _describe_plan(name: str, plan: dict[str, Any], currency: str) -> list[str]:
 
 @main.command()
 @click.argument("file", metavar="FILE")
-def check(file: str) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help='JSON on stdout: {"ok": true, ...} or {"ok": false, "errors": [...]}.'
+)
+def check(file: str, as_json: bool) -> None:
     """Validate a plans file: its errors, one per line (exit 1), or a summary (exit 0)."""
     try:
         config = load_config(file)
     except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue))
+        if as_json:
+            errors = [
+                {
+                    "file": issue.file,
+                    "line": issue.line,
+                    "path": issue.path,
+                    "reason": issue.reason,
+                    "message": str(issue),
+                }
+                for issue in exc.issues
+            ]
+            click.echo(json.dumps({"file": file, "ok": False, "errors": errors}, indent=2))
+        else:
+            for issue in exc.issues:
+                click.echo(str(issue))
         sys.exit(1)
     except Exception as exc:  # a defect of ours: still one line, never a traceback
-        click.echo(f"{file}: could not be checked ({type(exc).__name__}: {exc}); please report this")
+        message = f"{file}: could not be checked ({type(exc).__name__}: {exc}); please report this"
+        if as_json:
+            click.echo(json.dumps({"file": file, "ok": False, "errors": [{"message": message}]}, indent=2))
+        else:
+            click.echo(message)
         sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(_check_document(file, config), indent=2))
+        return
     lines = [
         f"{file}: OK (version {config.version}, currency {config.currency}, billing anchor {config.anchor}, "
         f"consistency {config.consistency}, on_store_error {config.on_store_error})",
@@ -90,6 +114,29 @@ def check(file: str) -> None:
     lines.append(f"admin: {config.admin_path} (on when {config.admin_token_env} is set)")
     lines.append(f"auth: {_describe_auth(config)}")
     click.echo("\n".join(lines))
+
+
+def _check_document(file: str, config: Config) -> dict[str, Any]:
+    """What the text summary says, as data: the admin API's plans document plus the rest of the file."""
+    return {
+        "file": file,
+        "ok": True,
+        "version": config.version,
+        "consistency": config.consistency,
+        "on_store_error": config.on_store_error,
+        **plans_document(config),  # currency, billing.anchor, plans, routes
+        "customers": [
+            {"id": c.id, "plan": c.plan, "status": c.status, "keys": len(c.keys)} for c in config.customers.values()
+        ],
+        "store": redact(config.store) if config.store else None,
+        "admin": {"path": config.admin_path, "token_env": config.admin_token_env},
+        "auth": {
+            "api_key_header": config.api_key_header,
+            "jwt": {"algorithms": list(config.jwt.algorithms)} if config.jwt is not None else None,
+            "failed_limit": config.failed_limit,
+            "trusted_proxies": [str(network) for network in config.trusted_proxies],
+        },
+    }
 
 
 def _describe_auth(config: Config) -> str:

@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from ._serve import CONFIG_ENV, STORE_ENV, TARGET_ENV, import_target, run_workers
-from ._types import ASGIApp
+from ._serve import (
+    CONFIG_ENV,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    STORE_ENV,
+    TARGET_ENV,
+    LifespanAnswered,
+    import_target,
+    run_workers,
+    serve_one,
+    uvicorn_options,
+)
 from .admin._documents import (
     CUSTOMER_ID,
     customer_json,
@@ -37,6 +49,8 @@ from .errors import (
     PlanNotFound,
     StoreError,
 )
+from .logs import LOG_FORMAT_ENV, JsonFormatter
+from .plans import RouteTable
 from .store import store_from_url
 from .store.base import CustomerStatus, Store
 
@@ -97,16 +111,36 @@ def resolve_store(explicit: str | None, config: Config) -> str:
     return explicit or config.store or "memory://"
 
 
-class State:
-    """The config and store of a state command, opened lazily and closed by :meth:`run`."""
+#: The config of a read-only command run without a plans file: no plans, no static customers.
+STORE_ONLY = Config(plans={}, routes=RouteTable(()), source="(no plans file)")
 
-    def __init__(self, config_path: str, store_url: str | None) -> None:
-        self.config = load_config(config_path)
+
+class State:
+    """The config and store of a state command, opened lazily and closed by :meth:`run`.
+
+    ``config_path`` None (read-only commands only): the store alone, with no plans file, so
+    customers written only in plans.yaml are not seen; the store must then be named.
+    """
+
+    def __init__(self, config_path: str | None, store_url: str | None) -> None:
+        if config_path is None:
+            if not store_url:
+                raise click.UsageError("give --store URL (or MG_STORE), or --config FILE (or MG_CONFIG)")
+            self.config = STORE_ONLY
+        else:
+            self.config = load_config(config_path)
         self.url = resolve_store(store_url, self.config)
         if urlsplit(self.url).scheme == "memory":
             click.echo(MEMORY_WARNING, err=True)
         self.store: Store = _open_store(self.url)
+        # The file's event-stream bounds: an export acknowledges, and trims what every group has
+        # exported after events.keep_exported_seconds. Never the spool: that is a gateway's.
+        self.store.configure_ledger(replace(self.config.ledger, spool_path=None))
         self.directory = Directory(self.config, self.store)
+
+    @property
+    def has_plans(self) -> bool:
+        return self.config is not STORE_ONLY
 
     def run(self, work: Callable[[State], Awaitable[T]]) -> T:
         async def main() -> T:
@@ -126,7 +160,7 @@ def _open_store(url: str) -> Store:
     return store_from_url(url)
 
 
-def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _with_state_options(command: Callable[..., Any], read_only: bool) -> Callable[..., Any]:
     command = click.option(
         "--store",
         "store_url",
@@ -134,15 +168,29 @@ def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="URL",
         help="Store URL (env MG_STORE); defaults to the file's store:, then memory://.",
     )(command)
-    command = click.option(
+    return click.option(
         "--config",
         "config_path",
         envvar=CONFIG_ENV,
-        required=True,
+        required=not read_only,
         metavar="FILE",
-        help="The plans file (env MG_CONFIG).",
+        help="The plans file (env MG_CONFIG)"
+        + ("; optional here: without it, the store's customers only (give --store)." if read_only else "."),
     )(command)
-    return command
+
+
+def _state_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config`` (required) and ``--store``."""
+    return _with_state_options(command, read_only=False)
+
+
+def _read_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config`` and ``--store`` of a read-only command: the store alone will do."""
+    return _with_state_options(command, read_only=True)
+
+
+def _json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2))
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -169,13 +217,17 @@ def customers() -> None:
     """Create, list and change customers."""
 
 
+JSON_HELP = "JSON on stdout (the admin API's document) instead of text."
+
+
 @customers.command("create")
 @click.argument("customer_id", metavar="ID")
 @click.option("--plan", required=True, help="A plan of the plans file.")
 @click.option("--anchor-day", type=click.IntRange(1, 31), help="Day of month periods start (anniversary anchor).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_state_options
 def customers_create(
-    customer_id: str, plan: str, anchor_day: int | None, config_path: str, store_url: str | None
+    customer_id: str, plan: str, anchor_day: int | None, as_json: bool, config_path: str, store_url: str | None
 ) -> None:
     """Create customer ID on plan P."""
     if not CUSTOMER_ID.match(customer_id):
@@ -183,20 +235,23 @@ def customers_create(
     with _errors():
         state = State(config_path, store_url)
         record = state.run(lambda s: s.directory.create(customer_id, plan, anchor_day))
+    if as_json:
+        _json(customer_json(record))
+        return
     click.echo(f"created customer {record.id} on plan {record.plan} (periods start on day {record.anchor_day})")
 
 
 @customers.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@_state_options
-def customers_list(as_json: bool, config_path: str, store_url: str | None) -> None:
+@_read_options
+def customers_list(as_json: bool, config_path: str | None, store_url: str | None) -> None:
     """List customers (the store's and the plans file's)."""
     with _errors():
         state = State(config_path, store_url)
         records = state.run(lambda s: s.directory.all())
     documents = [customer_json(record) for record in records]
     if as_json:
-        click.echo(json.dumps({"customers": documents}, indent=2))
+        _json({"customers": documents})
         return
     rows = [[d["id"], d["plan"], d["status"], d["anchor_day"], d["created"] or "(plans file)"] for d in documents]
     click.echo(_table(["ID", "PLAN", "STATUS", "ANCHOR", "CREATED"], rows))
@@ -211,12 +266,14 @@ def customers_list(as_json: bool, config_path: str, store_url: str | None) -> No
     metavar="AMOUNT|none",
     help="This customer's overage spend cap per period, e.g. 1000.00; 'none' goes back to the plan's.",
 )
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_state_options
 def customers_set(
     customer_id: str,
     plan: str | None,
     status: str | None,
     spend_cap: str | None,
+    as_json: bool,
     config_path: str,
     store_url: str | None,
 ) -> None:
@@ -236,6 +293,9 @@ def customers_set(
         state = State(config_path, store_url)
         new_status = cast("CustomerStatus | None", status)  # click.Choice allows only the two
         record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status, spend_cap=cap))
+    if as_json:
+        _json(customer_json(record))
+        return
     own_cap = f", spend cap {record.spend_cap}" if record.spend_cap is not None else ""
     click.echo(f"customer {record.id}: plan {record.plan}, {record.status}{own_cap}")
 
@@ -245,22 +305,70 @@ def customers_set(
 # ----------------------------------------------------------------------------------------------
 
 
-async def _run_server(app: ASGIApp, host: str, port: int) -> None:
-    import uvicorn
+def _warn(message: str, log_format: str) -> None:
+    # Before uvicorn has configured logging: as a line of the format the rest of the log will have.
+    if log_format.lower() == "json":
+        record = logging.LogRecord("meterguard", logging.WARNING, __file__, 0, message, None, None)
+        click.echo(JsonFormatter().format(record), err=True)
+    else:
+        click.echo(f"warning: {message}", err=True)
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="auto"))
-    await server.serve()
+
+def _run_server(guard: Any, options: dict[str, Any], before: Callable[[], Awaitable[None]] | None = None) -> None:
+    # A seam for tests, which serve nothing: the real one is uvicorn's Server.run (_serve.py).
+    serve_one(guard, options, before)
 
 
 @main.command()
 @click.argument("target", metavar="MODULE:APP")
-@click.option("--config", "config_path", envvar=CONFIG_ENV, required=True, metavar="FILE", help="The plans file.")
+@click.option(
+    "--config", "config_path", envvar=CONFIG_ENV, required=True, metavar="FILE", help="The plans file (env MG_CONFIG)."
+)
 @click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (env MG_STORE).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 512))
-def serve(target: str, config_path: str, store_url: str | None, host: str, port: int, workers: int) -> None:
-    """Serve an ASGI app wrapped in MeterGuard, with uvicorn."""
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="uvicorn's and meterguard's."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    envvar=LOG_FORMAT_ENV,
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, uvicorn's lines included (env MG_LOG_FORMAT).",
+)
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="uvicorn's line per request.")
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=True,
+    show_default=True,
+    help="Take the client address and scheme from X-Forwarded-For/-Proto sent by --forwarded-allow-ips (uvicorn's).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="FORWARDED_ALLOW_IPS",
+    metavar="IPS",
+    help="Comma-separated addresses or networks whose proxy headers are believed, or '*' "
+    "(env FORWARDED_ALLOW_IPS; default 127.0.0.1,::1).",
+)
+@click.option("--root-path", default="", metavar="PATH", help="ASGI root_path, behind a proxy that mounts a prefix.")
+def serve(
+    target: str,
+    config_path: str,
+    store_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_format: str,
+    access_log: bool,
+    proxy_headers: bool,
+    forwarded_allow_ips: str | None,
+    root_path: str,
+) -> None:
+    """Serve an ASGI app wrapped in MeterGuard, with uvicorn (uvloop and httptools where installed)."""
     with _errors():
         config = load_config(config_path)
     url = resolve_store(store_url, config)
@@ -271,32 +379,35 @@ def serve(target: str, config_path: str, store_url: str | None, host: str, port:
                 "--workers > 1 needs a shared store: memory:// counts per process. "
                 "Use --store redis://host:6379/0 (or MG_STORE)."
             )
-        click.echo(MEMORY_WARNING.replace("the command exits", "the server stops"), err=True)
+        _warn(MEMORY_WARNING.replace("warning: ", "").replace("the command exits", "the server stops"), log_format)
     try:
         app = import_target(target)
     except ImportError as exc:
         _fail(f"cannot import {target}: {exc}")
+    options = uvicorn_options(
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_format=log_format.lower(),
+        access_log=access_log,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        root_path=root_path,
+    )
 
     if workers > 1:
         # uvicorn needs an import string to start worker processes; each builds its own MeterGuard.
         os.environ[TARGET_ENV] = target
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
         os.environ[STORE_ENV] = url
-        run_workers("meterguard._serve:create_app", host=host, port=port, workers=workers)
+        run_workers("meterguard._serve:create_app", workers=workers, **options)
         return
     from .middleware import MeterGuard
 
     with _errors():
-        guard = MeterGuard(app, config=config, store=url)
+        guard = MeterGuard(LifespanAnswered(app), config=config, store=url)
     with _interruptible():
-        asyncio.run(_serve_guard(guard, host, port))
-
-
-async def _serve_guard(guard: Any, host: str, port: int) -> None:
-    try:
-        await _run_server(guard, host, port)
-    finally:
-        await guard.aclose()
+        _run_server(guard, options)
 
 
 @main.command()
@@ -305,7 +416,7 @@ async def _serve_guard(guard: Any, host: str, port: int) -> None:
 @click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (default memory://).")
 def demo(host: str, port: int, store_url: str | None) -> None:
     """Run the bundled posts API behind meterguard, with one customer and key per plan."""
-    from .demo import create_demo_app, demo_config
+    from .demo import create_demo_app, demo_config, provision
     from .middleware import MeterGuard
 
     config = demo_config()
@@ -317,19 +428,24 @@ def demo(host: str, port: int, store_url: str | None) -> None:
         os.environ[token_env] = token
     with _errors(), _interruptible():
         guard = MeterGuard(create_demo_app(config), config=config, store=store_url or "memory://")
-        asyncio.run(_demo(guard, host, port, token))
-
-
-async def _demo(guard: Any, host: str, port: int, token: str) -> None:
-    from .demo import provision
-
-    try:
-        made = await provision(guard.directory)
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        click.echo(_demo_banner(made, guard, base, token))
-        await _run_server(guard, host, port)
-    finally:
-        await guard.aclose()
+
+        async def provision_then_announce() -> None:
+            made = await provision(guard.directory)
+            click.echo(_demo_banner(made, guard, base, token))
+
+        # The demo shows each request (uvicorn's access log), as a first run should.
+        options = uvicorn_options(
+            host=host,
+            port=port,
+            log_level="info",
+            log_format="text",
+            access_log=True,
+            proxy_headers=True,
+            forwarded_allow_ips=None,
+            root_path="",
+        )
+        _run_server(guard, options, provision_then_announce)
 
 
 def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:

@@ -123,6 +123,12 @@ class RedisEvents(RedisBase):
             if groups and ms > 0:
                 await client.xtrim(key, minid=f"{ms}-{seq}", approximate=False)
 
+    async def range_events(self, customer: str, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Events after id ``after``, read past every consumer group (a replay moves no group)."""
+        with translated():
+            reply = await self._client().xrange(self._events_key(customer), min=f"({after}", max="+", count=count)
+        return [(str(event_id), dict(fields)) for event_id, fields in reply or ()]
+
     # change events --------------------------------------------------------------------------------
 
     def _events_channel(self) -> str:

@@ -280,6 +280,9 @@ class Store(AlertQueue, Protocol):
         self, customer: str, group: str, consumer: str, count: int, *, pending: bool = False
     ) -> list[tuple[str, dict[str, str]]]: ...  # new events, or with pending=True those read, not acked
     async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None: ...
+    async def range_events(
+        self, customer: str, after: str, count: int
+    ) -> list[tuple[str, dict[str, str]]]: ...  # ids after ``after`` ("0-0": all kept), oldest first, outside any group
 
     # change events: a revoked key or changed customer reaches every process's cache at once ------
     async def notify(self, event: str) -> None: ...

@@ -8,6 +8,7 @@ asyncio each decision is atomic. Good for development, tests and single-process 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
@@ -59,6 +60,12 @@ def _fields(raw: _RawEvent) -> dict[str, str]:
         "routes": json.dumps({route: [calls, records]} if route is not None else {}),
         "keys": json.dumps({key_id: [calls, records]} if key_id is not None else {}),
     }  # fmt: skip
+
+
+def _event_position(event_id: str) -> tuple[int, int]:
+    # "<ms>-<seq>", ordered as Redis orders stream ids
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(slots=True)
@@ -381,6 +388,11 @@ class MemoryStore:
         held = self._pending[(customer, group)]
         for event_id in ids:
             held.pop(event_id, None)
+
+    async def range_events(self, customer: str, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        floor = _event_position(after)
+        later = (event for event in self._events[customer] if _event_position(event[0]) > floor)
+        return [(event_id, _fields(raw)) for event_id, raw in itertools.islice(later, count)]
 
     # alert queue ------------------------------------------------------------------------------------
 
