@@ -127,7 +127,7 @@ class RedisEvents(RedisBase):
         """Events after id ``after``, read past every consumer group (a replay moves no group)."""
         with translated():
             reply = await self._client().xrange(self._events_key(customer), min=f"({after}", max="+", count=count)
-        return [(str(event_id), dict(fields)) for event_id, fields in reply or ()]
+        return [(str(event_id), usage_fields(customer, fields)) for event_id, fields in reply or ()]
 
     # change events --------------------------------------------------------------------------------
 
