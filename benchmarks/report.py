@@ -25,9 +25,9 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SKELETON = f"""\
 # Benchmarks
 
-What "fast" means for meterguard and how it is measured is set out in BENCHMARKS.md (the
-project's spec): the arms serving the same Starlette app and the same JSON body of 10 records,
-two harnesses, ratios measured side by side in one run with the arms interleaved.
+What "fast" means for meterguard, and how it is measured: the arms serving the same Starlette
+app and the same JSON body of 10 records, two harnesses, ratios measured side by side in one run
+with the arms interleaved, and each figure checked against its target (the last section).
 
 ## Running it
 
@@ -293,7 +293,7 @@ def render(env: dict[str, str], inprocess: dict[str, Any] | None, http: dict[str
         breakdown = _breakdown(inprocess["arms"], "sent")
         if breakdown:
             out.extend(["Redis commands sent per request, by command (all rounds):", "", *breakdown, ""])
-    out.append("### Against the targets of BENCHMARKS.md")
+    out.append("### Against the targets")
     out.append("")
     out.append("| figure | measured | target | verdict |")
     out.append("|---|---:|---:|---|")

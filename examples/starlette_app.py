@@ -33,8 +33,9 @@ async def health(request: Request) -> JSONResponse:
 
 async def search(request: Request) -> JSONResponse:
     limit = min(int(request.query_params.get("limit", "10")), 100)
-    # What the customer has left this period (None: no quota). Serving no more than that keeps a
-    # blocking plan from overshooting its records quota with one large page.
+    # What a blocking plan has left this period. Serving no more than that keeps it from
+    # overshooting its records quota with one large page. None where there is nothing to cap:
+    # no records quota, or a plan that bills records past it (until its spend cap stops it).
     remaining = request.scope.get("meterguard", {}).get("records_remaining")
     if remaining is not None:
         limit = min(limit, remaining)

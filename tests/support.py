@@ -61,7 +61,9 @@ async def stream(request: Request) -> Response:
 async def raw(request: Request) -> Response:
     SEEN.append(dict(request.scope.get("meterguard") or {}))
     body = request.query_params.get("body", '{"data": [1, 2, 3]}').encode()
-    return Response(body, media_type=request.query_params.get("type", "application/json"))
+    headers = {"x-meterguard-records": request.query_params["records"]} if "records" in request.query_params else None
+    status = int(request.query_params.get("status", "200"))
+    return Response(body, status, headers, media_type=request.query_params.get("type", "application/json"))
 
 
 async def boom(request: Request) -> Response:

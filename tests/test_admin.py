@@ -403,6 +403,7 @@ async def test_usage_document_counts_calls_records_routes_and_keys(
         "rejected": {"rate_limited": 0, "quota": 0, "spend_cap": 0},
         "replays": 0,
         "unmetered": 0,
+        "uncounted": 0,
         "by_route": {
             "GET /v1/posts/search": {"calls": 2, "records": 7},
             "GET /v1/other/thing": {"calls": 1, "records": 2},

@@ -570,6 +570,97 @@ def test_bad_route_match_strings(tmp_path: Path) -> None:
     ]
 
 
+def test_unknown_methods_and_duplicate_routes_are_refused(tmp_path: Path) -> None:
+    """Issue 10: `check` accepted FETCH and a second GET /v1/orders, which could never apply."""
+    source, issues = issues_in(
+        tmp_path,
+        doc(
+            "version: 1",  # 1
+            "routes:",  # 2
+            '  - match: "GET /v1/orders"',  # 3
+            '  - match: "FETCH /v1/users"',  # 4
+            '  - match: "get  /v1/orders"',  # 5
+            '  - {match: "GET /v1/orders", weight: 3}',  # 6
+            '  - match: "* /v1/orders"',  # 7: a different route (any method)
+            '  - match: "PATCH /v1/orders"',  # 8
+            "plans:",  # 9
+            "  free: {}",  # 10
+        ),
+    )
+    assert [str(issue) for issue in issues] == [
+        f"{source}:4: routes.1.match: method 'FETCH' is not an HTTP method; use one of CONNECT, DELETE, GET, "
+        "HEAD, OPTIONS, PATCH, POST, PUT, TRACE or *",
+        f"{source}:5: routes.2.match: duplicate route: routes.0 (line 3) already matches GET /v1/orders, "
+        "and the first match wins",
+        f"{source}:6: routes.3.match: duplicate route: routes.0 (line 3) already matches GET /v1/orders, "
+        "and the first match wins",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "billed", "not_billed"),
+    [
+        (None, [200, 204, 301, 304, 400, 404, 429, 499], [500, 502, 503, 599]),
+        ('["2xx"]', [200, 299], [304, 404, 500]),
+        ('["2xx", "3xx", 404, "410"]', [200, 304, 404, 410], [400, 405, 500]),
+        ('["200-299", "400-403"]', [200, 400, 403], [404, 500]),
+        ('["5XX"]', [500, 599], [200]),
+    ],
+)
+def test_billable_status(value: str | None, billed: list[int], not_billed: list[int]) -> None:
+    text = (
+        "version: 1\nplans:\n  free: {}\n"
+        if value is None
+        else f"version: 1\nplans:\n  free: {{billable_status: {value}}}\n"
+    )
+    plan = parse_config(text).plans["free"]
+    assert all(status in plan.billable for status in billed)
+    assert not any(status in plan.billable for status in not_billed)
+
+
+def test_bad_billable_status(tmp_path: Path) -> None:
+    source, issues = issues_in(
+        tmp_path,
+        doc(
+            "version: 1",  # 1
+            "plans:",  # 2
+            '  a: {billable_status: ["6xx"]}',  # 3
+            "  b: {billable_status: [99]}",  # 4
+            '  c: {billable_status: ["404-400"]}',  # 5
+            "  d: {billable_status: []}",  # 6
+            "  e: {billable_status: [true]}",  # 7
+            '  f: {billable_status: "2xx"}',  # 8
+        ),
+    )
+    assert [str(issue) for issue in issues] == [
+        f"{source}:3: plans.a.billable_status: '6xx' is not a status: write a class (\"2xx\"), a status (404) or "
+        'a range ("400-403")',
+        f'{source}:4: plans.b.billable_status: 99 is not a status: write a class ("2xx"), a status (404) or '
+        'a range ("400-403")',
+        f"{source}:5: plans.c.billable_status: '404-400': the range runs backwards",
+        f'{source}:6: plans.d.billable_status: must be a non-empty list of statuses: write a class ("2xx"), '
+        'a status (404) or a range ("400-403")',
+        f'{source}:7: plans.e.billable_status: True is not a status: write a class ("2xx"), a status (404) or '
+        'a range ("400-403")',
+        f'{source}:8: plans.f.billable_status: must be a non-empty list of statuses: write a class ("2xx"), '
+        'a status (404) or a range ("400-403")',
+    ]
+
+
+def test_public_docs_opens_fastapi_docs_first() -> None:
+    config = parse_config(
+        "version: 1\npublic_docs: true\nroutes:\n  - {match: 'GET /*', weight: 2}\nplans:\n  free: {}\n"
+    )
+    for path in ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"):
+        route = config.routes.match("GET", path)
+        assert route is not None and route.public, path
+        assert config.routes.match("HEAD", path) == route
+    assert config.routes.match("GET", "/docs/other").weight == 2  # type: ignore[union-attr]
+    assert config.routes.match("POST", "/docs") is None
+    closed = parse_config("version: 1\nplans:\n  free: {}\n")
+    assert closed.routes.match("GET", "/docs") is None
+
+
 def test_overage_priced_without_a_quota(tmp_path: Path) -> None:
     source, issue = one_issue(
         tmp_path,
@@ -943,7 +1034,7 @@ def test_minimal_file_defaults(tmp_path: Path) -> None:
     assert config.admin_token_env == "MG_ADMIN_TOKEN"
     assert config.records_header == "x-meterguard-records"
     assert config.records_json_field == "data"
-    assert config.records_max_body_bytes == 1024 * 1024
+    assert config.records_max_body_bytes == 8 * 1024 * 1024  # CONTRACT 11: at least 8 MiB
     assert config.consistency == "exact"
     assert config.on_store_error == "fail_closed"
     assert config.jwt is None
@@ -1001,3 +1092,17 @@ def test_config_mappings_are_read_only(full: Config) -> None:
         full.customers["evil"] = full.customers["acme"]  # type: ignore[index]
     with pytest.raises(TypeError):
         full.plans["free"].route_windows["GET /x"] = ()  # type: ignore[index]
+
+
+def test_check_command_refuses_fetch_and_duplicates(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from meterguard import cli
+
+    path = tmp_path / "plans.yaml"
+    path.write_text(doc("version: 1", "routes:", '  - match: "FETCH /v1/users"', '  - match: "GET /a"',
+                        '  - match: "GET /a"', "plans:", "  free: {}"))  # fmt: skip
+    result = CliRunner().invoke(cli.main, ["check", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:3: routes.0.match: method 'FETCH' is not an HTTP method" in result.output
+    assert f"{path}:5: routes.2.match: duplicate route: routes.1 (line 4)" in result.output

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import re
+import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from meterguard import MeterGuard, cli
+from meterguard import demo as demo_module
 from meterguard.demo import DemoCustomer, create_demo_app, demo_config, provision
 from meterguard.keys import is_well_formed
 from meterguard.store.memory import MemoryStore
 
+from .conftest import REDIS_URL, drop_keys
 from .support import Clock, utc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,9 +145,11 @@ def test_meterguard_demo_command(monkeypatch: pytest.MonkeyPatch) -> None:
             asyncio.run(before())
 
     monkeypatch.setattr(cli, "_run_server", fake_server)
-    result = CliRunner().invoke(cli.main, ["demo", "--port", "8123"], catch_exceptions=False)
+    result = CliRunner().invoke(cli.main, ["demo", "--port", "8123", "--store", "memory://"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = result.stdout
+    assert "  store: memory://\n" in out and "meterguard demo --store redis://" in out
+    assert re.search(r"^  plans: /\S+demo_plans\.yaml$", out, re.MULTILINE), out
     keys = re.findall(r"mg_live_[0-9A-Za-z]{38}", out)
     assert len(set(keys)) == 4 and all(is_well_formed(key) for key in keys)
     for plan in ("free", "basic", "pro", "enterprise"):
@@ -154,6 +160,62 @@ def test_meterguard_demo_command(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "for i in $(seq" in out and "/_meterguard/customers/demo-free/usage" in out
     ((app, host, port),) = served
     assert isinstance(app, MeterGuard) and app.admin is not None and (host, port) == ("127.0.0.1", 8123)
+
+
+def test_demo_on_redis_can_be_read_with_the_cli(monkeypatch: pytest.MonkeyPatch, key_prefix: str) -> None:
+    """Issue 10: the demo prints its plans file and a store URL, and the printed command works."""
+    monkeypatch.delenv("MG_STORE", raising=False)
+    monkeypatch.setenv("MG_ADMIN_TOKEN", TOKEN)
+    served: list[Any] = []
+
+    def fake_server(app: Any, options: dict[str, Any], before: Callable[[], Awaitable[None]] | None = None) -> None:
+        served.append(app)
+
+        async def serve() -> None:  # in the server's loop: provision and announce, then a request
+            if before is not None:
+                await before()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://demo.test") as client:
+                key = re.findall(r"free +demo-free +(mg_live_\w+)", served_output[0])[0] if served_output else ""
+                assert (await client.get("/v1/posts/search?q=redis", headers={"x-api-key": key})).status_code == 200
+            await app.aclose()
+
+        asyncio.run(serve())
+
+    served_output: list[str] = []
+    real_echo = cli.click.echo
+
+    def echo(message: Any = None, *args: Any, **kwargs: Any) -> None:
+        served_output.append(str(message))
+        real_echo(message, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "_run_server", fake_server)
+    monkeypatch.setattr(cli.click, "echo", echo)
+    # the default store of the demo, pointed at the test Redis under this test's prefix
+    monkeypatch.setattr(demo_module, "DEMO_REDIS_URL", f"{REDIS_URL}?prefix={key_prefix}")
+    try:
+        result = CliRunner().invoke(cli.main, ["demo"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        monkeypatch.setattr(cli.click, "echo", real_echo)
+        out = result.stdout
+        assert f"  store: {REDIS_URL}?prefix={key_prefix} (a Redis answered at " in out
+        [command] = [line.strip() for line in out.splitlines() if line.strip().startswith("meterguard usage ")]
+        args = shlex.split(command)[1:]
+        assert args[:2] == ["usage", "demo-free"] and "--config" in args and "--store" in args
+        usage = CliRunner().invoke(cli.main, [*args, "--json"], catch_exceptions=False)
+        assert usage.exit_code == 0, usage.output
+        document = json.loads(usage.stdout)
+        assert document["calls"]["used"] == 1 and document["records"]["used"] == 10
+        assert any("meterguard statement demo-pro --period" in line for line in out.splitlines())
+    finally:
+        asyncio.run(drop_keys(REDIS_URL, key_prefix))
+
+
+def test_demo_store_falls_back_to_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo_module, "DEMO_REDIS_URL", "redis://127.0.0.1:1/0?prefix=mgdemo")
+    url, why = demo_module.demo_store(None)
+    assert url == "memory://" and "no Redis answered at redis://127.0.0.1:1/0" in why
+    assert demo_module.demo_store("redis://elsewhere:6379/2") == ("redis://elsewhere:6379/2", "as given")
 
 
 async def test_starlette_example(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,3 +233,27 @@ async def test_starlette_example(monkeypatch: pytest.MonkeyPatch) -> None:
         key = (await client.post("/_meterguard/customers/ex-1/keys", headers=ADMIN)).json()["key"]
         response = await client.get("/v1/posts/search?q=redis&limit=3", headers={"x-api-key": key})
         assert response.status_code == 200 and len(response.json()["data"]) == 3
+
+
+async def test_fastapi_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/fastapi_app.py as its docstring runs it: both ways of counting records."""
+    monkeypatch.setenv("MG_STORE", "memory://")
+    monkeypatch.setenv("MG_ADMIN_TOKEN", TOKEN)
+    spec = importlib.util.spec_from_file_location("fastapi_example", ROOT / "examples" / "fastapi_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=module.app), base_url="http://ex.test") as client:
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/v1/posts")).status_code == 401
+        for customer, plan in (("ex-basic", "basic"), ("ex-pro", "pro")):
+            response = await client.post("/_meterguard/customers", headers=ADMIN, json={"id": customer, "plan": plan})
+            assert response.status_code == 201
+        basic = (await client.post("/_meterguard/customers/ex-basic/keys", headers=ADMIN)).json()["key"]
+        response = await client.get("/v1/posts/search?q=redis&limit=5", headers={"x-api-key": basic})
+        assert response.status_code == 200 and len(response.json()["data"]) == 5
+        response = await client.get("/v1/posts?limit=3", headers={"x-api-key": basic})
+        assert response.status_code == 200 and len(response.json()) == 3
+        assert (await client.get("/v1/posts/7", headers={"x-api-key": basic})).status_code == 200
+        usage = (await client.get("/_meterguard/customers/ex-basic/usage", headers=ADMIN)).json()
+        assert (usage["calls"]["used"], usage["records"]["used"], usage["uncounted"]) == (3, 9, 0)

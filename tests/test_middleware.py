@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -385,35 +386,78 @@ async def test_invalid_records_header_counts_nothing_and_never_fails(make: Facto
 
 
 @pytest.mark.parametrize(
-    ("body", "content_type", "records"),
+    ("body", "content_type", "records", "uncounted"),
     [
-        ('{"data": [1, 2, 3]}', "application/json", 3),
-        ('{"data": [1, 2, 3]}', "application/vnd.api+json; charset=utf-8", 3),
-        ('{"data": {"a": 1}}', "application/json", 0),
-        ("[1, 2, 3]", "application/json", 0),
-        ('{"data": [1, 2', "application/json", 0),
-        ('{"data": [1, 2, 3]}', "text/plain", 0),
-        ("\xff\xfe binary", "application/octet-stream", 0),
-        ("[" * 20000, "application/json", 0),
+        ('{"data": [1, 2, 3]}', "application/json", 3, 0),
+        ('{"data": [1, 2, 3]}', "application/vnd.api+json; charset=utf-8", 3, 0),
+        ('{"data": {"a": 1}}', "application/json", 0, 0),
+        ("[1, 2, 3]", "application/json", 3, 0),  # FastAPI's `return [...]` (CONTRACT 11)
+        ('[{"data": [1, 2]}, {"a": [3]}]', "application/json", 2, 0),
+        ('"just a string"', "application/json", 0, 0),
+        ('{"data": [1, 2', "application/json", 0, 1),
+        ('{"data": [1, 2]} trailing', "application/json", 0, 1),
+        ('{"data": [1, 2, 3]}', "text/plain", 0, 0),
+        ("\xff\xfe binary", "application/octet-stream", 0, 0),
+        ("[" * 20000, "application/json", 0, 1),
     ],
-    ids=["array", "vendor-json", "object", "top-level-array", "truncated", "not-json-type", "binary", "deep"],
-)
-async def test_bodies_pass_byte_identical(make: Factory, body: str, content_type: str, records: int) -> None:
+    ids=[
+        "array", "vendor-json", "object", "top-level-array", "array-of-objects", "string", "truncated", "trailing",
+        "not-json-type", "binary", "deep",
+    ],
+)  # fmt: skip
+async def test_bodies_pass_byte_identical(
+    make: Factory, body: str, content_type: str, records: int, uncounted: int
+) -> None:
     client, guard = await make()
     key = await customer(guard)
     response = await client.get("/v1/raw", params={"body": body, "type": content_type}, headers={"x-api-key": key})
     assert response.status_code == 200
     assert response.content == body.encode()
-    assert (await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)).records == records
+    usage = await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)
+    assert (usage.calls, usage.records, usage.uncounted) == (1, records, uncounted)
+    assert guard.metrics.uncounted.get("free", 0) == uncounted
 
 
-async def test_json_body_over_the_size_bound_is_passed_on_and_not_parsed(make: Factory) -> None:
+async def test_json_body_over_the_size_bound_is_counted_as_it_passes(make: Factory) -> None:
     plans = PLANS.replace("version: 1", "version: 1\nrecords: {max_body_bytes: 100}")
     client, guard = await make(plans)
     key = await customer(guard)
     response = await client.get("/v1/posts/search?n=20", headers={"x-api-key": key})
     assert len(response.json()["data"]) == 20
-    assert (await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)).records == 0
+    usage = await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)
+    assert (usage.records, usage.uncounted) == (20, 0)
+
+
+async def test_a_large_body_is_never_held_back(make: Factory) -> None:
+    """Past records.max_body_bytes each chunk leaves as it comes, and the count is still exact."""
+    sent: list[bytes] = []
+    chunks = [b'{"meta": {"note": "[not, counted]"}, "data": [', *[b'{"id": %d, "t": "a,b]"},' % i for i in range(999)]]
+    chunks.append(b'{"id": 999}]}')
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        for index, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": index < len(chunks) - 1})
+            if sum(map(len, chunks[: index + 1])) > 100:  # once past the limit, nothing is held
+                assert sent[-1].endswith(chunk)  # passed on before the app made the next one
+
+    plans = PLANS.replace("version: 1", "version: 1\nrecords: {max_body_bytes: 100}")
+    guard = MeterGuard(app, config=parse_config(plans), store=MemoryStore())
+    key = await customer(guard)
+
+    async def downstream(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message["body"])
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/big", "headers": [(b"x-api-key", key.encode())],
+             "query_string": b"", "client": ("127.0.0.1", 1)}  # fmt: skip
+    await guard(scope, receive, downstream)
+    assert b"".join(sent) == b"".join(chunks)
+    usage = await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)
+    assert (usage.records, usage.uncounted) == (1000, 0)
 
 
 async def test_streaming_body_is_untouched(make: Factory) -> None:
@@ -434,8 +478,16 @@ async def test_scope_tells_the_app_what_is_left(make: Factory, clock: Clock) -> 
     assert (seen["calls_remaining"], seen["records_remaining"]) == (49, 25)
 
 
-async def test_app_exception_keeps_the_call_counted(make: Factory) -> None:
+async def test_app_exception_is_a_500_and_not_billed_by_default(make: Factory) -> None:
     client, guard = await make()
+    key = await customer(guard)
+    with pytest.raises(RuntimeError):
+        await client.get("/v1/boom", headers={"x-api-key": key})
+    assert (await guard.store.usage("acme", guard.engine.period(1, guard.clock()).id)).calls == 0
+
+
+async def test_app_exception_is_billed_where_the_plan_bills_500(make: Factory) -> None:
+    client, guard = await make(PLANS.replace("strategy: fixed", 'strategy: fixed\n    billable_status: ["2xx", 500]'))
     key = await customer(guard)
     with pytest.raises(RuntimeError):
         await client.get("/v1/boom", headers={"x-api-key": key})
@@ -607,3 +659,89 @@ async def test_head_is_metered_and_entitled_as_its_get_route(make: Factory, cloc
     assert (await client.head("/v1/posts/search", headers={"x-api-key": key})).status_code == 200
     usage = await guard.store.usage("acme", "2026-11")
     assert usage.by_route["GET /v1/posts/search"].calls == 1
+
+
+# -- FastAPI: public docs, and the place of CORSMiddleware ----------------------------------------
+
+
+def _fastapi_plans(key: str, public_docs: bool) -> str:
+    from meterguard.keys import hash_key
+
+    return f"""
+version: 1
+public_docs: {"true" if public_docs else "false"}
+plans:
+  free: {{quotas: {{calls: 100}}}}
+customers:
+  acme: {{plan: free, keys: ["{hash_key(key)}"]}}
+"""
+
+
+@pytest.mark.parametrize("public_docs", [True, False])
+async def test_public_docs_serves_fastapi_docs_unmetered(public_docs: bool) -> None:
+    from fastapi import FastAPI
+
+    from meterguard.keys import generate_key
+    from meterguard.periods import period_for
+
+    key = generate_key()
+    store = MemoryStore()
+    app = FastAPI()
+
+    @app.get("/v1/orders")
+    async def orders() -> list[dict[str, int]]:
+        return [{"id": 1}, {"id": 2}, {"id": 3}]
+
+    app.add_middleware(MeterGuard, config=parse_config(_fastapi_plans(key, public_docs)), store=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client:
+        statuses = [(await client.get(path)).status_code for path in ("/docs", "/redoc", "/openapi.json")]
+        assert statuses == ([200, 200, 200] if public_docs else [401, 401, 401])
+        response = await client.get("/v1/orders", headers={"x-api-key": key})
+        assert response.json() == [{"id": 1}, {"id": 2}, {"id": 3}]
+    usage = await store.usage("acme", period_for(time.time(), 1).id)
+    assert (usage.calls, usage.records) == (1, 3)  # the docs cost nothing; `return [...]` counts
+
+
+@pytest.mark.parametrize("cors_outside", [True, False], ids=["cors-wraps-meterguard", "meterguard-wraps-cors"])
+async def test_cors_middleware_must_wrap_meterguard(cors_outside: bool) -> None:
+    """docs/quickstart.md: add MeterGuard first, then CORSMiddleware, so that CORS is the outer one.
+    Otherwise a browser cannot read meterguard's own answers (401, 429, 402): they lack
+    Access-Control-Allow-Origin. Preflights pass either way."""
+    from fastapi import FastAPI
+    from starlette.middleware.cors import CORSMiddleware
+
+    key = generate_key()
+    app = FastAPI()
+
+    @app.get("/v1/orders")
+    async def orders() -> list[int]:
+        return [1]
+
+    def add_meterguard() -> None:
+        app.add_middleware(MeterGuard, config=parse_config(_fastapi_plans(key, False)), store=MemoryStore())
+
+    def add_cors() -> None:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["https://app.example"],
+            allow_headers=["x-api-key", "authorization"],
+            expose_headers=["RateLimit"],
+        )
+
+    # FastAPI and Starlette: the middleware added last is the outermost.
+    for add in (add_meterguard, add_cors) if cors_outside else (add_cors, add_meterguard):
+        add()
+    origin = {"origin": "https://app.example"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client:
+        preflight = await client.options(
+            "/v1/orders",
+            headers={**origin, "access-control-request-method": "GET", "access-control-request-headers": "x-api-key"},
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        refused = await client.get("/v1/orders", headers=origin)
+        assert refused.status_code == 401
+        assert ("access-control-allow-origin" in refused.headers) is cors_outside
+        served = await client.get("/v1/orders", headers={**origin, "x-api-key": key})
+        assert served.headers["access-control-allow-origin"] == "https://app.example"
+        assert "ratelimit" in served.headers

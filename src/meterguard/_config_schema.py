@@ -134,7 +134,9 @@ class _Admin(_Model):
 class _Records(_Model):
     header: str = Field(default="x-meterguard-records", pattern=r"^[A-Za-z0-9-]+$")
     json_field: str | None = "data"
-    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    #: JSON bodies up to this size are read whole and counted with one C parse (msgspec); larger
+    #: ones are counted as they stream past, unbuffered (records.py).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=0, le=256 * 1024 * 1024)
 
 
 class _Spool(_Model):
@@ -277,6 +279,32 @@ def _overage(value: object) -> object:
 
 RateLimits = Annotated[list[tuple[int, int]], BeforeValidator(_rate_limits)]
 
+_STATUS_CLASS = re.compile(r"([1-5])xx\Z", re.IGNORECASE)
+_STATUS_RANGE = re.compile(r"([1-5][0-9][0-9])\s*-\s*([1-5][0-9][0-9])\Z")
+_STATUS_HINT = 'write a class ("2xx"), a status (404) or a range ("400-403")'
+
+
+def _statuses(value: object) -> object:
+    """``billable_status``: classes, statuses and ranges -> the set of statuses, 100-599."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of statuses: {_STATUS_HINT}")
+    statuses: set[int] = set()
+    for item in value:
+        text = str(item).strip() if isinstance(item, int | str) and not isinstance(item, bool) else ""
+        if found := _STATUS_CLASS.match(text):
+            low = int(found[1]) * 100
+            statuses.update(range(low, low + 100))
+        elif found := _STATUS_RANGE.match(text):
+            low, high = int(found[1]), int(found[2])
+            if low > high:
+                raise ValueError(f"{item!r}: the range runs backwards")
+            statuses.update(range(low, high + 1))
+        elif text.isascii() and text.isdigit() and 100 <= int(text) <= 599:
+            statuses.add(int(text))
+        else:
+            raise ValueError(f"{item!r} is not a status: {_STATUS_HINT}")
+    return frozenset(statuses)
+
 
 class _Plan(_Model):
     price: Money = Decimal("0")
@@ -286,6 +314,8 @@ class _Plan(_Model):
     overage: Annotated[_Overage | None, BeforeValidator(_overage)] = None  # None: block
     alerts: list[Annotated[float, Field(gt=0, le=10)]] = []
     strategy: Literal["sliding", "fixed"] = "sliding"
+    #: Response statuses billed; None: plans.DEFAULT_BILLABLE (everything but 5xx).
+    billable_status: Annotated[frozenset[int] | None, BeforeValidator(_statuses)] = None
 
     @field_validator("alerts", mode="before")
     @classmethod
@@ -326,6 +356,9 @@ class FileSchema(_Model):
     webhooks: _Webhooks | None = None
     spool: _Spool = _Spool()
     events: _Events = _Events()
+    #: The wrapped app's API documentation (FastAPI's /docs, /docs/oauth2-redirect, /redoc and
+    #: /openapi.json) is public: no key, not metered.
+    public_docs: bool = False
     routes: list[_Route] = []
     plans: dict[str, _Plan] = Field(min_length=1)
     customers: dict[str, _Customer] = {}

@@ -413,10 +413,16 @@ def serve(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--store", "store_url", envvar=STORE_ENV, metavar="URL", help="Store URL (default memory://).")
+@click.option(
+    "--store",
+    "store_url",
+    envvar=STORE_ENV,
+    metavar="URL",
+    help="Store URL (default: a Redis answering at redis://127.0.0.1:6379/0, under the prefix mgdemo; else memory://).",
+)
 def demo(host: str, port: int, store_url: str | None) -> None:
     """Run the bundled posts API behind meterguard, with one customer and key per plan."""
-    from .demo import create_demo_app, demo_config, provision
+    from .demo import create_demo_app, demo_config, demo_plans_path, demo_store, provision
     from .middleware import MeterGuard
 
     config = demo_config()
@@ -426,13 +432,15 @@ def demo(host: str, port: int, store_url: str | None) -> None:
         # The middleware reads the token when it is built: set it first.
         token = "mgadm_" + secrets.token_urlsafe(24)
         os.environ[token_env] = token
-    with _errors(), _interruptible():
-        guard = MeterGuard(create_demo_app(config), config=config, store=store_url or "memory://")
+    url, why = demo_store(store_url)
+    with _errors(), _interruptible(), demo_plans_path() as plans:
+        guard = MeterGuard(create_demo_app(config), config=config, store=url)
+        shown = redact(url) + ("" if why == "as given" else f" ({why})")
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
         async def provision_then_announce() -> None:
             made = await provision(guard.directory)
-            click.echo(_demo_banner(made, guard, base, token))
+            click.echo(_demo_banner(made, guard, base, token, (redact(url), shown), str(plans)))
 
         # The demo shows each request (uvicorn's access log), as a first run should.
         options = uvicorn_options(
@@ -448,13 +456,32 @@ def demo(host: str, port: int, store_url: str | None) -> None:
         _run_server(guard, options, provision_then_announce)
 
 
-def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:
+def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str, store: tuple[str, str], plans: str) -> str:
+    """``store``: the URL the CLI can use (with its key prefix, which the store's own url drops), and
+    the same with why it was chosen."""
+    import shlex
+
     config = guard.config
     admin = base + config.admin_path
     free = next((m for m in made if m.plan == "free"), made[0])
     pro = next((m for m in made if m.plan == "pro"), made[-1])
+    url, shown = store
+    if urlsplit(url).scheme == "memory":
+        inspect = [
+            "  # the CLI reads a shared store, not this process: run the demo on Redis to use it, e.g.",
+            "  #   meterguard demo --store redis://127.0.0.1:6379/0",
+        ]
+    else:
+        inspect = [
+            "  # the same usage from the CLI (the demo's plans file and store):",
+            f"  meterguard usage {free.customer} --config {shlex.quote(plans)} --store '{url}'",
+            f"  meterguard statement {pro.customer} --period $(date -u +%Y-%m) --config {shlex.quote(plans)} "
+            f"--store '{url}'",
+        ]
     lines = [
-        f"meterguard demo: the posts API behind meterguard, store {redact(guard.store.url)}",
+        "meterguard demo: the posts API behind meterguard",
+        f"  store: {shown}",
+        f"  plans: {plans}",
         "",
         "API keys (one customer per plan; shown this once):",
         *(f"  {m.plan:<11} {m.customer:<17} {m.key}" for m in made),
@@ -465,9 +492,10 @@ def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:
         "  # a metered call: see RateLimit, X-RateLimit-* and X-Meterguard-Usage",
         f"  curl -i -H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'",
         "",
-        "  # the free plan allows 1 call a second and 5 a minute: a 429 comes quickly",
-        f"  for i in $(seq 1 8); do curl -s -o /dev/null -w '%{{http_code}}\\n' "
-        f"-H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'; done",
+        "  # the free plan allows 1 call a second and 5 a minute: one a second, the 5-a-minute window",
+        "  # answers 429 (with Retry-After) once this minute's 5 calls are used",
+        f"  for i in $(seq 1 6); do curl -s -o /dev/null -w '%{{http_code}}\\n' "
+        f"-H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'; sleep 1; done",
         "",
         "  # the archive costs 5 calls and is pro/enterprise only (the free key gets 403)",
         f"  curl -i -H 'x-api-key: {pro.key}' '{base}/v1/posts/archive?q=python&limit=20'",
@@ -476,6 +504,8 @@ def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str) -> str:
         f"  curl -s -H 'Authorization: Bearer {token}' {admin}/customers/{free.customer}/usage",
         f"  curl -s -H 'Authorization: Bearer {token}' '{admin}/customers/{free.customer}/usage/daily?days=7'",
         f"  curl -s -H 'x-api-key: {pro.key}' {admin}/me/usage",
+        "",
+        *inspect,
         "",
         f"Serving on {base} (Ctrl+C to stop)",
     ]

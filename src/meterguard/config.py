@@ -21,6 +21,7 @@ from ._config_schema import NAME, WEBHOOK_URL, FileSchema, JWTSchema, MeterPrice
 from ._config_yaml import MAX_FILE_BYTES, Loc, dotted, line_of, read_file, read_yaml
 from .errors import ConfigError, ConfigIssue
 from .plans import (
+    DEFAULT_BILLABLE,
     MeterPrice,
     Overage,
     Plan,
@@ -29,11 +30,13 @@ from .plans import (
     RouteTable,
     Tier,
     Window,
+    parse_match,
     window_name,
 )
 
 __all__ = [
     "MAX_FILE_BYTES",
+    "PUBLIC_DOCS_PATHS",
     "Config",
     "JWTSettings",
     "StaticCustomer",
@@ -42,6 +45,10 @@ __all__ = [
     "parse_config",
 ]
 
+
+#: What ``public_docs: true`` opens: FastAPI's defaults (docs_url, its OAuth2 redirect, redoc_url,
+#: openapi_url). An app that moves them lists its own paths as public routes instead.
+PUBLIC_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 # --------------------------------------------------------------------------------------------
 # Frozen result
@@ -134,7 +141,7 @@ class Config:
     admin_token_env: str = "MG_ADMIN_TOKEN"
     records_header: str = "x-meterguard-records"
     records_json_field: str | None = "data"
-    records_max_body_bytes: int = 1024 * 1024
+    records_max_body_bytes: int = 8 * 1024 * 1024
     consistency: Literal["exact", "fast"] = "exact"
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     webhooks: WebhookSettings | None = None
@@ -184,10 +191,25 @@ def _references(data: dict[Any, Any], lines: Mapping[Loc, int], source: str) -> 
         issues.append(ConfigIssue(source, line_of(loc, lines), dotted(loc), reason))
 
     matches: set[object] = set()
+    first: dict[tuple[str, str], int] = {}
     for index, route in enumerate(routes):
         if not isinstance(route, dict):
             continue
         matches.add(route.get("match"))
+        try:
+            method, path = parse_match(route["match"])
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass  # the schema names what is wrong with it
+        else:
+            if (method, path) in first:
+                # The first match wins: a second row for the same METHOD /path would never apply.
+                earlier = first[(method, path)]
+                problem(
+                    ("routes", index, "match"),
+                    f"duplicate route: routes.{earlier} (line {line_of(('routes', earlier), lines)}) already "
+                    f"matches {method} {path}, and the first match wins",
+                )
+            first.setdefault((method, path), index)
         for plan_name in route.get("plans") or () if isinstance(route.get("plans"), list) else ():
             if isinstance(plan_name, str) and plan_name not in plans:
                 problem(("routes", index, "plans"), f"unknown plan {plan_name!r}")
@@ -219,6 +241,9 @@ def _build(model: FileSchema, lines: Mapping[Loc, int], source: str, issues: lis
         issues.append(ConfigIssue(source, line_of(loc, lines), dotted(loc), reason))
 
     routes: list[Route] = []
+    if model.public_docs:
+        # First in the table: the first match wins, and docs are what the switch promises public.
+        routes += [Route(match=f"GET {path}", public=True) for path in PUBLIC_DOCS_PATHS]
     matches: set[str] = set()
     for index, raw in enumerate(model.routes):
         if raw.public and raw.plans is not None:
@@ -264,6 +289,7 @@ def _build(model: FileSchema, lines: Mapping[Loc, int], source: str, issues: lis
             overage=overage,
             alerts=tuple(sorted(set(raw_plan.alerts))),
             strategy=raw_plan.strategy,
+            billable=raw_plan.billable_status if raw_plan.billable_status is not None else DEFAULT_BILLABLE,
         )
 
     customers: dict[str, StaticCustomer] = {}

@@ -3,16 +3,22 @@
 ``meterguard demo`` serves it behind :class:`~meterguard.MeterGuard`. The app shows both ways
 of reporting records: search results are counted from the top-level ``data`` array, a single
 post reports itself through the records header. It reads ``scope["meterguard"]`` to cap a page
-to what a customer on a blocking plan has left, as CONTRACT section 3 suggests.
+to what a customer on a blocking plan has left (``records_remaining`` is ``None`` on a plan that
+bills its records: those get whole pages).
+
+Where the demo keeps its state (:func:`demo_store`): the ``--store`` given, else a Redis that
+answers at the default URL (under a key prefix of its own), else ``memory://``. On Redis the
+CLI can read what the demo served; the banner prints the command, with the plans file's path.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib.resources import files
+from importlib.resources import as_file, files
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,8 +30,12 @@ from ._types import Receive, Scope, Send
 from .config import Config, parse_config
 from .customers import Directory
 from .errors import CustomerExists
+from .store import split_prefix
 
 PLANS_RESOURCE = "demo_plans.yaml"
+#: Tried when no store is given: a local Redis, under a prefix that keeps the demo's keys apart.
+DEMO_REDIS_URL = "redis://127.0.0.1:6379/0?prefix=mgdemo"
+PROBE_SECONDS = 0.3
 POST_COUNT = 2000
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -62,6 +72,30 @@ def demo_config() -> Config:
     return parse_config(demo_plans_text(), source=f"meterguard/{PLANS_RESOURCE}")
 
 
+def demo_plans_path() -> AbstractContextManager[Path]:
+    """The demo's plans as a file, for ``meterguard usage ... --config PATH`` (a real path while
+    the context lasts: the installed file itself, or a copy when the package is zipped)."""
+    return as_file(files("meterguard").joinpath(PLANS_RESOURCE))
+
+
+def demo_store(explicit: str | None) -> tuple[str, str]:
+    """``(store URL, why)``: the one given, else a Redis answering at the default URL, else memory."""
+    if explicit:
+        return explicit, "as given"
+    bare, _ = split_prefix(DEMO_REDIS_URL)
+    try:
+        from redis import Redis
+
+        client = Redis.from_url(bare, socket_connect_timeout=PROBE_SECONDS, socket_timeout=PROBE_SECONDS)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception:  # nothing answering, or something that is not Redis: memory it is
+        return "memory://", f"no Redis answered at {bare}"
+    return DEMO_REDIS_URL, f"a Redis answered at {bare}; --store memory:// keeps it all in this process"
+
+
 def _posts() -> list[dict[str, Any]]:
     # Deterministic (no random): the same ids and texts on every run make the curl lines reproducible.
     posts = []
@@ -90,12 +124,11 @@ class _Page:
 
 
 class PostsAPI:
-    """The demo data API; ``billed_plans`` are plans that pay for records past their quota."""
+    """The demo data API."""
 
-    def __init__(self, billed_plans: Sequence[str] = ()) -> None:
+    def __init__(self) -> None:
         self.posts = _posts()
         self.by_id = {post["id"]: post for post in self.posts}
-        self.billed_plans = frozenset(billed_plans)
         # Recent search sees the last 7 days of the corpus; the archive (pro and up) sees all of it.
         newest = datetime.strptime(self.posts[0]["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         cutoff = (newest - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -120,11 +153,11 @@ class PostsAPI:
         if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
             return _error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
         limit = int(text)
-        meter = request.scope.get("meterguard") or {}
-        remaining = meter.get("records_remaining")
+        remaining = (request.scope.get("meterguard") or {}).get("records_remaining")
         # A blocking plan cannot go past its records quota: serve at most what is left rather than
-        # a page that overshoots it. Plans billed for overage get full pages.
-        if remaining is not None and meter.get("plan") not in self.billed_plans and remaining < limit:
+        # a page that overshoots it. Plans billed for overage read None (nothing to cap) until
+        # their spend cap is reached.
+        if remaining is not None and remaining < limit:
             return _Page(max(0, remaining), True)
         return _Page(limit, False)
 
@@ -167,12 +200,8 @@ def _error(status: int, detail: str, *, records: int = 0) -> JSONResponse:
 
 
 def create_demo_app(config: Config | None = None) -> PostsAPI:
-    """The posts API; with ``config``, pages are capped only on plans that do not bill records."""
-    config = config or demo_config()
-    billed = [
-        name for name, plan in config.plans.items() if plan.overage is not None and plan.overage.records is not None
-    ]
-    return PostsAPI(billed)
+    """The posts API (``config`` is accepted for compatibility: the app needs nothing from it)."""
+    return PostsAPI()
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,11 +207,15 @@ class FastPath:
     # settlement and flushing -----------------------------------------------------------------------
 
     def settle(self, settlement: Settlement) -> None:
-        """Records of a response, counted locally and flushed with the next batch."""
-        if settlement.records <= 0:
+        """Records of a response (and a refunded call), counted locally and flushed with the next
+        batch. ``uncounted`` is not kept here: MeterEngine hands it to the store itself."""
+        if settlement.records <= 0 and settlement.calls == 0:
             return
         pending = self._pending_for(settlement.customer, settlement.period_id, settlement.period_end, settlement.day)
         counts = pending.rows.setdefault((settlement.route, settlement.listed, settlement.key_id), [0, 0])
+        counts[0] += settlement.calls  # a refund: the leased unit stays consumed, the call is not billed
+        if settlement.records <= 0:
+            return
         counts[1] += settlement.records
         period = (settlement.customer, settlement.period_id)
         self._settled[period] = self._settled.get(period, 0) + settlement.records

@@ -7,14 +7,14 @@ period and the day are cached until they end, so the request path does no calend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._types import Clock
-from .billing import cap_cents, meters
+from .billing import cap_cents, meters, over, spend_cents
 from .config import Config
 from .lease import FastPath
 from .periods import Period, day_id, period_for
-from .plans import Route, Strategy, Window
+from .plans import DEFAULT_BILLABLE, Route, Strategy, Window
 from .responses import policy_header
 from .store.base import AdmitRequest, Decision, Meter, Settlement, Store
 
@@ -31,6 +31,33 @@ class Terms:
     spend_cap_cents: int | None
     policy: bytes
     strategy: Strategy
+    weight: int = 1  # calls one request of the route costs
+    billable: frozenset[int] = DEFAULT_BILLABLE  # response statuses whose call and records are billed
+
+    def remaining(self, decision: Decision, spend_cap_cents: int | None) -> tuple[int | None, int | None]:
+        """``calls_remaining`` and ``records_remaining`` of ``scope["meterguard"]`` (CONTRACT 11).
+
+        What is left of a quota that refuses (``overage: block``); ``None`` where the plan sets no
+        quota, and on a meter that bills its overage: a paying customer's page needs no cap. Once
+        the spend cap is reached both read 0, as the next request is refused with 402.
+        """
+        calls, records = self.calls, self.records
+        if (calls.billed or records.billed) and spend_cap_cents is not None and self._capped(decision, spend_cap_cents):
+            return 0, 0
+        return _left(calls, decision.calls_used), _left(records, decision.records_used)
+
+    def _capped(self, decision: Decision, cap: int) -> bool:
+        calls, records = self.calls, self.records
+        # Below both quotas nothing is spent: skip the pricing (a cap of 0 refused the call already).
+        if over(decision.calls_used, calls) == 0 and over(decision.records_used, records) == 0:
+            return cap <= 0
+        return spend_cents(decision.calls_used, decision.records_used, calls, records) >= cap
+
+
+def _left(meter: Meter, used: int) -> int | None:
+    if meter.included is None or meter.billed:
+        return None
+    return max(0, meter.included - used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +70,7 @@ class Ticket:
     listed: bool
     period: Period
     day: str
+    weight: int = 1  # calls counted at admission: what a refund gives back
 
 
 class MeterEngine:
@@ -73,7 +101,14 @@ class MeterEngine:
             calls, records = meters(plan)
             windows = plan.windows_for(key[1])
             terms = Terms(
-                windows, calls, records, cap_cents(plan), policy_header(windows, calls, records), plan.strategy
+                windows,
+                calls,
+                records,
+                cap_cents(plan),
+                policy_header(windows, calls, records),
+                plan.strategy,
+                route.weight if route is not None else 1,
+                plan.billable,
             )
             self._terms[key] = terms
         return terms
@@ -97,7 +132,10 @@ class MeterEngine:
     ) -> Ticket:
         """Where a request's usage goes: its customer, key, route label, period and day."""
         moment = self._clock() if now is None else now
-        return Ticket(customer, key_id, label, route is not None, self.period(anchor_day, moment), self.day(moment))
+        weight = route.weight if route is not None else 1
+        return Ticket(
+            customer, key_id, label, route is not None, self.period(anchor_day, moment), self.day(moment), weight
+        )
 
     async def admit(
         self,
@@ -137,8 +175,12 @@ class MeterEngine:
         decision = await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
         return decision, terms, ticket
 
-    async def settle(self, ticket: Ticket, records: int) -> None:
-        if records <= 0:
+    async def settle(self, ticket: Ticket, records: int, *, refund: bool = False, uncounted: int = 0) -> None:
+        """Records of a response; ``refund``: its status is not billed, so its call is given back
+        (and its records are not billed); ``uncounted``: responses whose records could not be counted."""
+        if refund:
+            records = 0
+        if records <= 0 and not refund and uncounted <= 0:
             return
         settlement = Settlement(
             customer=ticket.customer,
@@ -149,9 +191,13 @@ class MeterEngine:
             period_end=ticket.period.end_ts,
             records=records,
             day=ticket.day,
+            calls=-ticket.weight if refund else 0,
+            uncounted=uncounted,
         )
         if self._fast is not None:
             self._fast.settle(settlement)
+            if uncounted > 0:  # rare: straight to the store rather than a field in every flush
+                await self._store.settle(replace(settlement, records=0, calls=0))
         else:
             await self._store.settle(settlement)
 

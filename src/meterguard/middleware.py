@@ -31,7 +31,7 @@ from .meter import MeterEngine, Terms, Ticket
 from .metrics import Metrics
 from .periods import rfc3339
 from .plans import Route
-from .records import count_json, is_json, parse_header
+from .records import Counter, StreamCounter, counter, is_json, parse_header
 from .reload import RELOAD_EVENT, ReloadResult, Runtime, build_runtime, keep_restart_only, summary
 from .responses import (
     CUSTOMER_SUSPENDED,
@@ -234,7 +234,8 @@ class MeterGuard:
                 # Served without a decision: the store counts its call once (AdmitRequest.served_on_loss);
                 # its records are settled as any other's, and wait in the ledger for the store.
                 ticket = self.engine.ticket(principal.customer, principal.key_id, principal.anchor_day, route, label)
-                await self._serve_unmetered(exc, scope, receive, send, ticket)
+                billable = self.engine.terms(principal.plan, route).billable
+                await self._serve_unmetered(exc, scope, receive, send, ticket, billable)
             else:
                 await self._store_failed(exc, scope, receive, send)
             return
@@ -242,7 +243,8 @@ class MeterGuard:
             await self._refuse(send, *_idempotency_refusal(decision.idempotency))
             return
         self.metrics.decided(principal.plan, decision)
-        metered = metered_headers(decision, terms.policy, terms.calls, terms.records, ticket.period.end_ts)
+        period_end = ticket.period.end_ts
+        metered = metered_headers(decision, terms.policy, terms.calls, terms.records, period_end, terms.weight)
         if not decision.admitted:
             await self._refuse(send, *_refusal(decision, principal, terms, ticket, metered))
             return
@@ -253,22 +255,26 @@ class MeterGuard:
             await self._replay(send, principal.customer, idempotency_key, metered)
             return
 
+        calls_remaining, records_remaining = terms.remaining(
+            decision, terms.spend_cap_cents if principal.spend_cap_cents is None else principal.spend_cap_cents
+        )
         scope["meterguard"] = {
             "customer": principal.customer,
             "key_id": principal.key_id,
             "plan": principal.plan,
-            "calls_remaining": _left(terms.calls.included, decision.calls_used),
-            "records_remaining": _left(terms.records.included, decision.records_used),
+            "calls_remaining": calls_remaining,
+            "records_remaining": records_remaining,
         }
         capture = idempotency.Capture() if idempotency_key is not None else None
-        responder = _Responder(self, send, ticket, metered, capture)
+        responder = _Responder(self, send, ticket, metered, capture, billable=terms.billable, head=method == "HEAD")
         try:
             await self.app(scope, receive, responder.send)
+        except Exception:
+            responder.failed()
+            raise
         finally:
-            if not responder.settled and responder.records:
-                # The app failed or the client left after the records header but before the last
-                # chunk: the records were produced, so they are billed.
-                await self.settle(ticket, responder.records)
+            if not responder.settled:
+                await responder.close()
             if capture is not None:
                 assert idempotency_key is not None
                 await self._finish_idempotent(principal.customer, idempotency_key, fingerprint, capture)
@@ -311,7 +317,9 @@ class MeterGuard:
         self._alerts: Alerts | None = runtime.alerts
         self._routes = runtime.config.routes
         self._records_header = runtime.config.records_header.encode("latin-1")
-        self._json_field = runtime.config.records_json_field
+        field = runtime.config.records_json_field
+        self._json_field = field
+        self._count_json: Counter | None = counter(field) if field is not None else None
         self._max_body = runtime.config.records_max_body_bytes
         self._fail_open = runtime.config.on_store_error == "fail_open"
         admin = getattr(self, "admin", None)
@@ -370,13 +378,15 @@ class MeterGuard:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
             self._sighup = True
 
-    async def settle(self, ticket: Ticket, records: int) -> None:
-        """Settle records. A client disconnect cancels the request, not the write: every store
-        completes a settlement once handed to it (the Redis store runs it in a batch task of its
-        own; the memory store and the fast path never yield), so no shield task is needed."""
-        self.metrics.billed(current_plan(), records)
+    async def settle(self, ticket: Ticket, records: int, *, refund: bool = False, uncounted: int = 0) -> None:
+        """Settle records (``refund``: give the call back instead, its status is not billed). A
+        client disconnect cancels the request, not the write: every store completes a settlement
+        once handed to it (the Redis store runs it in a batch task of its own; the memory store
+        and the fast path never yield), so no shield task is needed."""
+        if not refund:
+            self.metrics.billed(current_plan(), records)
         try:
-            await self.engine.settle(ticket, records)
+            await self.engine.settle(ticket, records, refund=refund, uncounted=uncounted)
         except StoreError:
             log.exception("could not settle %d records of customer %s", records, ticket.customer)
 
@@ -386,16 +396,18 @@ class MeterGuard:
         await send({"type": "http.response.body", "body": body})
 
     async def _serve_unmetered(
-        self, exc: StoreError, scope: Scope, receive: Receive, send: Send, ticket: Ticket
+        self, exc: StoreError, scope: Scope, receive: Receive, send: Send, ticket: Ticket, billable: frozenset[int]
     ) -> None:
         self.metrics.count(current_plan(), "unmetered")
         log.warning("store unavailable, serving (on_store_error: fail_open; usage kept for the store): %s", exc)
-        responder = _Responder(self, send, ticket, [], None)
+        responder = _Responder(self, send, ticket, [], None, billable=billable, head=scope["method"] == "HEAD")
         try:
             await self.app(scope, receive, responder.send)
+        except Exception:
+            responder.failed()
+            raise
         finally:
-            if not responder.settled and responder.records:
-                await self.settle(ticket, responder.records)
+            await responder.close()
 
     async def _serve_unresolved(
         self, exc: StoreError, scope: Scope, receive: Receive, send: Send, credential: str, route: Route | None
@@ -410,7 +422,7 @@ class MeterGuard:
             return
         self.metrics.count(current_plan(), "unmetered")
         log.warning("store unavailable, serving an unknown key (on_store_error: fail_open; resolved later): %s", exc)
-        responder = _Responder(self, send, None, [], None, entry)
+        responder = _Responder(self, send, None, [], None, entry, head=scope["method"] == "HEAD")
         await self.app(scope, receive, responder.send)
         if not responder.settled:
             entry.records = responder.records
@@ -533,10 +545,6 @@ def _idempotency_refusal(state: str) -> tuple[int, Headers, bytes]:
     )
 
 
-def _left(included: int | None, used: int) -> int | None:
-    return None if included is None else max(0, included - used)
-
-
 def _unauthenticated(detail: str, *, invalid: bool = False) -> tuple[int, Headers, bytes]:
     challenge = _WWW_AUTHENTICATE + (b', error="invalid_token"' if invalid else b"")
     return problem(401, UNAUTHENTICATED, detail, headers=[(b"www-authenticate", challenge)])
@@ -574,11 +582,17 @@ class _Responder:
     """Wraps ``send`` for one admitted request: adds headers, counts records, settles before the end.
 
     Bodies are passed through untouched unless they must be read to count a JSON array, and then
-    only up to ``records.max_body_bytes`` (starlette's GZipMiddleware pattern).
+    held only up to ``records.max_body_bytes`` (starlette's GZipMiddleware pattern); a larger one
+    is counted as it passes (records.StreamCounter). A response whose records could not be
+    counted (labelled JSON and not JSON, or cut short) is reported, never skipped silently: a
+    log line with customer and route, the uncounted metric, and ``uncounted`` in the usage
+    document (CONTRACT 11). A response whose status the plan does not bill (``billable_status``)
+    gives its call back and bills no records.
     """
 
     __slots__ = (
-        "guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_capture", "_unresolved"
+        "guard", "_send", "ticket", "metered", "records", "settled", "_buffer", "_buffered", "_capture", "_unresolved",
+        "_billable", "refund", "uncounted", "started", "_head", "_stream",
     )  # fmt: skip
 
     def __init__(
@@ -589,6 +603,9 @@ class _Responder:
         metered: Headers,
         capture: idempotency.Capture | None,
         unresolved: Entry | None = None,
+        *,
+        billable: frozenset[int] | None = None,
+        head: bool = False,
     ) -> None:
         self.guard = guard
         self._unresolved = unresolved  # no ticket: the records wait with the request's usage
@@ -596,10 +613,16 @@ class _Responder:
         self._send = send
         self.ticket = ticket
         self.metered = metered
+        self._billable = billable  # None: every status is billed (no plan known yet)
+        self._head = head
         self.records = 0
+        self.refund = False
+        self.uncounted = ""  # why the records could not be counted, once they could not
+        self.started = False
         self.settled = False
         self._buffer: list[bytes] | None = None
         self._buffered = 0
+        self._stream: StreamCounter | None = None  # a body over records.max_body_bytes, counted as it passes
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -612,6 +635,8 @@ class _Responder:
 
     async def _start(self, message: Message) -> None:
         guard = self.guard
+        self.started = True
+        status: int = message["status"]
         headers: list[tuple[bytes, bytes]] = []
         counted: int | None = None
         content_type = b""
@@ -627,11 +652,22 @@ class _Responder:
                 length = int(value)
             headers.append((name, value))
         if self._capture is not None:
-            self._capture.start(message["status"], headers)
-        if counted is not None:
+            self._capture.start(status, headers)
+        if self._billable is not None and status not in self._billable:
+            self.refund = True  # not billed: neither the call nor any records
+        elif counted is not None:
             self.records = counted
-        elif guard._json_field is not None and is_json(content_type) and (length is None or length <= guard._max_body):
-            self._buffer = []
+        elif (
+            guard._count_json is not None
+            and is_json(content_type)
+            and not self._head
+            and status not in _NO_BODY
+            and length != 0
+        ):
+            if length is not None and length > guard._max_body:
+                self._stream = StreamCounter(guard._json_field or "")
+            else:
+                self._buffer = []
         message = dict(message)
         message["headers"] = headers + self.metered
         await self._send(message)
@@ -645,30 +681,84 @@ class _Responder:
             self._buffer.append(chunk)
             self._buffered += len(chunk)
             if self._buffered > self.guard._max_body:
-                # Too large to parse: pass what we hold on and count via the header only.
-                log.warning("response body over records.max_body_bytes; its records are not counted from JSON")
-                self.guard.metrics.not_counted(current_plan())
+                # Too large to hold: count the rest as it streams past, holding nothing back.
                 body, self._buffer = b"".join(self._buffer), None
-                await self._send({"type": "http.response.body", "body": body, "more_body": more})
-                if not more:
-                    await self._finish()
+                self._stream = StreamCounter(self.guard._json_field or "")
+                await self._streamed(body, more)
                 return
             if more:
                 return
             body, self._buffer = b"".join(self._buffer), None
-            self.records = count_json(body, self.guard._json_field or "")
+            count = self.guard._count_json(body) if body and self.guard._count_json is not None else 0
+            if count is None:
+                self.uncounted = "a body labelled JSON that is not valid JSON"
+            else:
+                self.records = count
             await self._finish()
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        if self._stream is not None:
+            await self._streamed(message.get("body", b""), more)
             return
         if not more:
             await self._finish()
         await self._send(message)
 
+    async def _streamed(self, chunk: bytes, more: bool) -> None:
+        stream = self._stream
+        assert stream is not None
+        stream.feed(chunk)
+        if not more:
+            self._stream = None
+            count = stream.end()
+            if count is None:
+                self.uncounted = "a JSON body over records.max_body_bytes whose structure is not JSON's"
+            else:
+                self.records = count
+            await self._finish()
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    def failed(self) -> None:
+        """The app raised. Before its response started, the client gets a 500 from the server (or
+        an outer error middleware): billed only where the plan bills 500."""
+        if not self.started and self._billable is not None and 500 not in self._billable:
+            self.refund = True
+
+    async def close(self) -> None:
+        """After the app returned or raised: settle what the last body chunk did not."""
+        if self.settled:
+            return
+        if (self._buffer is not None and self._buffered) or self._stream is not None:
+            # The app stopped or the client left mid-body: what was read cannot be counted.
+            self._buffer = self._stream = None
+            self.uncounted = "a JSON body that never ended"
+        if self.records or self.refund or self.uncounted:
+            # The records header came (or the app failed, or the client left) before the last
+            # chunk: records produced are billed, a refund is given, and an uncounted body shown.
+            await self._finish()
+
     async def _finish(self) -> None:
-        if not self.settled:
-            self.settled = True
-            if self._unresolved is not None:
-                self._unresolved.records = self.records
-            elif self.records:
-                assert self.ticket is not None
-                await self.guard.settle(self.ticket, self.records)
+        if self.settled:
+            return
+        self.settled = True
+        if self._unresolved is not None:
+            self._unresolved.records = self.records
+            return
+        if self.ticket is None:
+            return
+        uncounted = 0
+        if self.uncounted and not self.refund:
+            uncounted = 1
+            ticket = self.ticket
+            log.warning(
+                "records not counted for customer %s on route %s: %s (shown as uncounted in the usage; "
+                "an app that knows its count can send it in the %s header)",
+                ticket.customer, ticket.route, self.uncounted, self.guard._records_header.decode(),
+            )  # fmt: skip
+            self.guard.metrics.not_counted(current_plan())
+        if self.records or self.refund or uncounted:
+            await self.guard.settle(self.ticket, self.records, refund=self.refund, uncounted=uncounted)
+
+
+#: Responses that never have a body (RFC 9110 section 6.4.1): nothing to count, nothing uncounted.
+_NO_BODY = frozenset({204, 304})

@@ -10,6 +10,13 @@ from typing import Literal
 
 Strategy = Literal["sliding", "fixed"]
 MICROS = 1_000_000  # prices are kept as integer millionths of the currency unit
+#: The request methods a route may name (RFC 9110 section 9, and PATCH of RFC 5789); ``*`` is any.
+#: Anything else is a typo (``FETCH``) that would silently never match.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+#: Statuses billed when a plan does not say (``billable_status``): everything but 5xx. A 4xx is
+#: the client's doing and still cost the service a lookup (and billing it leaves no free probing);
+#: a 5xx is the provider's failure, which no customer should pay for (docs/configuration.md).
+DEFAULT_BILLABLE = frozenset(range(100, 500))
 
 
 def window_name(seconds: int) -> str:
@@ -107,6 +114,9 @@ class Plan:
     overage: Overage | None = None
     alerts: tuple[float, ...] = ()
     strategy: Strategy = "sliding"
+    #: Response statuses whose calls and records are billed; a call answered with another status
+    #: is refunded when its response starts (middleware._Responder).
+    billable: frozenset[int] = DEFAULT_BILLABLE
 
     def windows_for(self, route_match: str | None) -> tuple[Window, ...]:
         if route_match is None:
@@ -143,8 +153,8 @@ def parse_match(match: str) -> tuple[str, str]:
     if len(parts) != 2:
         raise ValueError("must be 'METHOD /path', e.g. 'GET /v1/posts/{id}'")
     method, path = parts
-    if method != "*" and not method.isalpha():
-        raise ValueError(f"method {method!r} is not an HTTP method")
+    if method != "*" and method.upper() not in METHODS:
+        raise ValueError(f"method {method!r} is not an HTTP method; use one of {', '.join(sorted(METHODS))} or *")
     if not path.startswith("/"):
         raise ValueError(f"path {path!r} must start with '/'")
     if "*" in path[:-1]:

@@ -83,19 +83,30 @@ def policy_header(windows: Sequence[Window], calls: Meter, records: Meter) -> by
     return ", ".join(items).encode()
 
 
-def metered_headers(decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int) -> Headers:
-    """RateLimit, X-RateLimit-* and X-Meterguard-Usage for one decision."""
+def metered_headers(
+    decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int, weight: int = 1
+) -> Headers:
+    """RateLimit, X-RateLimit-* and X-Meterguard-Usage for one decision on a route of ``weight``.
+
+    ``RateLimit`` counts units (calls), as ``RateLimit-Policy`` does; its ``t`` is when a request
+    of this route fits again. ``X-RateLimit-*`` count requests of this route: ``Limit`` and
+    ``Remaining`` are units divided by the weight, rounded down, so that a client reading
+    ``Remaining: 0`` knows its next request here is refused, and ``Reset`` is the same moment
+    as ``t`` and ``Retry-After``. ``X-Meterguard-Cost`` says the weight where it is not 1.
+    """
     items = []
     tightest = None
+    tightest_left = 0
     for state in decision.windows:
         reset = retry_seconds(state.reset_after)
         items.append(f'"{state.window.name}";r={state.remaining};t={reset}')
+        left = state.remaining // weight
         if (
             tightest is None
-            or state.remaining < tightest.remaining
-            or (state.remaining == tightest.remaining and state.window.seconds < tightest.window.seconds)
+            or left < tightest_left
+            or (left == tightest_left and state.window.seconds < tightest.window.seconds)
         ):
-            tightest = state
+            tightest, tightest_left = state, left
     to_period_end = retry_seconds(period_end - decision.now)
     usage = [f"calls={decision.calls_used}"]
     if calls.included is not None:
@@ -111,11 +122,14 @@ def metered_headers(decision: Decision, policy: bytes, calls: Meter, records: Me
         headers.append((b"ratelimit", ", ".join(items).encode()))
     if tightest is not None:
         headers += [
-            (b"x-ratelimit-limit", str(tightest.window.limit).encode()),
-            (b"x-ratelimit-remaining", str(tightest.remaining).encode()),
+            (b"x-ratelimit-limit", str(tightest.window.limit // weight).encode()),
+            (b"x-ratelimit-remaining", str(tightest_left).encode()),
+            # the moment t and Retry-After count to, rounded up to a whole second
             (b"x-ratelimit-reset", str(math.ceil(decision.now + tightest.reset_after)).encode()),
         ]
     headers.append((b"x-meterguard-usage", ", ".join(usage).encode()))
+    if weight != 1:
+        headers.append((b"x-meterguard-cost", str(weight).encode()))
     return headers
 
 

@@ -64,6 +64,7 @@ def usage_document(
         "rejected": {reason: usage.rejected.get(reason, 0) for reason in ("rate_limited", "quota", "spend_cap")},
         "replays": usage.replays,  # idempotent retries served again, not billed
         "unmetered": usage.unmetered,  # served while the store was away and not kept (docs/reliability.md)
+        "uncounted": usage.uncounted,  # responses whose records could not be counted (docs/http.md)
         "by_route": _counts(usage.by_route),
         "by_key": _counts(usage.by_key),
     }

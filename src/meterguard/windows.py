@@ -39,12 +39,17 @@ def wait(previous: int, current: int, elapsed: float, seconds: int, limit: int, 
     return to_next_slot + max(needed_elapsed, 0.0)
 
 
-def reset_after(previous: int, current: int, elapsed: float, seconds: int, limit: int, sliding: bool) -> float:
-    """The ``t`` of the RateLimit header: when the window next has room, if it is full, else its slot end.
+def reset_after(
+    previous: int, current: int, elapsed: float, seconds: int, limit: int, sliding: bool, weight: int = 1
+) -> float:
+    """The ``t`` of the RateLimit header: when the window next has room for a request of ``weight``
+    units if it has not, else its slot end.
 
     With a full sliding window the slot end would lie to the client (the previous slot still
-    weighs), so a client that waits ``t`` seconds is then admitted for one unit.
+    weighs), so a client that waits ``t`` seconds is then admitted. On a weighted route "room"
+    means room for the route's weight: a weight-3 request with 2 units left waits as long as
+    its ``Retry-After`` says, not until the slot ends (docs/http.md, "Weighted routes").
     """
-    if estimate(previous, current, elapsed, seconds, sliding) + 1 > limit:
-        return wait(previous, current, elapsed, seconds, limit, 1, sliding)
+    if estimate(previous, current, elapsed, seconds, sliding) + weight > limit:
+        return wait(previous, current, elapsed, seconds, limit, weight, sliding)
     return seconds - elapsed

@@ -142,7 +142,7 @@ async def test_sliding_estimate_matches_windows_py_with_a_previous_slot(
         assert decision.admitted is admitted
         after = current + 3 if admitted else current
         assert decision.windows[0].remaining == remaining(50, estimate(40, after, elapsed, 3600, True))
-        assert decision.windows[0].reset_after == pytest.approx(reset_after(40, after, elapsed, 3600, 50, True))
+        assert decision.windows[0].reset_after == pytest.approx(reset_after(40, after, elapsed, 3600, 50, True, 3))
         current = after
 
 

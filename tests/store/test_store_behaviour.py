@@ -295,6 +295,30 @@ async def test_usage_by_route_by_key_and_by_day(store: Store, customer: str) -> 
     assert await store.daily(customer, []) == []
 
 
+async def test_refunds_and_uncounted_responses_settle_on_every_store(store: Store, customer: str) -> None:
+    """Issue 10: a settlement with negative calls gives a call back (route, key and day too), and
+    uncounted responses add up in the period. Each settle is its own batch on Redis: before
+    meter.lua loaded the field, every batch wrote its own count over the total (3 read 1)."""
+    search = request(customer, key_id="k1", weight=3)
+    for _ in range(3):
+        assert (await store.admit(search)).admitted
+    await store.settle(settlement(search, 0, calls=-3))  # one of them answered 500: refunded
+    for _ in range(3):
+        await store.settle(settlement(search, 0, uncounted=1))
+    await store.settle(settlement(search, 4, uncounted=1))
+    usage = await store.usage(customer, PERIOD)
+    assert (usage.calls, usage.records, usage.uncounted) == (6, 4, 4)
+    assert usage.by_route == {"GET /v1/posts/search": Counts(6, 4)} and usage.by_key == {"k1": Counts(6, 4)}
+    [day] = await store.daily(customer, [TODAY])
+    assert (day.calls, day.records) == (6, 4)
+    # a refund of every call leaves nothing behind
+    other = request(customer, key_id="k2", route="GET /v1/other")
+    assert (await store.admit(other)).admitted
+    await store.settle(settlement(other, 0, calls=-1))
+    usage = await store.usage(customer, PERIOD)
+    assert "GET /v1/other" not in usage.by_route and "k2" not in usage.by_key
+
+
 async def test_periods_are_counted_apart(store: Store, customer: str) -> None:
     req = request(customer, calls=Meter(1))
     assert (await store.admit(req)).admitted

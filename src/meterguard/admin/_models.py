@@ -224,6 +224,7 @@ class UsageDocument(_Document):
     unmetered: int = Field(
         description="Requests served while the store was away whose usage could not be kept (docs/reliability.md)."
     )
+    uncounted: int = Field(description="Responses whose records could not be counted (docs/http.md).")
     by_route: dict[str, Counts]
     by_key: dict[str, Counts]
 

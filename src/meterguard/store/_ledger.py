@@ -76,6 +76,7 @@ class Usage:
     returned: int = 0  # leased units given back unused
     windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
     unmetered: int = 0  # requests served whose usage could not be kept
+    uncounted: int = 0  # responses whose records could not be counted (store.base.Settlement)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def add_row(self, row: RowKey, calls: int, records: int) -> None:
@@ -94,6 +95,7 @@ class Usage:
         for slot, units in other.windows.items():
             self.windows[slot] = self.windows.get(slot, 0) + units
         self.unmetered += other.unmetered
+        self.uncounted += other.uncounted
         self.waiters.extend(other.waiters)
 
     @property
@@ -308,7 +310,8 @@ class Ledger:
         else:
             # No room for another entry: keep the count of requests served, not their breakdown.
             served = sum(calls for calls, _ in usage.rows.values())
-            dropped = Usage(usage.key, unmetered=usage.unmetered + (1 if served else 0), waiters=usage.waiters)
+            dropped = Usage(usage.key, unmetered=usage.unmetered + (1 if served > 0 else 0), uncounted=usage.uncounted,
+                            waiters=usage.waiters)  # fmt: skip
             for other in group.usages.values():
                 if other.key[:2] == usage.key[:2]:
                     other.merge(dropped)

@@ -30,7 +30,7 @@ def usage_fields(customer: str, fields: dict[str, str]) -> dict[str, str]:
     if fields.get("v") != "3":
         return dict(fields)
     head, *rows = fields.get("u", "").split("\n")
-    period, day, ts, calls, records, replays, unmetered = head.split("\t")
+    period, day, ts, calls, records, replays, unmetered, *uncounted = head.split("\t")  # uncounted: when not 0
     routes: dict[str, list[int]] = {}
     keys: dict[str, list[int]] = {}
     for row in rows:
@@ -46,6 +46,8 @@ def usage_fields(customer: str, fields: dict[str, str]) -> dict[str, str]:
     }  # fmt: skip
     if unmetered != "0":
         out["unmetered"] = unmetered
+    if uncounted:
+        out["uncounted"] = uncounted[0]
     return out
 
 

@@ -134,6 +134,7 @@ class _Batch:
             usage.returned,
             [[_field(w), w.seconds, slot, units] for (w, slot), units in usage.windows.items() if units > 0],
             usage.unmetered,
+            usage.uncounted,
         ]
 
     def carry(self, carry: Carry) -> list[Any]:
@@ -183,7 +184,7 @@ def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
             WindowState(
                 window,
                 remaining(window.limit, used),
-                reset_after(previous, current, elapsed, window.seconds, window.limit, sliding),
+                reset_after(previous, current, elapsed, window.seconds, window.limit, sliding, request.weight),
             )
         )
         slots.append(index)
@@ -329,10 +330,13 @@ class RedisMeter(RedisBase):
         return decision(request, reply, now)
 
     async def settle(self, settlement: Settlement) -> None:
-        if settlement.records <= 0:
+        if settlement.empty:
             return
         usage = Usage((settlement.customer, settlement.period_id, settlement.period_end, settlement.day))
-        usage.add_row((settlement.route, settlement.listed, settlement.key_id), 0, settlement.records)
+        records = max(0, settlement.records)
+        if records or settlement.calls:
+            usage.add_row((settlement.route, settlement.listed, settlement.key_id), settlement.calls, records)
+        usage.uncounted = max(0, settlement.uncounted)
         await self._applied(self.ledger.record(usage))
 
     async def flush(self, flush: Flush) -> None:
@@ -364,6 +368,7 @@ class RedisMeter(RedisBase):
             by_key=_counts(_merged([keys for _, keys in days.values()])),
             replays=int(fields.get("replays", 0)),
             unmetered=int(fields.get("unmetered", 0)),
+            uncounted=int(fields.get("uncounted", 0)),
         )
 
     async def daily(self, customer: str, days: list[str]) -> list[DayUsage]:

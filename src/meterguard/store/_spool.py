@@ -85,6 +85,7 @@ def _encode_usage(u: Usage) -> dict[str, Any]:
         "returned": u.returned,
         "windows": [[[w.name, w.limit, w.seconds, w.counter], slot, units] for (w, slot), units in u.windows.items()],
         "unmetered": u.unmetered,
+        "uncounted": u.uncounted,
     }
 
 
@@ -96,6 +97,7 @@ def _decode_usage(d: dict[str, Any]) -> Usage:
     for window, slot, units in d["windows"]:
         usage.windows[(_window(window), slot)] = units
     usage.unmetered = d["unmetered"]
+    usage.uncounted = d.get("uncounted", 0)  # absent from spools written before it existed
     return usage
 
 

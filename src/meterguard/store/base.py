@@ -110,6 +110,10 @@ class StoredResponse:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
+    """What a response adds to an admitted call: its records, and the corrections only the
+    response can tell (a call refunded for a status the plan does not bill, records that could
+    not be counted)."""
+
     customer: str
     key_id: str
     route: str
@@ -118,6 +122,12 @@ class Settlement:
     period_end: int
     records: int
     day: str
+    calls: int = 0  # negative: calls refunded (a response status the plan does not bill)
+    uncounted: int = 0  # responses whose records could not be counted (too large, or not JSON)
+
+    @property
+    def empty(self) -> bool:
+        return self.records <= 0 and self.calls == 0 and self.uncounted <= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,7 @@ class Usage:
     by_key: Mapping[str, Counts] = field(default_factory=dict)
     replays: int = 0  # idempotent retries served unbilled
     unmetered: int = 0  # requests served (fail_open) whose usage could not be kept
+    uncounted: int = 0  # responses whose records could not be counted (over the body limit, or not JSON)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from .._types import Clock
 from ..billing import spend_cents
 from ..config import LedgerSettings
 from ..errors import CustomerExists
+from ..plans import Window
 from ..windows import estimate, remaining, reset_after, wait
 from .base import (
     EVENT_VERSION,
@@ -73,6 +74,7 @@ class _Tally:
     calls: int = 0
     records: int = 0
     replays: int = 0
+    uncounted: int = 0
     rejected: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     by_route: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     by_key: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
@@ -88,8 +90,23 @@ def _route_label(tally: _Tally, route: str, listed: bool) -> str:
     return route
 
 
+def _states(
+    counted: list[tuple[Window, int, int, float]], added: int, weight: int, sliding: bool
+) -> tuple[WindowState, ...]:
+    """What each window reads after a decision that added ``added`` units (0 when refused)."""
+    return tuple(
+        WindowState(
+            window,
+            remaining(window.limit, estimate(previous, current + added, elapsed, window.seconds, sliding)),
+            reset_after(previous, current + added, elapsed, window.seconds, window.limit, sliding, weight),
+        )
+        for window, previous, current, elapsed in counted
+    )
+
+
 def _counts(table: dict[str, list[int]]) -> dict[str, Counts]:
-    return {name: Counts(calls, records) for name, (calls, records) in table.items()}
+    # a cell back at zero (a refunded call) is as if it never was, as on Redis
+    return {name: Counts(calls, records) for name, (calls, records) in table.items() if calls or records}
 
 
 class MemoryStore:
@@ -123,7 +140,10 @@ class MemoryStore:
         now = self._clock()
         sliding = request.strategy == "sliding"
         tally = self._periods[(request.customer, request.period_id)]
-        states: list[WindowState] = []
+        # (window, previous, current, elapsed) before this request; the states a client sees are
+        # built once the whole decision is known, so that a refused request adds to no window's
+        # count in the headers either (as the Redis store reports them).
+        counted: list[tuple[Window, int, int, float]] = []
         slots: list[tuple[dict[int, int], int]] = []
         violated: list[str] = []
         retry_after = 0.0
@@ -147,16 +167,7 @@ class MemoryStore:
                     retry_after,
                     wait(previous, current, elapsed, window.seconds, window.limit, request.weight, sliding),
                 )
-                after = current  # refused: nothing is added
-            else:
-                after = current + request.weight
-            states.append(
-                WindowState(
-                    window,
-                    remaining(window.limit, estimate(previous, after, elapsed, window.seconds, sliding)),
-                    reset_after(previous, after, elapsed, window.seconds, window.limit, sliding),
-                )
-            )
+            counted.append((window, previous, current, elapsed))
             slots.append((counts, index))
 
         reason: Reason | None = None
@@ -170,8 +181,8 @@ class MemoryStore:
         replay = held is not None and held[0] == request.idempotency_fingerprint and held[1] == "done"
         if held is not None and not replay:
             state = "mismatch" if held[0] != request.idempotency_fingerprint else "in_flight"
-            return Decision(False, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now,
-                            idempotency=state)  # type: ignore[arg-type]  # fmt: skip
+            return Decision(False, None, (), 0.0, _states(counted, 0, request.weight, sliding), tally.calls,
+                            tally.records, spend, now, idempotency=state)  # type: ignore[arg-type]  # fmt: skip
         if violated:
             reason = "rate_limited"
         elif not replay:
@@ -193,7 +204,7 @@ class MemoryStore:
                 reason,
                 tuple(violated),
                 retry_after,
-                tuple(states),
+                _states(counted, 0, request.weight, sliding),
                 tally.calls,
                 tally.records,
                 spend,
@@ -208,7 +219,8 @@ class MemoryStore:
             tally.replays += 1
             day.replays += 1
             self._usage_event(request.customer, request.period_id, request.day, now, replays=1)
-            return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now,
+            admitted = _states(counted, request.weight, request.weight, sliding)
+            return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now,
                             replay=True, slots=window_slots)  # fmt: skip
         label = self._count(tally, day, request.route, request.listed, request.key_id, request.weight, 0)
         self._usage_event(request.customer, request.period_id, request.day, now, request.weight, 0, 0, label,
@@ -224,7 +236,8 @@ class MemoryStore:
                 self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
         if request.key_id in self._key_ids:
             self._last_used[request.key_id] = now
-        return Decision(True, None, (), 0.0, tuple(states), tally.calls, tally.records, spend, now, slots=window_slots)
+        admitted = _states(counted, request.weight, request.weight, sliding)
+        return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now, slots=window_slots)
 
     def _count(
         self, tally: _Tally, day: _Tally, route: str, listed: bool, key_id: str, calls: int, records: int
@@ -259,13 +272,23 @@ class MemoryStore:
             self._dropped[customer] += drop
 
     async def settle(self, settlement: Settlement) -> None:
-        if settlement.records <= 0:
+        if settlement.empty:
             return
         tally = self._periods[(settlement.customer, settlement.period_id)]
         day = self._days[(settlement.customer, settlement.day)]
-        label = self._count(tally, day, settlement.route, settlement.listed, settlement.key_id, 0, settlement.records)
-        self._usage_event(settlement.customer, settlement.period_id, settlement.day, self._clock(), 0,
-                          settlement.records, 0, label, settlement.key_id)  # fmt: skip
+        records = max(0, settlement.records)
+        if records or settlement.calls:
+            label = self._count(tally, day, settlement.route, settlement.listed, settlement.key_id,
+                                settlement.calls, records)  # fmt: skip
+            self._usage_event(settlement.customer, settlement.period_id, settlement.day, self._clock(),
+                              settlement.calls, records, 0, label, settlement.key_id)  # fmt: skip
+        if settlement.uncounted > 0:
+            tally.uncounted += settlement.uncounted
+            self._event_seq += 1
+            now = self._clock()
+            fields = _fields((settlement.customer, settlement.period_id, settlement.day, now, 0, 0, 0, None, None))
+            fields["uncounted"] = str(settlement.uncounted)
+            self._append(settlement.customer, (f"{int(now * 1000)}-{self._event_seq}", fields))
 
     async def flush(self, flush: Flush) -> None:
         # The memory store never leases (it decides in-process already): only usage comes back.
@@ -282,7 +305,7 @@ class MemoryStore:
             return Usage()
         return Usage(
             tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key),
-            tally.replays,
+            tally.replays, uncounted=tally.uncounted,
         )  # fmt: skip
 
     async def finish_idempotent(

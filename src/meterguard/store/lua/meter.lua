@@ -30,7 +30,7 @@
 --                      and the previous slot are kept; <window> = their slot, the last written);
 --                      u:<key id> = last use; l:<writer> = ledger record (ln: how many);
 --                      P = the period ids with counters
---   T:p:<period> hash  calls, records, rs (units leased, not yet flushed), replays, unmetered,
+--   T:p:<period> hash  calls, records, rs (units leased, not yet flushed), replays, unmetered, uncounted,
 --                      x:<reason> (refusals), un + u:<label> (unmatched route labels seen), _,
 --                      c<US><day><US><route><US><key> / r<US>... (calls / records per day, route
 --                      and key: the audit cells; totals by route, key and day are their sums)
@@ -54,7 +54,7 @@
 --               period end, cap (-1: none), lease wanted, KEYS index of T:i (0: none),
 --               fingerprint, served on loss (0/1)}
 --   usage    = {KEYS index of T:p, period id, day, period end, rows, consumed, returned, windows,
---               unmetered}; row = {route, listed (0/1), key id, calls, records}; window =
+--               unmetered, uncounted}; row = {route, listed (0/1), key id, calls, records}; window =
 --               {window field, seconds, slot index, units to give back}
 --   carry    = {seq, admissions, usages} exactly as sent in that batch
 -- Returns {sec, usec, group reply, ...}; a group reply is {"ok", {admission reply, ...}}, where
@@ -266,6 +266,10 @@ local function period(index, period_end, period_id)
     want(p, 'calls')
     want(p, 'records')
     want(p, 'rs')
+    -- read before add(): a field not loaded reads 0, and the batch's amount would replace the total
+    want(p, 'replays')
+    want(p, 'unmetered')
+    want(p, 'uncounted')
     periods[index] = p
   end
   if period_end > p.period_end then p.period_end = period_end end
@@ -312,7 +316,8 @@ local function event(period_id, day)
   local id = period_id .. '\n' .. day
   e = events[id]
   if e == nil then
-    e = {period = period_id, day = day, calls = 0, records = 0, replays = 0, unmetered = 0, rows = {}}
+    e = {period = period_id, day = day, calls = 0, records = 0, replays = 0, unmetered = 0, uncounted = 0,
+         rows = {}}
     events[id] = e
     event_order[#event_order + 1] = e
   end
@@ -370,6 +375,12 @@ local function apply_usage(u)
     add(p, 'unmetered', u[9])
     local e = event(period_id, day)
     e.unmetered = e.unmetered + u[9]
+  end
+  local uncounted = u[10] or 0 -- absent from usages sent (or spooled) before it existed
+  if uncounted > 0 then
+    add(p, 'uncounted', uncounted)
+    local e = event(period_id, day)
+    e.uncounted = e.uncounted + uncounted
   end
 end
 
@@ -600,10 +611,12 @@ local function run_group(group)
     end
   end
   for _, e in ipairs(event_order) do
-    -- "<period>\t<day>\t<ts>\t<calls>\t<records>\t<replays>\t<unmetered>", then a line per
-    -- count: "<route>\t<key id>\t<calls>\t<records>" (tabs never occur in either).
-    local body = e.period .. '\t' .. e.day .. '\t' .. ts .. '\t' .. text(e.calls) .. '\t' .. text(e.records) .. '\t'
-      .. text(e.replays) .. '\t' .. text(e.unmetered) .. table.concat(e.rows)
+    -- "<period>\t<day>\t<ts>\t<calls>\t<records>\t<replays>\t<unmetered>[\t<uncounted>]", then a
+    -- line per count: "<route>\t<key id>\t<calls>\t<records>" (tabs never occur in either).
+    local head = e.period .. '\t' .. e.day .. '\t' .. ts .. '\t' .. text(e.calls) .. '\t' .. text(e.records) .. '\t'
+      .. text(e.replays) .. '\t' .. text(e.unmetered)
+    if e.uncounted ~= 0 then head = head .. '\t' .. text(e.uncounted) end
+    local body = head .. table.concat(e.rows)
     if EVENTS_MAX > 0 then
       redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAX, '*', 'v', '3', 'u', body)
     else
