@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -42,9 +43,20 @@ from ._types import Clock
 from .billing import cap_cents, meters, money, spend_cents
 from .config import Config, WebhookSettings
 from .metrics import DISCARD, Metrics
-from .periods import Period, rfc3339
+from .periods import Period, period_named, rfc3339
 from .plans import Plan
-from .store.base import AlertQueue, Delivery, Usage
+from .store.base import (
+    METER_CALLS,
+    METER_RECORDS,
+    METER_SPEND,
+    Alerting,
+    AlertQueue,
+    CustomerRecord,
+    Delivery,
+    Fired,
+    Threshold,
+    Usage,
+)
 
 log = logging.getLogger("meterguard.alerts")
 
@@ -106,6 +118,29 @@ def crossed(
             if used >= Decimal(repr(threshold)) * limit:
                 found.append(Crossing(meter, threshold, used, limit))
     return found
+
+
+def alerting_for(plan: Plan, cap: int | None) -> Alerting | None:
+    """A plan's alert thresholds as a store checks them (store.base.Alerting): for each meter with
+    a limit (the quotas; spend: ``cap``, in cents) and each fraction, the level that crosses it,
+    exactly as :func:`crossed` decides (``used >= fraction x limit`` in decimal)."""
+    if not plan.alerts:
+        return None
+    calls_meter, records_meter = meters(plan)
+    thresholds = []
+    for code, name, limit in (
+        (METER_CALLS, "calls", plan.quotas.calls),
+        (METER_RECORDS, "records", plan.quotas.records),
+        (METER_SPEND, "spend", cap),
+    ):
+        if limit is None or limit <= 0:
+            continue
+        for fraction in sorted(plan.alerts):
+            units = math.ceil(Decimal(repr(fraction)) * limit)
+            thresholds.append(Threshold(f"{name}:{fraction:g}", code, units, fraction, limit))
+    if not thresholds:
+        return None
+    return Alerting(tuple(thresholds), calls_meter, records_meter, cap)
 
 
 def event_id(customer: str, period_id: str, name: str) -> str:
@@ -220,28 +255,53 @@ class Alerts:
         for crossing in crossings:
             if crossing.name in fired:
                 continue
-            now = self._clock()
-            body = payload(crossing, customer=customer, plan=plan.name, period=period, at=now)
-            delivery = (
-                Delivery(str(body["id"]), json.dumps(body, separators=(",", ":")), 0, now) if self._queued else None
-            )
-            won = await self.store.claim_alert(customer, period.id, crossing.name, delivery, now, CLAIM_KEEP_SECONDS)
-            fired.add(crossing.name)
-            if won:
+            if await self._claim(customer, plan, period, crossing):
                 newly.append(crossing)
-                log.warning(
-                    "alert %s: customer %s (plan %s) reached %g of its %s %s in period %s: %s of %s",
-                    body["type"],
-                    customer,
-                    plan.name,
-                    crossing.threshold,
-                    crossing.meter,
-                    "cap" if crossing.meter == "spend" else "quota",
-                    period.id,
-                    body["used"],
-                    body["limit"],
-                )
+            fired.add(crossing.name)
         return newly
+
+    async def fire(self, fired: Fired, record: CustomerRecord) -> bool:
+        """Claim and queue one threshold a store reported crossed (store.base.Fired); False when
+        another process already did, or the plan no longer has that threshold."""
+        if fired.name in self._fired_in(fired.customer, fired.period_id):
+            return False
+        plan = self.config.plans.get(record.plan)
+        if plan is None:
+            return False
+        cap = cap_cents(plan, record.spend_cap)
+        alerting = alerting_for(plan, cap)
+        threshold = next((t for t in alerting.thresholds if t.name == fired.name), None) if alerting else None
+        if threshold is None:
+            return False
+        anchor = record.anchor_day if self.config.anchor == "anniversary" else 1
+        period = period_named(fired.period_id, anchor)
+        meter = fired.name.partition(":")[0]
+        won = await self._claim(
+            fired.customer, plan, period, Crossing(meter, threshold.fraction, fired.level, threshold.limit)
+        )
+        self._fired_in(fired.customer, fired.period_id).add(fired.name)
+        return won
+
+    async def _claim(self, customer: str, plan: Plan, period: Period, crossing: Crossing) -> bool:
+        """Claim the crossing and queue its webhook in one atomic step: once in every process."""
+        now = self._clock()
+        body = payload(crossing, customer=customer, plan=plan.name, period=period, at=now)
+        delivery = Delivery(str(body["id"]), json.dumps(body, separators=(",", ":")), 0, now) if self._queued else None
+        won = await self.store.claim_alert(customer, period.id, crossing.name, delivery, now, CLAIM_KEEP_SECONDS)
+        if won:
+            log.warning(
+                "alert %s: customer %s (plan %s) reached %g of its %s %s in period %s: %s of %s",
+                body["type"],
+                customer,
+                plan.name,
+                crossing.threshold,
+                crossing.meter,
+                "cap" if crossing.meter == "spend" else "quota",
+                period.id,
+                body["used"],
+                body["limit"],
+            )
+        return won
 
     def _fired_in(self, customer: str, period_id: str) -> set[str]:
         key = (customer, period_id)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from .errors import StoreError
 from .metrics import DISCARD, Metrics
 from .plans import Window
-from .store.base import AdmitRequest, Decision, Flush, Settlement, Store, UsageRow, WindowState
+from .store.base import AdmitRequest, Alerting, Decision, Flush, Settlement, Store, UsageRow, WindowState
 
 log = logging.getLogger("meterguard.fast")
 
@@ -62,6 +62,7 @@ class _Pending:
     consumed: int = 0
     returned: int = 0
     windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
+    alerting: Alerting | None = None  # the thresholds the store checks when this usage counts
 
     def empty(self) -> bool:
         return not self.rows and not self.consumed and not self.returned and not self.windows
@@ -166,6 +167,8 @@ class FastPath:
         counts = pending.rows.setdefault((request.route, request.listed, request.key_id), [0, 0])
         counts[0] += request.weight
         pending.consumed += request.weight
+        if request.alerting is not None:
+            pending.alerting = request.alerting
         if pending.consumed >= EARLY_FLUSH_UNITS and self._early is None:
             # A busy customer's usage goes to the store before the interval ends: what a SIGKILL
             # loses stays within MAX_LEASE units, however fast leases are used up.
@@ -217,6 +220,8 @@ class FastPath:
         if settlement.records <= 0:
             return
         counts[1] += settlement.records
+        if settlement.alerting is not None:
+            pending.alerting = settlement.alerting
         period = (settlement.customer, settlement.period_id)
         self._settled[period] = self._settled.get(period, 0) + settlement.records
         average = self._records_per_call.get(period)
@@ -312,4 +317,5 @@ def _as_flush(key: PendingKey, pending: _Pending) -> Flush:
         consumed=pending.consumed,
         returned=pending.returned,
         windows=tuple((window, slot, units) for (window, slot), units in pending.windows.items()),
+        alerting=pending.alerting,
     )

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ._types import Clock
+from .alerts import alerting_for
 from .billing import cap_cents, meters, over, spend_cents
 from .config import Config
 from .lease import FastPath
 from .periods import Period, day_id, period_for
 from .plans import DEFAULT_BILLABLE, Route, Strategy, Window
 from .responses import policy_header
-from .store.base import AdmitRequest, Decision, Meter, Settlement, Store
+from .store.base import AdmitRequest, Alerting, Decision, Meter, Settlement, Store
 
 SECONDS_PER_DAY = 86400
 
@@ -33,6 +34,7 @@ class Terms:
     strategy: Strategy
     weight: int = 1  # calls one request of the route costs
     billable: frozenset[int] = DEFAULT_BILLABLE  # response statuses whose call and records are billed
+    alerting: Alerting | None = None  # the plan's alert thresholds, spend on the plan's cap
 
     def remaining(self, decision: Decision, spend_cap_cents: int | None) -> tuple[int | None, int | None]:
         """``calls_remaining`` and ``records_remaining`` of ``scope["meterguard"]`` (CONTRACT 11).
@@ -71,6 +73,7 @@ class Ticket:
     period: Period
     day: str
     weight: int = 1  # calls counted at admission: what a refund gives back
+    alerting: Alerting | None = None  # thresholds the store checks when the settlement counts
 
 
 class MeterEngine:
@@ -79,6 +82,7 @@ class MeterEngine:
         self._store = store
         self._clock = clock
         self._terms: dict[tuple[str, str | None], Terms] = {}
+        self._alertings: dict[tuple[str, int], Alerting | None] = {}
         self._periods: dict[int, Period] = {}
         self._day: tuple[str, float] = ("", 0.0)
         self._fast = FastPath(store) if config.consistency == "fast" else None
@@ -109,9 +113,22 @@ class MeterEngine:
                 plan.strategy,
                 route.weight if route is not None else 1,
                 plan.billable,
+                alerting_for(plan, cap_cents(plan)),
             )
             self._terms[key] = terms
         return terms
+
+    def alerting(self, plan_name: str, terms: Terms, spend_cap_cents: int | None) -> Alerting | None:
+        """The terms' thresholds, or, for a customer with a cap of its own, those on that cap."""
+        if terms.alerting is None or spend_cap_cents is None or spend_cap_cents == terms.spend_cap_cents:
+            return terms.alerting
+        key = (plan_name, spend_cap_cents)
+        found = self._alertings.get(key)
+        if found is None:
+            if len(self._alertings) > 10_000:
+                self._alertings.clear()
+            found = self._alertings[key] = alerting_for(self._config.plans[plan_name], spend_cap_cents)
+        return found
 
     def period(self, anchor_day: int, now: float) -> Period:
         period = self._periods.get(anchor_day)
@@ -154,6 +171,9 @@ class MeterEngine:
         now = self._clock()
         terms = self.terms(plan_name, route)
         ticket = self.ticket(customer, key_id, anchor_day, route, label, now)
+        alerting = terms.alerting and self.alerting(plan_name, terms, spend_cap_cents)
+        if alerting is not None:
+            ticket = replace(ticket, alerting=alerting)
         request = AdmitRequest(
             customer=customer,
             key_id=key_id,
@@ -171,6 +191,7 @@ class MeterEngine:
             idempotency_key=idempotency_key,
             idempotency_fingerprint=idempotency_fingerprint,
             served_on_loss=self._served_on_loss,
+            alerting=alerting,
         )
         decision = await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
         return decision, terms, ticket
@@ -193,6 +214,7 @@ class MeterEngine:
             day=ticket.day,
             calls=-ticket.weight if refund else 0,
             uncounted=uncounted,
+            alerting=ticket.alerting,
         )
         if self._fast is not None:
             self._fast.settle(settlement)

@@ -52,14 +52,13 @@ from .responses import (
     throttled,
 )
 from .store import store_from_url
-from .store.base import Decision, Store, Usage
+from .store.base import Decision, Fired, Store
 from .unresolved import Entry, Unresolved
 
 log = logging.getLogger("meterguard")
 
 STORE_RETRY_AFTER = 5
 MAX_LABEL_LENGTH = 120  # characters of an unmatched route's usage label; longer paths are cut
-ALERT_CHECK_SECONDS = 1.0
 _WWW_AUTHENTICATE = b'Bearer realm="meterguard"'
 
 
@@ -85,6 +84,7 @@ class MeterGuard:
             store = store_from_url(resolve_store_url(store, loaded), clock=clock)
         self.store: Store = store
         self.store.configure_ledger(loaded.ledger)
+        self.store.set_alert_sink(self._alerted)
         self.metrics = Metrics()
         if hasattr(store, "metrics"):
             store.metrics = self.metrics
@@ -96,7 +96,6 @@ class MeterGuard:
         self._watcher: asyncio.Future[None] | None = None  # started by the first request, in its loop
         self._admin_prefix = self.config.admin_path
         # Alerts are checked at most once a second per customer, off the request path.
-        self._alerts_checked: dict[str, float] = {}
         self._deliverer = Deliverer.from_config(self.config, self.store)
         if self._deliverer is not None:
             self._deliverer.metrics = self.metrics
@@ -248,8 +247,6 @@ class MeterGuard:
         if not decision.admitted:
             await self._refuse(send, *_refusal(decision, principal, terms, ticket, metered))
             return
-        if self._alerts is not None:
-            self._check_alerts(principal, terms, ticket, decision)
         if decision.replay:
             assert idempotency_key is not None
             await self._replay(send, principal.customer, idempotency_key, metered)
@@ -444,23 +441,28 @@ class MeterGuard:
             ),
         )
 
-    def _check_alerts(self, principal: Principal, terms: Terms, ticket: Ticket, decision: Decision) -> None:
-        now = time.monotonic()
-        if now - self._alerts_checked.get(principal.customer, -ALERT_CHECK_SECONDS) < ALERT_CHECK_SECONDS:
-            return
-        if len(self._alerts_checked) > 100_000:
-            self._alerts_checked.clear()
-        self._alerts_checked[principal.customer] = now
-        cap = terms.spend_cap_cents if principal.spend_cap_cents is None else principal.spend_cap_cents
-        usage = Usage(calls=decision.calls_used, records=decision.records_used)
-        self._in_background(self._fire_alerts(principal, ticket, usage, cap))
+    def _alerted(self, fired: list[Fired]) -> None:
+        """The store's report of thresholds crossed, made in the step that changed usage; every
+        process of the gateway may hear one, until one of them has delivered and acknowledged it."""
+        if self._alerts is not None:
+            self._in_background(self._deliver_alerts(self._alerts, fired))
 
-    async def _fire_alerts(self, principal: Principal, ticket: Ticket, usage: Usage, cap: int | None) -> None:
-        assert self._alerts is not None
-        try:
-            await self._alerts.check(principal.customer, principal.plan, ticket.period, usage, spend_cap_cents=cap)
-        except StoreError as exc:
-            log.warning("could not check alerts of %s: %s", principal.customer, exc)
+    async def _deliver_alerts(self, alerts: Alerts, fired: list[Fired]) -> None:
+        delivered: dict[tuple[str, str], list[str]] = {}
+        for item in fired:
+            try:
+                record = await self.directory.get(item.customer)
+                if record is not None:
+                    await alerts.fire(item, record)  # claimed and queued once, whoever hears it
+            except StoreError as exc:
+                log.warning("could not queue alert %s of %s (it is reported again): %s", item.name, item.customer, exc)
+                continue
+            delivered.setdefault((item.customer, item.period_id), []).append(item.name)
+        for (customer, period_id), names in delivered.items():
+            try:
+                await self.store.ack_alerts(customer, period_id, names)
+            except StoreError as exc:
+                log.warning("could not acknowledge alerts of %s (they are queued once all the same): %s", customer, exc)
 
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)

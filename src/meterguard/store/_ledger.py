@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, StoreUnavailable
 from ..plans import Window
-from .base import AdmitRequest
+from .base import AdmitRequest, Alerting
 
 if TYPE_CHECKING:
     from ._spool import Spool
@@ -77,6 +77,8 @@ class Usage:
     windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
     unmetered: int = 0  # requests served whose usage could not be kept
     uncounted: int = 0  # responses whose records could not be counted (store.base.Settlement)
+    alerting: Alerting | None = None  # the thresholds to check once this usage is counted
+    acks: list[str] = field(default_factory=list)  # alerts delivered: the store stops reporting them
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def add_row(self, row: RowKey, calls: int, records: int) -> None:
@@ -96,6 +98,8 @@ class Usage:
             self.windows[slot] = self.windows.get(slot, 0) + units
         self.unmetered += other.unmetered
         self.uncounted += other.uncounted
+        self.alerting = other.alerting or self.alerting
+        self.acks.extend(other.acks)
         self.waiters.extend(other.waiters)
 
     @property

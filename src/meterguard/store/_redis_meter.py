@@ -25,9 +25,12 @@ from .base import (
     MAX_UNLISTED_ROUTES,
     OTHER_ROUTE,
     AdmitRequest,
+    Alerting,
+    AlertSink,
     Counts,
     DayUsage,
     Decision,
+    Fired,
     Flush,
     Meter,
     Reason,
@@ -85,15 +88,18 @@ class _Batch:
         return index
 
     def term(self, request: AdmitRequest) -> int:
-        ident = (request.windows, request.strategy, request.calls, request.records)
+        return self._term(request.windows, request.strategy, request.calls, request.records)
+
+    def _term(self, windows: tuple[Window, ...], strategy: str, calls: Meter, records: Meter) -> int:
+        ident = (windows, strategy, calls, records)
         index = self.terms_index.get(ident)
         if index is None:
             self.terms.append(
                 [
-                    1 if request.strategy == "sliding" else 0,
-                    [[_field(w), w.limit, w.seconds] for w in request.windows],
-                    _meter(request.calls),
-                    _meter(request.records),
+                    1 if strategy == "sliding" else 0,
+                    [[_field(w), w.limit, w.seconds] for w in windows],
+                    _meter(calls),
+                    _meter(records),
                 ]
             )
             index = self.terms_index[ident] = len(self.terms)
@@ -120,6 +126,7 @@ class _Batch:
             idem,
             request.idempotency_fingerprint,
             1 if admission.served else 0,
+            *_alerts(request.alerting),
         ]
 
     def usage(self, usage: Usage) -> list[Any]:
@@ -135,7 +142,20 @@ class _Batch:
             [[_field(w), w.seconds, slot, units] for (w, slot), units in usage.windows.items() if units > 0],
             usage.unmetered,
             usage.uncounted,
+            *self._usage_alerts(usage),
         ]
+
+    def _usage_alerts(self, usage: Usage) -> list[Any]:
+        """The thresholds to check, {terms, cap} to price spend (or 0), and alerts acknowledged."""
+        alerting = usage.alerting
+        thresholds: Any = 0
+        priced: Any = 0
+        if alerting is not None:
+            thresholds = _alerts(alerting)[0]
+            if alerting.spend:
+                cap = -1 if alerting.spend_cap_cents is None else alerting.spend_cap_cents
+                priced = [self._term((), "sliding", alerting.calls, alerting.records), cap]
+        return [thresholds, priced, usage.acks or 0]
 
     def carry(self, carry: Carry) -> list[Any]:
         return [carry.seq, [self.admission(a) for a in carry.admissions], [self.usage(u) for u in carry.usages]]
@@ -150,6 +170,14 @@ class _Batch:
             [self.usage(u) for u in work.usages],
             [self.carry(c) for c in work.carries],
         ]
+
+
+def _alerts(alerting: Alerting | None) -> list[Any]:
+    """An admission's last two fields: the thresholds ({meter, level, name}, by meter then level)
+    and whether they price spend."""
+    if alerting is None or not alerting.thresholds:
+        return [0, 0]
+    return [[[t.meter, t.units, t.name] for t in alerting.thresholds], 1 if alerting.spend else 0]
 
 
 def _recorded(entry: list[Any]) -> list[Any]:
@@ -267,6 +295,7 @@ class RedisMeter(RedisBase):
             STATE_TTL_SECONDS,
         ]
         self.ledger = Ledger(self._run_batch, self._group_of, admit_seconds=self._timeout())
+        self._alert_sink: AlertSink | None = None
 
     def configure_ledger(self, settings: LedgerSettings) -> None:
         """Bounds and the disk spool; adopts a spool an ended process left (store/_spool.py)."""
@@ -312,18 +341,35 @@ class RedisMeter(RedisBase):
         sec, usec, *replies = await self._script(METER, batch.keys, [payload])
         self.metrics.store_call("batch", time.perf_counter() - started, len(works))
         out = []
-        for reply in replies:
+        fired: list[Fired] = []
+        for work, reply in zip(works, replies, strict=True):
             status = str(reply[0])
             if status == "stale":
                 out.append(Reply(status, [], int(sec), int(usec)))
                 continue
             if status == "dup":  # a repeat: the decisions recorded when it ran, and when that was
                 out.append(Reply(status, [_recorded(entry) for entry in reply[3]], int(reply[1]), int(reply[2])))
-            else:
-                out.append(Reply(status, list(reply[1]), int(sec), int(usec)))
+                continue
+            out.append(Reply(status, list(reply[1]), int(sec), int(usec)))
+            if len(reply) > 2:  # alerts fired and not yet acknowledged: {period id, "name=level,...", ...}
+                pending = reply[2]
+                for period_id, entries in zip(pending[::2], pending[1::2], strict=True):
+                    for entry in str(entries).split(","):
+                        name, _, level = entry.rpartition("=")
+                        fired.append(Fired(work.customer, str(period_id), name, int(level)))
+        if fired and self._alert_sink is not None:
+            self._alert_sink(fired)
         return int(sec), int(usec), out
 
     # the Store protocol ---------------------------------------------------------------------------
+
+    def set_alert_sink(self, sink: AlertSink | None) -> None:
+        self._alert_sink = sink
+
+    async def ack_alerts(self, customer: str, period_id: str, names: Sequence[str]) -> None:
+        """Delivered: the store stops reporting these alerts (a ledger write, so exactly once)."""
+        usage = Usage((customer, period_id, 0, ""), acks=list(names))
+        await self._applied(self.ledger.record(usage))
 
     async def admit(self, request: AdmitRequest) -> Decision:
         reply, now = await self.ledger.admit(request, served=request.served_on_loss)
@@ -337,6 +383,7 @@ class RedisMeter(RedisBase):
         if records or settlement.calls:
             usage.add_row((settlement.route, settlement.listed, settlement.key_id), settlement.calls, records)
         usage.uncounted = max(0, settlement.uncounted)
+        usage.alerting = settlement.alerting
         await self._applied(self.ledger.record(usage))
 
     async def flush(self, flush: Flush) -> None:
@@ -346,6 +393,7 @@ class RedisMeter(RedisBase):
         usage.consumed, usage.returned = flush.consumed, flush.returned
         for window, slot, units in flush.windows:
             usage.windows[(window, slot)] = usage.windows.get((window, slot), 0) + units
+        usage.alerting = flush.alerting
         await self._applied(self.ledger.record(usage))
 
     async def _applied(self, waiter: Any) -> None:

@@ -53,6 +53,50 @@ class Meter:
 
 
 @dataclass(frozen=True, slots=True)
+class Threshold:
+    """One alert: ``fraction`` of a meter's ``limit`` (its quota; for spend, the cap in cents),
+    reached when the meter's level is at least ``units``. ``name`` is alerts.Crossing's."""
+
+    name: str  # e.g. "calls:0.8"
+    meter: int  # METER_CALLS, METER_RECORDS or METER_SPEND
+    units: int
+    fraction: float
+    limit: int
+
+
+METER_CALLS, METER_RECORDS, METER_SPEND = 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class Alerting:
+    """What a store needs to tell, in the step that changes usage, which thresholds it crossed:
+    the plan's thresholds (by meter, then level) and, for spend, the meters and the cap."""
+
+    thresholds: tuple[Threshold, ...]
+    calls: Meter
+    records: Meter
+    spend_cap_cents: int | None
+
+    @property
+    def spend(self) -> bool:
+        return any(threshold.meter == METER_SPEND for threshold in self.thresholds)
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A threshold crossed, once per customer and period; delivered, then acknowledged
+    (Store.ack_alerts) so that the store stops reporting it."""
+
+    customer: str
+    period_id: str
+    name: str
+    level: int  # the meter's level when it was crossed
+
+
+AlertSink = Callable[[list[Fired]], None]
+
+
+@dataclass(frozen=True, slots=True)
 class AdmitRequest:
     customer: str
     key_id: str
@@ -71,6 +115,7 @@ class AdmitRequest:
     idempotency_key: str | None = None  # a retry of an admitted request with this key is not billed again
     idempotency_fingerprint: str = ""  # method, path, query and body digest of the request with that key
     served_on_loss: bool = False  # fail_open: a request whose decision is lost is served, so counted once
+    alerting: Alerting | None = None  # the plan's alert thresholds (None: the plan has none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +169,7 @@ class Settlement:
     day: str
     calls: int = 0  # negative: calls refunded (a response status the plan does not bill)
     uncounted: int = 0  # responses whose records could not be counted (too large, or not JSON)
+    alerting: Alerting | None = None
 
     @property
     def empty(self) -> bool:
@@ -151,6 +197,7 @@ class Flush:
     consumed: int  # leased units used since the last flush (already in the windows)
     returned: int  # leased units given back unused
     windows: tuple[tuple[Window, int, int], ...] = ()  # (window, slot index, units to take back out)
+    alerting: Alerting | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +313,11 @@ class Store(AlertQueue, Protocol):
     # Idempotency-Key: an admission with a key marks it "running" (Decision.idempotency tells a
     # repeat "in_flight" or "mismatch"); the first request's end stores its response (``None``:
     # not replayable, the key is forgotten and a repeat runs as a new, billed call).
+    # Alerts: a store reports the thresholds its usage crosses to the sink (in any process of the
+    # gateway, at least once each) until they are acknowledged.
+    def set_alert_sink(self, sink: AlertSink | None) -> None: ...
+    async def ack_alerts(self, customer: str, period_id: str, names: Sequence[str]) -> None: ...
+
     async def finish_idempotent(
         self, customer: str, key: str, fingerprint: str, response: StoredResponse | None, ttl_seconds: int
     ) -> None: ...

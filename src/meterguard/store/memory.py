@@ -26,13 +26,19 @@ from ..windows import estimate, remaining, reset_after, wait
 from .base import (
     EVENT_VERSION,
     MAX_UNLISTED_ROUTES,
+    METER_CALLS,
+    METER_RECORDS,
+    METER_SPEND,
     OTHER_ROUTE,
     AdmitRequest,
+    Alerting,
+    AlertSink,
     Counts,
     CustomerRecord,
     DayUsage,
     Decision,
     Delivery,
+    Fired,
     Flush,
     KeyRecord,
     Reason,
@@ -133,10 +139,43 @@ class MemoryStore:
         self._deliveries: dict[str, tuple[Delivery, float]] = {}  # id -> (delivery, due at)
         # (customer, key) -> [fingerprint, "run" | "done", expiry, stored response]
         self._idempotency: dict[tuple[str, str], list[Any]] = {}
+        self._alerted: dict[tuple[str, str], dict[int, int]] = {}  # (customer, period) -> meter -> thresholds fired
+        self._alert_sink: AlertSink | None = None
 
     # metering -------------------------------------------------------------------------------------
 
     async def admit(self, request: AdmitRequest) -> Decision:
+        decision = self._decide(request)
+        if request.alerting is not None and decision.idempotency is None:
+            self._check_alerts(request.customer, request.period_id, request.alerting)
+        return decision
+
+    def _check_alerts(self, customer: str, period_id: str, alerting: Alerting) -> None:
+        """Each threshold of a meter fires once per period, in order of level, when the meter's
+        level reaches it (store/lua/meter.lua does the same in Redis)."""
+        tally = self._periods[(customer, period_id)]
+        levels = {METER_CALLS: tally.calls, METER_RECORDS: tally.records}
+        if alerting.spend:
+            levels[METER_SPEND] = spend_cents(tally.calls, tally.records, alerting.calls, alerting.records)
+        done = self._alerted.setdefault((customer, period_id), {})
+        seen: dict[int, int] = {}
+        fired: list[Fired] = []
+        for threshold in alerting.thresholds:
+            k = seen[threshold.meter] = seen.get(threshold.meter, 0) + 1
+            level = levels.get(threshold.meter)
+            if k > done.get(threshold.meter, 0) and level is not None and level >= threshold.units:
+                done[threshold.meter] = k
+                fired.append(Fired(customer, period_id, threshold.name, level))
+        if fired and self._alert_sink is not None:
+            self._alert_sink(fired)
+
+    def set_alert_sink(self, sink: AlertSink | None) -> None:
+        self._alert_sink = sink
+
+    async def ack_alerts(self, customer: str, period_id: str, names: Sequence[str]) -> None:
+        return None  # the sink heard them in this process: nothing waits here
+
+    def _decide(self, request: AdmitRequest) -> Decision:
         now = self._clock()
         sliding = request.strategy == "sliding"
         tally = self._periods[(request.customer, request.period_id)]
@@ -289,6 +328,8 @@ class MemoryStore:
             fields = _fields((settlement.customer, settlement.period_id, settlement.day, now, 0, 0, 0, None, None))
             fields["uncounted"] = str(settlement.uncounted)
             self._append(settlement.customer, (f"{int(now * 1000)}-{self._event_seq}", fields))
+        if settlement.alerting is not None:
+            self._check_alerts(settlement.customer, settlement.period_id, settlement.alerting)
 
     async def flush(self, flush: Flush) -> None:
         # The memory store never leases (it decides in-process already): only usage comes back.
@@ -298,6 +339,8 @@ class MemoryStore:
             label = self._count(tally, day, row.route, row.listed, row.key_id, row.calls, row.records)
             self._usage_event(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
                               label, row.key_id)  # fmt: skip
+        if flush.alerting is not None:
+            self._check_alerts(flush.customer, flush.period_id, flush.alerting)
 
     async def usage(self, customer: str, period_id: str) -> Usage:
         tally = self._periods.get((customer, period_id))

@@ -57,7 +57,8 @@
 --               unmetered, uncounted}; row = {route, listed (0/1), key id, calls, records}; window =
 --               {window field, seconds, slot index, units to give back}
 --   carry    = {seq, admissions, usages} exactly as sent in that batch
--- Returns {sec, usec, group reply, ...}; a group reply is {"ok", {admission reply, ...}}, where
+-- Returns {sec, usec, group reply, ...}; a group reply is {"ok", {admission reply, ...}, alerts
+-- fired and not yet acknowledged ({period id, "name=level,...", ...}, when there are)}, where
 -- an admission reply is {code, calls used, records used, spend cents, granted, flags, previous
 -- 1, count 1, ...}; or {"dup", sec, usec, {{code, granted, flags}, ...}} with the recorded
 -- decisions and the time of the run that applied them; or {"stale"}.
@@ -287,13 +288,68 @@ local function want_cells(p, day, route, listed, key_id, calls, records)
   if records ~= 0 then want(p, 'r' .. US .. day .. US .. route .. US .. key_id) end
 end
 
+-- Alerts: how many thresholds of each meter fired this period (A:c, A:r, A:s) and those fired
+-- but not yet acknowledged by a gateway that delivered them (A: "name=level,...").
+local function want_alerts(p)
+  if not p.alerts then
+    p.alerts = true
+    want(p, 'A')
+    want(p, 'A:c')
+    want(p, 'A:r')
+    want(p, 'A:s')
+  end
+end
+
 local function want_admission(a)
-  want_cells(period(a[2], a[9], a[3]), a[4], a[6], a[7], a[8], a[5], 0)
+  local p = period(a[2], a[9], a[3])
+  want_cells(p, a[4], a[6], a[7], a[8], a[5], 0)
+  if a[15] and a[15] ~= 0 then want_alerts(p) end
 end
 
 local function want_usage(u)
   local p = period(u[1], u[4], u[2])
   for _, row in ipairs(u[5]) do want_cells(p, u[3], row[1], row[2], row[3], row[4], row[5]) end
+  if (u[11] and u[11] ~= 0) or (u[13] and u[13] ~= 0) then want_alerts(p) end
+end
+
+-- Each threshold of a meter fires once per period, in order of level, when the meter's level
+-- reaches it: checked whenever usage changes and on every refusal, in the step that changes
+-- usage, so no burst can run past one unseen. `levels` = {calls, records, spend or nil}.
+local METERS = {'A:c', 'A:r', 'A:s'}
+local function check_alerts(p, thresholds, levels)
+  local seen, fired = {0, 0, 0}, {}
+  for _, threshold in ipairs(thresholds) do
+    local meter = threshold[1]
+    local k = seen[meter] + 1
+    seen[meter] = k
+    local done = fired[meter]
+    if done == nil then
+      done = get(p, METERS[meter])
+      fired[meter] = done
+    end
+    local level = levels[meter]
+    if k > done and level ~= nil and level >= threshold[2] then
+      fired[meter] = k
+      put(p, METERS[meter], k)
+      local entry = threshold[3] .. '=' .. text(level)
+      local pending = p.vals['A'] -- a field HMGET did not find reads false
+      if not pending or pending == '' then pending = entry else pending = pending .. ',' .. entry end
+      put(p, 'A', pending)
+    end
+  end
+end
+
+-- Forget the alerts a gateway delivered (it acknowledges them by name).
+local function ack_alerts(p, names)
+  local pending = p.vals['A']
+  if not pending or pending == '' then return end
+  local done = {}
+  for _, name in ipairs(names) do done[name] = true end
+  local kept = {}
+  for entry in string.gmatch(pending, '[^,]+') do
+    if not done[string.match(entry, '^(.*)=')] then kept[#kept + 1] = entry end
+  end
+  put(p, 'A', table.concat(kept, ','))
 end
 
 -- A window's counts now: (previous slot, current slot).
@@ -381,6 +437,17 @@ local function apply_usage(u)
     add(p, 'uncounted', uncounted)
     local e = event(period_id, day)
     e.uncounted = e.uncounted + uncounted
+  end
+  if u[13] and u[13] ~= 0 then ack_alerts(p, u[13]) end
+  if u[11] and u[11] ~= 0 then
+    local calls, records = get(p, 'calls'), get(p, 'records')
+    local spend
+    local priced = u[12]
+    if priced and priced ~= 0 then
+      local t = terms[priced[1]]
+      spend = meter_cents(calls + get(p, 'rs'), t[3]) + meter_cents(records, t[4])
+    end
+    check_alerts(p, u[11], {calls, records, spend})
   end
 end
 
@@ -481,6 +548,14 @@ local function admit(a)
   end
   reply[1], reply[2], reply[3], reply[4], reply[5], reply[6] = code, calls_used, records_used, spend, granted, flags
   recorded_now[#recorded_now + 1] = text(code) .. ',' .. text(granted) .. ',' .. text(flags)
+  if a[15] and a[15] ~= 0 and code < CODE_IN_FLIGHT then -- admitted or refused: the level now
+    local priced = a[16] == 1
+    local spend_now = spend
+    if code == CODE_ADMITTED and not replay and priced then
+      spend_now = meter_cents(committed + weight, calls_meter) + meter_cents(records_used, records_meter)
+    end
+    check_alerts(p, a[15], {calls_used, records_used, priced and spend_now or nil})
+  end
   return reply
 end
 
@@ -660,6 +735,16 @@ local function run_group(group)
     redis.call('EXPIRE', state.key, STATE_TTL)
     if redis.call('EXISTS', stream) == 1 then redis.call('EXPIRE', stream, STATE_TTL) end
   end
+  local alerts
+  for _, p in pairs(periods) do
+    local pending = p.alerts and p.vals['A']
+    if pending and pending ~= '' then
+      alerts = alerts or {}
+      alerts[#alerts + 1] = p.id
+      alerts[#alerts + 1] = pending
+    end
+  end
+  if alerts then return {'ok', replies, alerts} end
   return {'ok', replies}
 end
 
