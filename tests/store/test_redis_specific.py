@@ -349,3 +349,21 @@ async def test_settle_survives_cancellation_when_shielded(
     finally:
         await store.aclose()
         await proxy.close()
+
+
+async def test_an_export_group_nobody_uses_does_not_hold_the_stream_forever(
+    kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
+) -> None:
+    """Trimming follows the slowest export group, but a group idle for longer than
+    events.keep_exported_seconds (a file nobody exports to any more) holds nothing back."""
+    store = await store_factory(kind)
+    assert isinstance(store, RedisStore)
+    store.events_keep_exported = 1
+    for i in range(5):
+        await store.append_event("acme", {"v": "1", "type": "note", "n": str(i)})
+    read_by_stale = await store.read_events("acme", "stale", "c1", 100)  # read, never acknowledged
+    assert len(read_by_stale) == 5
+    await asyncio.sleep(1.3)
+    exported = await store.read_events("acme", "active", "c1", 100)
+    await store.ack_events("acme", "active", [event_id for event_id, _ in exported])
+    assert await raw.xlen(f"{key_prefix}:{{c:acme}}:events") == 0

@@ -110,11 +110,17 @@ class RedisEvents(RedisBase):
             await client.xack(key, group, *ids)
             # The oldest event some group still needs: its oldest pending one, or the first one
             # after what it was last given; trimming follows the slowest export. Exported events
-            # stay events_keep_exported seconds more, for a new export group or a replay.
+            # stay events_keep_exported seconds more, for a new export group or a replay. A group
+            # no consumer has used for that long (an export to a file nobody writes any more)
+            # holds nothing back: what it has not read by then is trimmed.
             groups = await client.xinfo_groups(key)
-            needed: list[tuple[int, int]] = [(int(time.time() * 1000) - self.events_keep_exported * 1000, 0)]
+            keep_ms = self.events_keep_exported * 1000
+            needed: list[tuple[int, int]] = [(int(time.time() * 1000) - keep_ms, 0)]
             for info in groups:
                 name = info["name"]
+                consumers = await client.xinfo_consumers(key, name)
+                if not consumers or min(int(c.get("idle") or 0) for c in consumers) > keep_ms:
+                    continue
                 if int(info.get("pending") or 0):
                     summary = await client.xpending(key, name)
                     needed.append(_stream_id(summary["min"]))
