@@ -10,16 +10,20 @@ reach the same states through a real proxy and real outages.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
+from meterguard.errors import StoreUnavailable
 from meterguard.plans import Window
 from meterguard.store._ledger import Admission, Carry, Usage, Work
-from meterguard.store.base import Counts, Meter
+from meterguard.store.base import Counts, Meter, Settlement
 from meterguard.store.redis import RedisStore
 
 from ..conftest import StoreFactory
+from ..faultproxy import FaultProxy
+from ..servers import RedisServer
 from .test_store_behaviour import PERIOD, TODAY, request
 
 HOUR = Window("1h", 1000, 3600)
@@ -154,3 +158,23 @@ async def test_writers_are_independent(store: RedisStore) -> None:
     finally:
         store.ledger.writer = other
     assert await counts(store) == (2, 0)
+
+
+async def test_an_admission_ends_at_its_budget_while_a_usage_batch_waits_for_redis(
+    private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy]
+) -> None:
+    """A batch of usage only has no deadline: it is retried until Redis answers. An admission
+    queued behind it must still end at its own budget (it used to wait as long as the outage)."""
+    proxy = fault_proxy(private_redis.port)
+    store = RedisStore(f"{proxy.url}?socket_timeout=0.3", key_prefix="budget")
+    try:
+        assert (await store.admit(request("acme"))).admitted
+        proxy.blackhole()
+        await store.settle(Settlement("acme", "key1", "GET /v1/posts/search", True, PERIOD, 2_000_000_000, 5, TODAY))
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.admit(request("acme"))
+        assert time.monotonic() - started < 1.0
+    finally:
+        proxy.heal()
+        await store.aclose()

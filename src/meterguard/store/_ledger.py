@@ -153,6 +153,7 @@ class _Group:
     sender: asyncio.Task[None] | None = None
     inflight: list[Work] | None = None
     inflight_seq: int = 0
+    timer: asyncio.TimerHandle | None = None  # fails queued admissions at their budget's end
 
     def has_work(self) -> bool:
         return bool(self.queue or self.usages or self.carries)
@@ -199,8 +200,13 @@ class Ledger:
         loop = asyncio.get_running_loop()
         group = self._group(request.customer)
         future: asyncio.Future[tuple[list[Any], float]] = loop.create_future()
-        group.queue.append(Pending(Admission(request, served), future, loop.time() + self.admit_seconds))
+        give_up = loop.time() + self.admit_seconds
+        group.queue.append(Pending(Admission(request, served), future, give_up))
         self._kick(group)
+        if group.timer is None:
+            # The sender may be busy with a batch that has no deadline (usage only, retried until
+            # Redis answers): whatever it waits for, a queued admission ends at its budget.
+            group.timer = loop.call_at(give_up, self._on_timer, group)
         return await future
 
     def record(self, usage: Usage) -> asyncio.Future[None]:
@@ -382,6 +388,13 @@ class Ledger:
     def _expire_queued(self, group: _Group, now: float) -> None:
         while group.queue and group.queue[0].give_up <= now:
             self._abandon(group, group.queue.popleft())
+
+    def _on_timer(self, group: _Group) -> None:
+        group.timer = None
+        loop = asyncio.get_running_loop()
+        self._expire_queued(group, loop.time())
+        if group.queue:
+            group.timer = loop.call_at(group.queue[0].give_up, self._on_timer, group)
 
     async def _send_loop(self, group: _Group) -> None:
         loop = asyncio.get_running_loop()
