@@ -125,6 +125,7 @@ def aggregate(arms: list[str], per_round: dict[str, list[Sample]], errors: dict[
             exact = per_round.get("mg-exact", [])
             res["vs_mg_exact"] = paired(samples, exact, _ratio("rps"))
             res["cpu_vs_mg_exact_us"] = paired(samples, exact, _difference("gateway_cpu_us"))
+            res["cpu_ratio_vs_mg_exact"] = paired(samples, exact, _ratio("gateway_cpu_us"))
         if arm in errors:
             res["error"] = errors[arm]
         results[arm] = res
@@ -173,9 +174,12 @@ TARGETS = (
     Target("mg-fast vs slowapi, requests/s", "mg-fast", "vs_slowapi", 3.0, True, "x"),
     Target("mg-exact vs a minimal limits.aio middleware (2 windows), requests/s", "mg-exact", "vs_limits_aio", 1.0,
            True, "x"),
-    # "within 5%": at least 0.95 of the requests/s of the same gateway under the harness's uvicorn call
-    Target("`meterguard serve` vs the same app under plain uvicorn (mg-serve / mg-exact, requests/s)",
+    # "Within 5%" of the same gateway under the harness's uvicorn call, in both figures: on a saturated
+    # machine requests/s hides part of a CPU difference, which the issue measured (+50 µs per request).
+    Target("`meterguard serve` vs the same app under plain uvicorn: requests/s (mg-serve / mg-exact)",
            "mg-serve", "vs_mg_exact", 0.95, True, "ratio"),
+    Target("`meterguard serve` vs the same app under plain uvicorn: gateway CPU per request (mg-serve / mg-exact)",
+           "mg-serve", "cpu_ratio_vs_mg_exact", 1.05, False, "ratio"),
 )
 # fmt: on
 

@@ -25,7 +25,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SKELETON = f"""\
 # Benchmarks
 
-How meterguard's speed is measured: `make bench` (benchmarks/), targets in BENCHMARKS.md.
+How meterguard's speed is measured: `make bench` (benchmarks/), each figure against its target.
 
 ## Results
 
@@ -109,6 +109,10 @@ def environment(*, private_redis: bool) -> dict[str, str]:
 # markdown ---------------------------------------------------------------------------------------------
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return "n/a" if not isinstance(value, int | float) else f"{value:{spec}}{suffix}"
 
@@ -141,7 +145,7 @@ def render(env: dict[str, str], inprocess: dict[str, Any] | None, http: dict[str
         out.extend(_inprocess_section(inprocess))
     out.append("### Against the targets")
     out.append("")
-    out.append("The targets of BENCHMARKS.md, each against the HTTP figure above (medians over rounds).")
+    out.append("The project's targets, each against the HTTP figure above (medians over rounds).")
     out.append("")
     out.append("| figure | measured | target | verdict |")
     out.append("|---|---:|---:|---|")
@@ -153,15 +157,16 @@ def render(env: dict[str, str], inprocess: dict[str, Any] | None, http: dict[str
 def _http_section(http: dict[str, Any]) -> list[str]:
     out = [
         f"### HTTP: uvicorn, 1 worker, uvloop + httptools, no access log; wrk -t1 -c{http['concurrency']}, "
-        f"{http['warmup']:g} s warm-up + {http['seconds']:g} s, {http['rounds']} rounds",
+        f"{http['warmup']:g} s warm-up + {http['seconds']:g} s, {_plural(http['rounds'], 'round')}",
         "",
         f"{http['keys']} keys in rotation (x-api-key). Arms interleaved, order alternating by round; each "
-        "figure is the **median over rounds**, and every comparison (ratio to bare, CPU added over bare) "
-        "is taken within a round first. Over the measured window: *gateway CPU* is user + system CPU of "
-        "every process of the server (/proc) per request completed; *Redis CPU* is `used_cpu_user + "
-        "used_cpu_sys` of `INFO cpu`, per request and per admitted (2xx) request; *Redis ops* the sum of "
-        "`INFO commandstats` after `CONFIG RESETSTAT`, which counts each `redis.call` inside a script; "
-        "*cmds sent* the commands the gateway sent, counted in redis-py (a pipeline counts each command).",
+        "figure is the **median over rounds** (the breakdowns by command: the mean), and every comparison "
+        "(ratio to bare, CPU added over bare) is taken within a round first. Over the measured window: "
+        "*gateway CPU* is user + system CPU of every process of the server (/proc) per request completed; "
+        "*Redis CPU* is `used_cpu_user + used_cpu_sys` of `INFO cpu`, per request and per admitted (2xx) "
+        "request; *Redis ops* the sum of `INFO commandstats` after `CONFIG RESETSTAT`, which counts each "
+        "`redis.call` inside a script; *cmds sent* the commands the gateway sent, counted in redis-py (a "
+        "pipeline counts each command).",
         "",
         "| arm | req/s | ratio to bare | p50 | p99 | gateway CPU/req | added over bare | Redis CPU/req "
         "| Redis CPU/admitted | Redis ops/req | cmds sent/req | non-2xx | errors |",
@@ -190,12 +195,12 @@ def _http_section(http: dict[str, Any]) -> list[str]:
         )
         out.append("")
     for field, title in (
-        ("commands", "Redis operations per request, by command (server side, commands inside scripts included):"),
-        ("sent", "Redis commands sent per request, by command (gateway side):"),
+        ("commands", "Redis operations per request by command, server side (commands inside scripts included):"),
+        ("sent", "Redis commands sent per request by command, gateway side:"),
     ):
         breakdown = _breakdown(http["arms"], field)
         if breakdown:
-            out.extend([title + " mean over rounds.", "", *breakdown, ""])
+            out.extend([title, "", *breakdown, ""])
     failed = [f"- {arm}: {res['error']}" for arm, res in http["arms"].items() if "rps" in res and "error" in res]
     if failed:
         out.extend(["Arms that failed in some round (figures from the rounds that ran):", "", *failed, ""])
@@ -205,7 +210,7 @@ def _http_section(http: dict[str, Any]) -> list[str]:
 def _inprocess_section(inprocess: dict[str, Any]) -> list[str]:
     out = [
         f"### In-process: raw ASGI, no HTTP, {inprocess['concurrency']} tasks on uvloop, "
-        f"{inprocess['requests']} requests per arm and round, {inprocess['rounds']} rounds",
+        f"{inprocess['requests']} requests per arm and round, {_plural(inprocess['rounds'], 'round')}",
         "",
         "Microseconds of wall time per request with 32 in flight (Redis round trips included); the median "
         "over rounds. The overhead is the median over rounds of (arm - bare) within the round.",

@@ -205,6 +205,7 @@ def test_an_arm_missing_a_round_is_compared_over_the_rounds_it_ran() -> None:
     assert results["mg-exact"]["ratio"] == pytest.approx((0.3 + 0.5) / 2)
     assert results["mg-serve"]["vs_mg_exact"] == pytest.approx((0.9 + 1.0) / 2)  # round 1 has no mg-exact
     assert results["mg-serve"]["cpu_vs_mg_exact_us"] == pytest.approx((20 + 5) / 2)
+    assert results["mg-serve"]["cpu_ratio_vs_mg_exact"] == pytest.approx((220 / 200 + 215 / 210) / 2)
     assert results["mg-exact"]["vs_limits_aio"] is None
     assert results["limits-aio"] == {"error": "boom"}
 
@@ -230,6 +231,7 @@ def test_the_verdict_table_is_benchmarks_md_targets() -> None:
         ("mg-fast", "vs_slowapi", 3.0, True),
         ("mg-exact", "vs_limits_aio", 1.0, True),
         ("mg-serve", "vs_mg_exact", 0.95, True),
+        ("mg-serve", "cpu_ratio_vs_mg_exact", 1.05, False),
     ]
 
 
@@ -239,7 +241,7 @@ def test_verdicts_at_and_beyond_each_limit() -> None:
             "mg-memory": {"ratio": 0.65, "gateway_cpu_added_us": 40.0},
             "mg-fast": {"ratio": 0.60, "gateway_cpu_added_us": 45.0, "redis_cpu_admitted_us": 3.0, "vs_slowapi": 3.0},
             "mg-exact": {"ratio": 0.45, "redis_cpu_admitted_us": 20.0, "vs_limits_aio": 1.0},
-            "mg-serve": {"vs_mg_exact": 0.95},
+            "mg-serve": {"vs_mg_exact": 0.95, "cpu_ratio_vs_mg_exact": 1.05},
         }
     )
     assert {verdict for _measured, _target, verdict in _verdicts(at_limit).values()} == {"met"}
@@ -248,7 +250,7 @@ def test_verdicts_at_and_beyond_each_limit() -> None:
             "mg-memory": {"ratio": 0.64, "gateway_cpu_added_us": 40.2},
             "mg-fast": {"ratio": 0.59, "gateway_cpu_added_us": 46.0, "redis_cpu_admitted_us": 3.1, "vs_slowapi": 2.9},
             "mg-exact": {"ratio": 0.44, "redis_cpu_admitted_us": 20.5, "vs_limits_aio": 0.99},
-            "mg-serve": {"vs_mg_exact": 0.94},
+            "mg-serve": {"vs_mg_exact": 0.94, "cpu_ratio_vs_mg_exact": 1.06},
         }
     )
     verdicts = _verdicts(beyond)
