@@ -257,6 +257,8 @@ def test_verdicts_at_and_beyond_each_limit() -> None:
     assert {verdict for _measured, _target, verdict in verdicts.values()} == {"**not met**"}
     assert verdicts["mg-exact, Redis CPU per admitted request"] == ("20.5 µs", "<= 20.0 µs", "**not met**")
     assert verdicts["mg-fast vs slowapi, requests/s"] == ("2.90x", ">= 3.00x", "**not met**")
+    just_under = _verdicts(_http(**{"mg-fast": {"vs_slowapi": 2.9993}}))
+    assert just_under["mg-fast vs slowapi, requests/s"] == ("2.9993x", ">= 3.00x", "**not met**")
     missing = _verdicts(_http(**{"mg-memory": {"error": "boom"}}))
     assert {verdict for _measured, _target, verdict in missing.values()} == {"not measured"}
 
