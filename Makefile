@@ -41,11 +41,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-# Bench-only tools: the peer arms (slowapi), uvicorn's fast loop and parser, a profiler, and wrk
-# (Debian's package). Knobs: MG_BENCH_SECONDS, MG_BENCH_ROUNDS, MG_BENCH_ARMS (docs/benchmarks.md).
-bench: $(STAMP) redis
-	$(BIN)/python -m pip install --quiet 'slowapi>=0.1.9,<0.2' uvloop httptools pyinstrument
+# Bench-only tools: the peer arms (slowapi; limits >= 4.1 for the sliding window counter), uvicorn's
+# fast loop and parser, a profiler, wrk and redis-server (Debian's packages). The harness starts a
+# Redis of its own unless MG_BENCH_REDIS names one. Knobs: MG_BENCH_SECONDS, MG_BENCH_ROUNDS,
+# MG_BENCH_WARMUP, MG_BENCH_ARMS (docs/benchmarks.md).
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'slowapi>=0.1.9,<0.2' 'limits>=4.1' uvloop httptools pyinstrument
 	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	bash -c '. scripts/_servers.sh && need_redis'
 	$(BIN)/python -m benchmarks
 
 # Stops only servers recorded in .mg-test/ by the scripts above, never by port.

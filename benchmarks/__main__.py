@@ -1,6 +1,7 @@
 """``python -m benchmarks [all|inprocess|http|profile ARM|serve ARM]``; ``make bench`` runs ``all``.
 
 all        both harnesses, then the results table into docs/benchmarks.md (``--no-write``: print only)
+           (every command but ``serve`` starts a Redis server of its own unless MG_BENCH_REDIS names one)
 inprocess  the raw ASGI harness only, printed
 http       the uvicorn + wrk harness only, printed
 profile    one arm in the in-process loop under pyinstrument (``--cprofile`` for cProfile): top functions
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 
+from ._common import private_redis
 from .arms import IN_PROCESS_ARMS
 
 
@@ -46,21 +48,25 @@ def main(argv: list[str] | None = None) -> int:
     if command == "profile":
         from .inprocess import profile
 
-        profile(args.arm, requests=args.requests, top=args.top, use_cprofile=args.cprofile, tree=args.tree)
+        with private_redis():
+            profile(args.arm, requests=args.requests, top=args.top, use_cprofile=args.cprofile, tree=args.tree)
         return 0
 
     from . import http, inprocess, report
 
-    env = report.environment()
     in_results = http_results = None
-    if command in ("all", "inprocess"):
-        print("in-process harness ...", file=sys.stderr)
-        in_results = inprocess.run()
-        print(json.dumps(in_results, indent=1), file=sys.stderr)
-    if command in ("all", "http"):
-        print("HTTP harness ...", file=sys.stderr)
-        http_results = http.run()
-        print(json.dumps(http_results, indent=1), file=sys.stderr)
+    with private_redis() as private:
+        if private:
+            print(f"Redis: a server of this run's own at {private}", file=sys.stderr)
+        env = report.environment(private_redis=private is not None)
+        if command in ("all", "inprocess"):
+            print("in-process harness ...", file=sys.stderr)
+            in_results = inprocess.run()
+            print(json.dumps(in_results, indent=1), file=sys.stderr)
+        if command in ("all", "http"):
+            print("HTTP harness ...", file=sys.stderr)
+            http_results = http.run()
+            print(json.dumps(http_results, indent=1), file=sys.stderr)
     block = report.render(env, in_results, http_results)
     print(block)
     if command == "all" and not getattr(args, "no_write", False):

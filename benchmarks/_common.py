@@ -1,16 +1,26 @@
-"""Settings from the environment, and the few Redis calls the harnesses make on the shared server."""
+"""Settings from the environment, the run's own Redis server, and the few Redis calls the harnesses make."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .arms import ARMS
 
-# Every knob is an environment variable, so that `make bench` takes them as they are.
-REDIS_URL = os.environ.get("MG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 CONCURRENCY = 32
+# Set by the caller to use an existing server; unset, `python -m benchmarks` starts one of its own
+# (private_redis) and sets it, so that the serving subprocesses inherit it.
+REDIS_ENV = "MG_BENCH_REDIS"
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def env_int(name: str, default: int) -> int:
@@ -21,6 +31,10 @@ def env_int(name: str, default: int) -> int:
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return float(value) if value else default
+
+
+def redis_url() -> str:
+    return os.environ.get(REDIS_ENV) or SHARED_REDIS
 
 
 def selected_arms() -> list[str]:
@@ -40,21 +54,104 @@ def new_prefix() -> str:
     return f"bench-{secrets.token_hex(4)}"
 
 
+@contextmanager
+def private_redis() -> Iterator[str | None]:
+    """A redis-server of the run's own, unless MG_BENCH_REDIS names one: yields its URL (None when named).
+
+    Redis CPU and operations per request are read from the server's INFO: on a server that other
+    clients use (the test suites of a shared machine) they would count those clients' work too,
+    and ``CONFIG RESETSTAT`` would reset their statistics. Same persistence as ``make redis``'s
+    server (``save ""``, ``appendonly no``).
+    """
+    if os.environ.get(REDIS_ENV):
+        yield None
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed: `make redis` installs it (or set MG_BENCH_REDIS)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    url = f"redis://127.0.0.1:{port}/0"
+    with tempfile.TemporaryDirectory(prefix="mg-bench-redis-") as workdir:
+        log = Path(workdir) / "redis.log"
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", workdir, "--logfile", str(log)]  # fmt: skip
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(url, server, log)
+            os.environ[REDIS_ENV] = url
+            yield url
+        finally:
+            os.environ.pop(REDIS_ENV, None)
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 10.0) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {server.returncode}: {log.read_text(errors='replace')}")
+        try:
+            with redis.Redis.from_url(url, socket_timeout=1) as client:
+                client.ping()
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer {url} within {timeout:.0f} s")
+
+
 def redis_client() -> Any:
     import redis
 
-    return redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    return redis.Redis.from_url(redis_url(), decode_responses=True)
 
 
 def command_calls(client: Any) -> dict[str, int]:
-    """``INFO commandstats`` as ``{command: calls}``."""
+    """``INFO commandstats`` as ``{command: calls}`` (subcommands as ``config|resetstat``)."""
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(fields["calls"]) for name, fields in stats.items()}
 
 
 def redis_cpu_seconds(client: Any) -> float:
+    """``used_cpu_user + used_cpu_sys`` of ``INFO cpu``: every thread of the server, since it started."""
     cpu = client.info("cpu")
     return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
+class RedisWindow:
+    """What the Redis server did between ``open`` and ``close``: CPU seconds, and commands by name.
+
+    ``open`` resets the server's statistics (``CONFIG RESETSTAT``) and reads its CPU; ``close``
+    reads ``INFO commandstats`` then the CPU again. Redis counts a command after it ran, so the
+    window's own commands in commandstats are exactly the RESETSTAT and the first ``INFO cpu``
+    (an INFO does not count itself): both are taken out. What remains includes every
+    ``redis.call`` made inside a script.
+    """
+
+    OWN = {"config|resetstat": 1, "info": 1}
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cpu = 0.0
+
+    def open(self) -> None:
+        self.client.config_resetstat()
+        self.cpu = redis_cpu_seconds(self.client)
+
+    def close(self) -> tuple[float, dict[str, int]]:
+        calls = command_calls(self.client)
+        cpu = redis_cpu_seconds(self.client) - self.cpu
+        for name, count in self.OWN.items():
+            calls[name] = calls.get(name, 0) - count
+        return cpu, {name: count for name, count in sorted(calls.items()) if count > 0}
 
 
 def delete_prefix(client: Any, prefix: str) -> int:

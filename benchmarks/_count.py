@@ -25,9 +25,13 @@ def sent() -> dict[str, int]:
     return table
 
 
+def difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """The commands counted between two readings of ``sent()``."""
+    return {name: count - before.get(name, 0) for name, count in after.items() if count > before.get(name, 0)}
+
+
 def since(before: dict[str, int]) -> dict[str, int]:
-    now = sent()
-    return {name: count - before.get(name, 0) for name, count in now.items() if count > before.get(name, 0)}
+    return difference(sent(), before)
 
 
 def install() -> None:

@@ -1,13 +1,16 @@
-"""The six arms of BENCHMARKS.md: one Starlette app, one JSON body of 10 records, six fronts.
+"""The arms of BENCHMARKS.md: one Starlette app, one JSON body of 10 records, eight fronts.
 
 ``bare``        the app alone
+``noop``        a do-nothing pure-ASGI middleware: the floor of any middleware
 ``mg-memory``   meterguard, ``memory://`` store
-``mg-exact``    meterguard, Redis, ``consistency: exact``
 ``mg-fast``     meterguard, Redis, ``consistency: fast``
-``slowapi``     slowapi 0.1.x (its pure-ASGI middleware) on limits' sync Redis storage, key = X-API-Key
-``limits-aio``  a minimal pure-ASGI middleware calling ``limits.aio`` (redis-py asyncio) once per request
+``mg-exact``    meterguard, Redis, ``consistency: exact``
 ``mg-serve``    mg-exact started by ``meterguard serve`` instead of plain uvicorn (HTTP harness only:
                 benchmarks/serve_target.py is the app it serves, benchmarks/http.py starts it)
+``slowapi``     slowapi 0.1.x (its pure-ASGI middleware) on limits' sync Redis storage, key = X-API-Key,
+                the two rate limits of the meterguard arms' plan
+``limits-aio``  a minimal pure-ASGI middleware calling ``limits.aio`` (redis-py asyncio, sliding
+                window counter) for the same two limits, one ``hit`` after the other
 
 Every Redis key an arm writes starts with the run's prefix (``bench-<hex>``), so that the run
 can delete exactly its own keys from a shared server afterwards.
@@ -27,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-ARMS = ("bare", "mg-memory", "mg-exact", "mg-fast", "slowapi", "limits-aio", "mg-serve")
+# mg-serve right after mg-exact: the pair it is compared with runs back to back in every round.
+ARMS = ("bare", "noop", "mg-memory", "mg-fast", "mg-exact", "mg-serve", "slowapi", "limits-aio")
 MG_ARMS = ("mg-memory", "mg-exact", "mg-fast")
 # Arms that are a way of running a server, not an app: nothing to build in the in-process loop.
 HTTP_ONLY = ("mg-serve",)
@@ -35,8 +39,8 @@ IN_PROCESS_ARMS = tuple(arm for arm in ARMS if arm not in HTTP_ONLY)
 PATH = "/v1/records"
 KEY_HEADER = "x-api-key"
 PLAN = "scale"
-# One limit for the peers, high enough never to refuse during a run.
-PEER_LIMIT = "100000000/hour"
+# The peers enforce the two rate windows of the `scale` plan below, high enough never to refuse.
+PEER_LIMITS = ("100000/second", "100000000/hour")
 
 # Ten records, as a paginated search endpoint of a data API would return them.
 RECORDS: list[dict[str, Any]] = [
@@ -136,6 +140,8 @@ async def build(name: str, *, redis_url: str, prefix: str, keys: int) -> BuiltAr
     """Build arm ``name`` in the running event loop; Redis keys go under ``prefix``."""
     if name == "bare":
         return BuiltArm(name, make_app(), _peer_keys(keys))
+    if name == "noop":
+        return BuiltArm(name, NoopMiddleware(make_app()), _peer_keys(keys))
     if name in MG_ARMS:
         return await _build_meterguard(name, redis_url=redis_url, prefix=prefix, keys=keys)
     if name == "slowapi":
@@ -145,6 +151,16 @@ async def build(name: str, *, redis_url: str, prefix: str, keys: int) -> BuiltAr
     if name in HTTP_ONLY:
         raise ValueError(f"{name} is a way of starting a server: the HTTP harness runs it (benchmarks/http.py)")
     raise ValueError(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
+
+
+class NoopMiddleware:
+    """A pure-ASGI middleware that does nothing: what wrapping an app costs before any work."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 async def _build_meterguard(name: str, *, redis_url: str, prefix: str, keys: int) -> BuiltArm:
@@ -206,7 +222,7 @@ def _build_slowapi(*, redis_url: str, prefix: str, keys: int) -> BuiltArm:
 
     limiter = Limiter(
         key_func=api_key,
-        default_limits=[PEER_LIMIT],
+        default_limits=list(PEER_LIMITS),
         storage_uri=redis_url,
         storage_options={"key_prefix": f"{prefix}-slowapi"},
     )
@@ -220,12 +236,12 @@ def _build_slowapi(*, redis_url: str, prefix: str, keys: int) -> BuiltArm:
 
 
 class LimitsAioMiddleware:
-    """The least a pure-ASGI rate limiter on ``limits.aio`` does: one ``hit`` per request."""
+    """The least a pure-ASGI rate limiter on ``limits.aio`` does: one ``hit`` per limit and request."""
 
-    def __init__(self, app: Any, limiter: Any, item: Any) -> None:
+    def __init__(self, app: Any, limiter: Any, items: list[Any]) -> None:
         self.app = app
         self.limiter = limiter
-        self.item = item
+        self.items = items
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -236,23 +252,25 @@ class LimitsAioMiddleware:
             if name == b"x-api-key":
                 key = value
                 break
-        if not await self.limiter.hit(self.item, key.decode("latin-1")):
-            await send({"type": "http.response.start", "status": 429, "headers": [(b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
-            return
+        identity = key.decode("latin-1")
+        for item in self.items:
+            if not await self.limiter.hit(item, identity):
+                await send({"type": "http.response.start", "status": 429, "headers": [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
         await self.app(scope, receive, send)
 
 
 def _build_limits_aio(*, redis_url: str, prefix: str, keys: int) -> BuiltArm:
     from limits import parse
-    from limits.aio.strategies import FixedWindowRateLimiter
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
     from limits.storage import storage_from_string
 
     # limits 5.x: "async+redis://" selects limits.aio.storage.RedisStorage; "redispy" picks redis-py
     # (the default implementation is coredis) so that this arm and meterguard share one client library.
     storage = storage_from_string(f"async+{redis_url}", implementation="redispy", key_prefix=f"{prefix}-limits")
-    limiter = FixedWindowRateLimiter(storage)
-    app = LimitsAioMiddleware(make_app(), limiter, parse(PEER_LIMIT))
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    app = LimitsAioMiddleware(make_app(), limiter, [parse(limit) for limit in PEER_LIMITS])
 
     async def close() -> None:
         client = getattr(getattr(storage, "bridge", None), "storage", None)

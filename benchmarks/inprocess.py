@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _count
-from ._common import CONCURRENCY, REDIS_URL, delete_prefix, env_int, new_prefix, redis_client, selected_arms
+from ._common import CONCURRENCY, delete_prefix, env_int, new_prefix, redis_client, redis_url, selected_arms
 from .arms import HTTP_ONLY, KEY_HEADER, PATH, BuiltArm, build
 
 _RECEIVE_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
@@ -86,7 +86,7 @@ async def _run(arms: list[str], rounds: int, requests: int, keys: int, prefix: s
     errors: dict[str, str] = {}
     for name in arms:
         try:
-            built[name] = await build(name, redis_url=REDIS_URL, prefix=f"{prefix}-ip", keys=keys)
+            built[name] = await build(name, redis_url=redis_url(), prefix=f"{prefix}-ip", keys=keys)
             await drive(built[name], min(requests, 2000))  # warm-up: connections, scripts, caches
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
@@ -141,7 +141,7 @@ async def _run(arms: list[str], rounds: int, requests: int, keys: int, prefix: s
 
 
 def run(arms: list[str] | None = None) -> dict[str, Any]:
-    """Run the in-process harness over ``arms`` (default: MG_BENCH_ARMS or all six)."""
+    """Run the in-process harness over ``arms`` (default: MG_BENCH_ARMS or all but mg-serve)."""
     logging.getLogger("meterguard").setLevel(logging.ERROR)  # the Redis AOF warning, once per arm
     _count.install()
     arms = [arm for arm in arms or selected_arms() if arm not in HTTP_ONLY]
@@ -166,7 +166,7 @@ def profile(arm: str, *, requests: int, top: int, use_cprofile: bool, tree: bool
     prefix = new_prefix()
 
     async def main() -> None:
-        built = await build(arm, redis_url=REDIS_URL, prefix=prefix, keys=keys)
+        built = await build(arm, redis_url=redis_url(), prefix=prefix, keys=keys)
         try:
             await drive(built, min(requests, 2000))
             if use_cprofile:

@@ -10,69 +10,27 @@ import datetime
 import os
 import platform
 import subprocess
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ._common import REDIS_URL, redis_client
-from .arms import MG_ARMS
+from ._common import redis_client, redis_url
+from .figures import targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
+# Only for a checkout without docs/benchmarks.md: the doc's prose lives in the doc.
 SKELETON = f"""\
 # Benchmarks
 
-What "fast" means for meterguard, and how it is measured: the arms serving the same Starlette
-app and the same JSON body of 10 records, two harnesses, ratios measured side by side in one run
-with the arms interleaved, and each figure checked against its target (the last section).
-
-## Running it
-
-```sh
-make bench                                   # both harnesses, then rewrites the results below
-MG_BENCH_SECONDS=5 make bench                # shorter HTTP runs (default 10 s per arm and round)
-MG_BENCH_ARMS=mg-exact,slowapi make bench    # a subset (bare is always run)
-.venv/bin/python -m benchmarks inprocess     # one harness, printed only (also: http)
-.venv/bin/python -m benchmarks profile mg-exact        # pyinstrument, top functions
-.venv/bin/python -m benchmarks profile mg-exact --cprofile
-```
-
-Other knobs: `MG_BENCH_WARMUP` (s, default 2), `MG_BENCH_ROUNDS` (HTTP rounds, default 3),
-`MG_BENCH_INPROC_ROUNDS` (default 7), `MG_BENCH_INPROC_REQUESTS` (per arm and round, default
-6400), `MG_BENCH_KEYS` (default 400 keys, two per customer), `MG_BENCH_REDIS` (default
-`redis://127.0.0.1:6379/0`).
-
-The harness writes only keys under a random prefix of its own (`bench-<hex>`, passed to
-meterguard as `?prefix=`) and deletes them (SCAN + UNLINK) at the end; it never flushes a
-database. It runs **`CONFIG RESETSTAT`** on the server before each measured HTTP run and reads
-`INFO commandstats` after: that resets the server's `INFO` statistics (commandstats, keyspace
-hits and misses, ...) for every client of that server. Those server-side counts include each
-`redis.call` made inside a Lua script, and on a shared Redis any other client's commands in
-the same seconds (the `bare` and `mg-memory` rows, which send none, show whether that
-happened), so the figure compared with the target, *Redis commands per request*, is counted
-in the gateway process itself, in redis-py (benchmarks/_count.py): every command sent, a
-pipeline counting each of its commands.
-
-`python -m benchmarks profile ARM` runs one arm in the in-process loop under pyinstrument
-(`--cprofile` for cProfile, `--tree` for the call tree, `--requests N`, `--top N`) and prints
-the functions with the most self and inclusive time; the sampler slows the loop down, so read
-shares, not microseconds.
-
-## Method
-
-(to be written)
+How meterguard's speed is measured: `make bench` (benchmarks/), each figure against its target.
 
 ## Results
 
 {START}
 {END}
-
-## Profile lessons
-
-(to be written)
 """
 
 
@@ -98,7 +56,7 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def environment() -> dict[str, str]:
+def environment(*, private_redis: bool) -> dict[str, str]:
     cpuinfo = _read("/proc/cpuinfo").splitlines()
     cpu = next(
         (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
@@ -143,61 +101,16 @@ def environment() -> dict[str, str]:
         "limits": _version("limits"),
         "redis-server": redis_server,
         "wrk": wrk_version,
-        "redis-url": REDIS_URL,
+        "redis-url": redis_url(),
+        "redis-private": "yes" if private_redis else "no",
     }
 
 
-# targets ----------------------------------------------------------------------------------------------
-
-
-def _get(results: dict[str, Any] | None, arm: str, field: str) -> float | None:
-    value = ((results or {}).get("arms", {}).get(arm) or {}).get(field)
-    return value if isinstance(value, int | float) else None
-
-
-def targets(inprocess: dict[str, Any] | None, http: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
-    """(figure, measured, target, verdict) for every row of BENCHMARKS.md's targets table."""
-    rows: list[tuple[str, str, str, str]] = []
-
-    def row(figure: str, value: float | None, target: float, at_least: bool, fmt: Callable[[float], str]) -> None:
-        if value is None:
-            rows.append((figure, "n/a", (">= " if at_least else "<= ") + fmt(target), "not measured"))
-            return
-        met = value >= target if at_least else value <= target
-        rows.append((figure, fmt(value), (">= " if at_least else "<= ") + fmt(target), "met" if met else "**not met**"))
-
-    def ratio(value: float) -> str:
-        return f"{value:.2f}"
-
-    def times(value: float) -> str:
-        return f"{value:.1f}x"
-
-    def micro(value: float) -> str:
-        return f"{value:.1f} us"
-
-    def cmds(value: float) -> str:
-        return f"{value:.3f}"
-
-    def milli(value: float) -> str:
-        return f"{value:.2f} ms"
-
-    row("mg-memory, HTTP ratio to bare", _get(http, "mg-memory", "ratio"), 0.90, True, ratio)
-    row("mg-fast, HTTP ratio to bare", _get(http, "mg-fast", "ratio"), 0.85, True, ratio)
-    row("mg-exact, HTTP ratio to bare", _get(http, "mg-exact", "ratio"), 0.70, True, ratio)
-    for arm in MG_ARMS:
-        row(f"{arm} vs slowapi, requests/s", _get(http, arm, "vs_slowapi"), 3.0, True, times)
-    for arm in ("mg-memory", "mg-fast"):
-        row(f"{arm}, in-process overhead", _get(inprocess, arm, "overhead_us"), 10.0, False, micro)
-    row("mg-exact, Redis commands per request", _get(http, "mg-exact", "cmds_per_req"), 0.25, False, cmds)
-    row("mg-fast, Redis commands per request", _get(http, "mg-fast", "cmds_per_req"), 0.05, False, cmds)
-    for arm in MG_ARMS:
-        row(f"{arm}, p99 latency added (HTTP, 32 in flight)", _get(http, arm, "p99_added_ms"), 2.0, False, milli)
-    row("`meterguard serve` vs the same app under plain uvicorn (mg-serve / mg-exact, req/s)",
-        _get(http, "mg-serve", "vs_mg_exact"), 0.95, True, ratio)  # fmt: skip
-    return rows
-
-
 # markdown ---------------------------------------------------------------------------------------------
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
@@ -213,93 +126,110 @@ def render(env: dict[str, str], inprocess: dict[str, Any] | None, http: dict[str
         "wrk, uvicorn and Redis share these CPUs."
     )
     out.append("")
+    redis_where = (
+        'private to the run, `--save "" --appendonly no`'
+        if env.get("redis-private") == "yes"
+        else f"{env['redis-url']}, named by MG_BENCH_REDIS: its other clients' work counts in the Redis figures"
+    )
     out.append(
         f"**Versions**: Python {env['python']}, meterguard {env['meterguard']} (commit {env['commit']}), "
         f"redis-py {env['redis-py']} (hiredis {env['hiredis']}), starlette {env['starlette']}, "
         f"uvicorn {env['uvicorn']} (uvloop {env['uvloop']}, httptools {env['httptools']}), "
-        f"slowapi {env['slowapi']}, limits {env['limits']}, Redis server {env['redis-server']}, wrk {env['wrk']}."
+        f"slowapi {env['slowapi']}, limits {env['limits']}, Redis server {env['redis-server']} ({redis_where}), "
+        f"wrk {env['wrk']}."
     )
     out.append("")
     if http is not None:
-        out.append(
-            f"### HTTP: uvicorn, 1 worker, uvloop + httptools; wrk -t1 -c{http['concurrency']}, "
-            f"{http['warmup']:g} s warm-up + {http['seconds']:g} s, {http['rounds']} rounds"
-        )
-        out.append("")
-        out.append(
-            f"{http['keys']} keys in rotation (x-api-key). Arms interleaved, order alternating by round; each "
-            "figure is the **median over rounds**, ratios taken within a round first. Redis commands per "
-            "request (*cmd/req*): the commands the gateway process sent, counted in redis-py (a pipeline "
-            "counts each command; key lookups and settlements included) / requests completed. *Redis ops/req*: "
-            "`CONFIG RESETSTAT` before the run, the sum of `INFO commandstats` after, which also counts each "
-            "`redis.call` inside a script (and any other client of the server in those seconds)."
-        )
-        out.append("")
-        out.append(
-            "| arm | req/s | ratio to bare | vs slowapi | p50 | p99 | p99 added | Redis cmd/req "
-            "| Redis ops/req | gateway CPU/req | Redis CPU/req | errors |"
-        )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for arm, res in http["arms"].items():
-            if "rps" not in res:
-                out.append(f"| {arm} | failed: {res.get('error', '?')} ||||||||||||")
-                continue
-            out.append(
-                f"| {arm} | {res['rps']:.0f} | {_fmt(res['ratio'], '.2f')} | {_fmt(res['vs_slowapi'], '.2f', 'x')} "
-                f"| {res['p50_ms']:.2f} ms | {res['p99_ms']:.2f} ms | {_fmt(res['p99_added_ms'], '+.2f', ' ms')} "
-                f"| {_fmt(res['cmds_per_req'], '.3f')} | {_fmt(res['server_ops_per_req'], '.2f')} "
-                f"| {_fmt(res['gateway_cpu_us'], '.0f', ' us')} "
-                f"| {_fmt(res['redis_cpu_us'], '.0f', ' us')} | {res['errors']} |"
-            )
-        out.append("")
-        for field, title in (
-            ("sent", "Redis commands sent per request, by command (gateway side, mean over rounds):"),
-            (
-                "commands",
-                "Redis operations per request, by command (server side, mean over rounds; "
-                "commands run inside scripts included):",
-            ),
-        ):
-            breakdown = _breakdown(http["arms"], field)
-            if breakdown:
-                out.extend([title, "", *breakdown, ""])
-        failed = [f"- {arm}: {res['error']}" for arm, res in http["arms"].items() if "rps" in res and "error" in res]
-        if failed:
-            out.append("Arms that failed in some round (figures from the rounds that ran):")
-            out.append("")
-            out.extend(failed)
-            out.append("")
+        out.extend(_http_section(http))
     if inprocess is not None:
-        out.append(
-            f"### In-process: raw ASGI, no HTTP, {inprocess['concurrency']} tasks on uvloop, "
-            f"{inprocess['requests']} requests per arm and round, {inprocess['rounds']} rounds"
-        )
-        out.append("")
-        out.append(
-            "Microseconds of wall time per request with 32 in flight; the median over rounds. The overhead "
-            "is the median over rounds of (arm - bare) within the round."
-        )
-        out.append("")
-        out.append("| arm | us/request | overhead over bare | Redis cmd/req | non-200 |")
-        out.append("|---|---:|---:|---:|---:|")
-        for arm, res in inprocess["arms"].items():
-            if "us" not in res:
-                out.append(f"| {arm} | failed: {res.get('error', '?')} ||||")
-                continue
-            overhead = "" if arm == "bare" else _fmt(res["overhead_us"], "+.1f", " us")
-            cmds = _fmt(res.get("cmds_per_req"), ".3f")
-            out.append(f"| {arm} | {res['us']:.1f} | {overhead} | {cmds} | {res['non_200']} |")
-        out.append("")
-        breakdown = _breakdown(inprocess["arms"], "sent")
-        if breakdown:
-            out.extend(["Redis commands sent per request, by command (all rounds):", "", *breakdown, ""])
+        out.extend(_inprocess_section(inprocess))
     out.append("### Against the targets")
+    out.append("")
+    out.append("The project's targets, each against the HTTP figure above (medians over rounds).")
     out.append("")
     out.append("| figure | measured | target | verdict |")
     out.append("|---|---:|---:|---|")
-    for figure, measured, target, verdict in targets(inprocess, http):
+    for figure, measured, target, verdict in targets(http):
         out.append(f"| {figure} | {measured} | {target} | {verdict} |")
     return "\n".join(out)
+
+
+def _http_section(http: dict[str, Any]) -> list[str]:
+    out = [
+        f"### HTTP: uvicorn, 1 worker, uvloop + httptools, no access log; wrk -t1 -c{http['concurrency']}, "
+        f"{http['warmup']:g} s warm-up + {http['seconds']:g} s, {_plural(http['rounds'], 'round')}",
+        "",
+        f"{http['keys']} keys in rotation (x-api-key). Arms interleaved, order alternating by round; each "
+        "figure is the **median over rounds** (the breakdowns by command: the mean), and every comparison "
+        "(ratio to bare, CPU added over bare) is taken within a round first. Over the measured window: "
+        "*gateway CPU* is user + system CPU of every process of the server (/proc) per request completed; "
+        "*Redis CPU* is `used_cpu_user + used_cpu_sys` of `INFO cpu`, per request and per admitted (2xx) "
+        "request; *Redis ops* the sum of `INFO commandstats` after `CONFIG RESETSTAT`, which counts each "
+        "`redis.call` inside a script; *cmds sent* the commands the gateway sent, counted in redis-py (a "
+        "pipeline counts each command).",
+        "",
+        "| arm | req/s | ratio to bare | p50 | p99 | gateway CPU/req | added over bare | Redis CPU/req "
+        "| Redis CPU/admitted | Redis ops/req | cmds sent/req | non-2xx | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, res in http["arms"].items():
+        if "rps" not in res:
+            out.append(f"| {arm} | failed: {res.get('error', '?')} |||||||||||||")
+            continue
+        added = "" if arm == "bare" else _fmt(res["gateway_cpu_added_us"], "+.0f", " µs")
+        out.append(
+            f"| {arm} | {res['rps']:.0f} | {_fmt(res['ratio'], '.2f')} "
+            f"| {res['p50_ms']:.2f} ms | {res['p99_ms']:.2f} ms "
+            f"| {_fmt(res['gateway_cpu_us'], '.0f', ' µs')} | {added} "
+            f"| {_fmt(res['redis_cpu_us'], '.1f', ' µs')} | {_fmt(res['redis_cpu_admitted_us'], '.1f', ' µs')} "
+            f"| {_fmt(res['server_ops_per_req'], '.2f')} | {_fmt(res['cmds_per_req'], '.3f')} "
+            f"| {res['non_2xx']} | {res['errors']} |"
+        )
+    out.append("")
+    serve = http["arms"].get("mg-serve", {})
+    if isinstance(serve.get("vs_mg_exact"), int | float):
+        out.append(
+            f"`meterguard serve` (mg-serve) against the same gateway under the harness's uvicorn call (mg-exact): "
+            f"{serve['vs_mg_exact']:.2f} of its requests/s, gateway CPU "
+            f"{_fmt(serve.get('cpu_vs_mg_exact_us'), '+.0f', ' µs')} per request."
+        )
+        out.append("")
+    for field, title in (
+        ("commands", "Redis operations per request by command, server side (commands inside scripts included):"),
+        ("sent", "Redis commands sent per request by command, gateway side:"),
+    ):
+        breakdown = _breakdown(http["arms"], field)
+        if breakdown:
+            out.extend([title, "", *breakdown, ""])
+    failed = [f"- {arm}: {res['error']}" for arm, res in http["arms"].items() if "rps" in res and "error" in res]
+    if failed:
+        out.extend(["Arms that failed in some round (figures from the rounds that ran):", "", *failed, ""])
+    return out
+
+
+def _inprocess_section(inprocess: dict[str, Any]) -> list[str]:
+    out = [
+        f"### In-process: raw ASGI, no HTTP, {inprocess['concurrency']} tasks on uvloop, "
+        f"{inprocess['requests']} requests per arm and round, {_plural(inprocess['rounds'], 'round')}",
+        "",
+        "Microseconds of wall time per request with 32 in flight (Redis round trips included); the median "
+        "over rounds. The overhead is the median over rounds of (arm - bare) within the round.",
+        "",
+        "| arm | µs/request | overhead over bare | cmds sent/req | non-200 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arm, res in inprocess["arms"].items():
+        if "us" not in res:
+            out.append(f"| {arm} | failed: {res.get('error', '?')} ||||")
+            continue
+        overhead = "" if arm == "bare" else _fmt(res["overhead_us"], "+.1f", " µs")
+        cmds = _fmt(res.get("cmds_per_req"), ".3f")
+        out.append(f"| {arm} | {res['us']:.1f} | {overhead} | {cmds} | {res['non_200']} |")
+    out.append("")
+    breakdown = _breakdown(inprocess["arms"], "sent")
+    if breakdown:
+        out.extend(["Redis commands sent per request, by command (all rounds):", "", *breakdown, ""])
+    return out
 
 
 def _breakdown(arms: dict[str, Any], field: str) -> list[str]:

@@ -21,7 +21,7 @@ from .conftest import REDIS_URL, drop_keys
 def test_the_arm_serves_metered_requests_and_counts_commands(
     tmp_path: Path, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http, "REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("MG_BENCH_REDIS", REDIS_URL)
     server = http._Server("mg-serve", key_prefix, 4, tmp_path)
     try:
         keys = server.wait_ready()

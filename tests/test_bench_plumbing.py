@@ -1,0 +1,298 @@
+"""The parts of ``make bench`` that can be wrong without wrk: what is counted, and how it is summed up.
+
+No timing is asserted. A process tree that burns a known amount of CPU must be counted whole,
+a private Redis must report exactly the commands it was sent, and synthetic rounds must give
+the medians, within-round comparisons and verdicts that BENCHMARKS.md defines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from benchmarks import figures, report
+from benchmarks._common import RedisWindow, command_calls, redis_cpu_seconds
+from benchmarks._proc import process_cpu_seconds, tree_cpu_seconds
+
+BURN_SECONDS = 0.5
+
+# The server stand-in: starts a child that burns BURN_SECONDS of CPU, then either waits for it
+# (reaped: its CPU moves to our cutime) or leaves it alive; then says so and idles.
+ROOT_SCRIPT = textwrap.dedent(
+    """
+    import pathlib, subprocess, sys, time
+    mode, burn, workdir = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+    child = subprocess.Popen([sys.executable, "-c", burn, str(workdir / "child")])
+    if mode == "reap":
+        child.wait()
+    else:
+        while not (workdir / "child").exists():
+            time.sleep(0.01)
+    (workdir / "ready").write_text("")
+    time.sleep(120)
+    """
+)
+CHILD_SCRIPT = textwrap.dedent(
+    f"""
+    import os, pathlib, sys, time
+    end = time.process_time() + {BURN_SECONDS}
+    while time.process_time() < end:
+        pass
+    pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+    if os.environ.get("MG_KEEP_CHILD"):
+        time.sleep(120)
+    """
+)
+
+
+def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("mode", ["live", "reap"])
+def test_the_cpu_of_a_server_counts_its_children_live_or_reaped(tmp_path: Path, mode: str) -> None:
+    env = {**os.environ, **({"MG_KEEP_CHILD": "1"} if mode == "live" else {})}
+    root = subprocess.Popen([sys.executable, "-c", ROOT_SCRIPT, mode, CHILD_SCRIPT, str(tmp_path)], env=env)
+    child_pid = 0
+    try:
+        _wait_for(tmp_path / "ready")
+        child_pid = int((tmp_path / "child").read_text())
+        alive = Path(f"/proc/{child_pid}").exists()
+        assert alive == (mode == "live")
+        own = process_cpu_seconds(root.pid)
+        tree = tree_cpu_seconds(root.pid)
+        # the child's burn is in the tree's figure and not in the root's own
+        assert own < BURN_SECONDS / 2, own
+        assert tree >= own + BURN_SECONDS * 0.9, (own, tree)
+    finally:
+        if mode == "live" and child_pid:
+            os.kill(child_pid, signal.SIGKILL)
+        root.kill()
+        root.wait()
+
+
+def test_the_cpu_of_a_process_that_is_gone_is_an_error() -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    with pytest.raises(ProcessLookupError):
+        tree_cpu_seconds(int(done.stdout))
+
+
+# Redis's INFO, on a server of the test's own (CONFIG RESETSTAT would disturb a shared one) ------------
+
+
+def test_a_redis_window_counts_exactly_the_commands_run_in_it_scripts_included(
+    redis_servers: Callable[..., Any],
+) -> None:
+    server = redis_servers()
+    with redis.Redis.from_url(server.url, decode_responses=True) as client:
+        client.set("before", "1")  # before the window: reset away
+        window = RedisWindow(client)
+        window.open()
+        client.set("a", "1")
+        client.set("b", "2")
+        client.eval("redis.call('incr', KEYS[1]); redis.call('incr', KEYS[1]); return 1", 1, "c")
+        client.config_get("maxmemory")
+        _cpu, calls = window.close()
+    assert calls == {"set": 2, "eval": 1, "incr": 2, "config|get": 1}
+
+
+def test_a_redis_window_measures_the_servers_cpu(redis_servers: Callable[..., Any]) -> None:
+    server = redis_servers()
+    burn = "local x = 0 for i = 1, tonumber(ARGV[1]) do x = x + i % 7 end return x"
+    with redis.Redis.from_url(server.url, decode_responses=True) as client:
+        # calibrate: how many iterations make about 0.3 s of the server's CPU on this machine
+        start = redis_cpu_seconds(client)
+        client.eval(burn, 0, 2_000_000)
+        per_iteration = max(redis_cpu_seconds(client) - start, 0.001) / 2_000_000
+        iterations = int(0.3 / per_iteration)
+        window = RedisWindow(client)
+        window.open()
+        client.eval(burn, 0, iterations)
+        cpu, calls = window.close()
+        assert command_calls(client)["eval"] == 1  # commandstats read as {command: calls}
+    assert calls == {"eval": 1}
+    assert 0.15 <= cpu <= 1.5, cpu
+
+
+# figures: one window, rounds, targets ---------------------------------------------------------------
+
+
+def _wrk(requests: int, *, status: int = 0, seconds: float = 1.0) -> dict[str, Any]:
+    """What benchmarks/http.py's wrk script prints: 3 socket errors, p50 2 ms, p99 5 ms."""
+    errors = {"connect": 0, "read": 1, "write": 0, "timeout": 2, "status": status}
+    latency = {"p50_us": 2000, "p90_us": 4000, "p99_us": 5000, "mean_us": 2500.0}
+    return {"requests": requests, "duration_us": int(seconds * 1e6), **errors, **latency}
+
+
+def test_a_window_becomes_figures_per_request_and_per_admitted_request() -> None:
+    sample = figures.window_figures(
+        _wrk(10_000, status=2_000, seconds=2.0),
+        gateway_cpu=0.5,
+        redis_cpu=0.16,
+        calls={"evalsha": 100, "hincrby": 1_400},
+        sent={"EVALSHA": 100, "HGETALL": 50},
+    )
+    assert sample["rps"] == 5_000
+    assert sample["admitted"] == 8_000
+    assert sample["non_2xx"] == 2_000
+    assert sample["errors"] == 3  # socket errors; refusals are counted apart
+    assert sample["gateway_cpu_us"] == pytest.approx(50.0)
+    assert sample["redis_cpu_us"] == pytest.approx(16.0)
+    assert sample["redis_cpu_admitted_us"] == pytest.approx(20.0)
+    assert sample["server_ops_per_req"] == pytest.approx(0.15)
+    assert sample["commands"] == {"evalsha": pytest.approx(0.01), "hincrby": pytest.approx(0.14)}
+    assert sample["cmds_per_req"] == pytest.approx(0.015)
+    assert sample["p50_ms"] == 2.0 and sample["p99_ms"] == 5.0
+
+
+def _sample(round_no: int, rps: float, gateway_us: float, redis_us: float = 0.0) -> figures.Sample:
+    requests = int(rps)
+    sample = figures.window_figures(
+        _wrk(requests),
+        gateway_cpu=gateway_us * requests / 1e6,
+        redis_cpu=redis_us * requests / 1e6,
+        calls={},
+        sent={},
+    )
+    sample["round"] = round_no
+    return sample
+
+
+def _rounds(table: dict[str, list[tuple[float, float, float]]]) -> dict[str, list[figures.Sample]]:
+    return {arm: [_sample(i, *values) for i, values in enumerate(rows)] for arm, rows in table.items()}
+
+
+def test_comparisons_are_taken_within_a_round_before_the_median() -> None:
+    per_round = _rounds(
+        {
+            "bare": [(10_000, 60, 0), (5_000, 70, 0), (8_000, 65, 0)],
+            # ratios to bare 0.7, 0.6, 0.5: median 0.6, where the ratio of the medians would be 0.5;
+            # CPU added 40, 25, 45: median 40, where the difference of the medians would be 35
+            "mg-memory": [(7_000, 100, 0), (3_000, 95, 0), (4_000, 110, 0)],
+            "slowapi": [(2_000, 300, 50), (1_000, 320, 55), (2_000, 310, 52)],
+        }
+    )
+    results = figures.aggregate(["bare", "mg-memory", "slowapi"], per_round, {})
+    memory = results["mg-memory"]
+    assert memory["rps"] == 4_000
+    assert memory["ratio"] == pytest.approx(0.6)
+    assert memory["gateway_cpu_us"] == pytest.approx(100)
+    assert memory["gateway_cpu_added_us"] == pytest.approx(40)
+    assert memory["vs_slowapi"] == pytest.approx(3.0)  # 3.5, 3.0, 2.0
+    assert results["bare"]["ratio"] == 1.0
+    assert results["bare"]["gateway_cpu_added_us"] == 0.0
+    assert results["slowapi"]["redis_cpu_us"] == pytest.approx(52)
+    assert memory["rounds"] == 3 and memory["requests"] == 14_000
+
+
+def test_an_arm_missing_a_round_is_compared_over_the_rounds_it_ran() -> None:
+    per_round = _rounds({"bare": [(10_000, 60, 0), (5_000, 70, 0), (8_000, 65, 0)]})
+    per_round["mg-exact"] = [_sample(0, 3_000, 200, 30), _sample(2, 4_000, 210, 25)]
+    per_round["mg-serve"] = [_sample(0, 2_700, 220, 30), _sample(1, 9_999, 1, 1), _sample(2, 4_000, 215, 25)]
+    results = figures.aggregate(["bare", "mg-exact", "mg-serve", "limits-aio"], per_round, {"limits-aio": "boom"})
+    assert results["mg-exact"]["ratio"] == pytest.approx((0.3 + 0.5) / 2)
+    assert results["mg-serve"]["vs_mg_exact"] == pytest.approx((0.9 + 1.0) / 2)  # round 1 has no mg-exact
+    assert results["mg-serve"]["cpu_vs_mg_exact_us"] == pytest.approx((20 + 5) / 2)
+    assert results["mg-serve"]["cpu_ratio_vs_mg_exact"] == pytest.approx((220 / 200 + 215 / 210) / 2)
+    assert results["mg-exact"]["vs_limits_aio"] is None
+    assert results["limits-aio"] == {"error": "boom"}
+
+
+def _http(**arms: dict[str, float]) -> dict[str, Any]:
+    return {"arms": arms}
+
+
+def _verdicts(http: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    return {figure: (measured, target, verdict) for figure, measured, target, verdict in figures.targets(http)}
+
+
+def test_the_verdict_table_is_benchmarks_md_targets() -> None:
+    limits = [(target.arm, target.field, target.limit, target.at_least) for target in figures.TARGETS]
+    assert limits == [
+        ("mg-memory", "ratio", 0.65, True),
+        ("mg-fast", "ratio", 0.60, True),
+        ("mg-exact", "ratio", 0.45, True),
+        ("mg-memory", "gateway_cpu_added_us", 40.0, False),
+        ("mg-fast", "gateway_cpu_added_us", 45.0, False),
+        ("mg-exact", "redis_cpu_admitted_us", 20.0, False),
+        ("mg-fast", "redis_cpu_admitted_us", 3.0, False),
+        ("mg-fast", "vs_slowapi", 3.0, True),
+        ("mg-exact", "vs_limits_aio", 1.0, True),
+        ("mg-serve", "vs_mg_exact", 0.95, True),
+        ("mg-serve", "cpu_ratio_vs_mg_exact", 1.05, False),
+    ]
+
+
+def test_verdicts_at_and_beyond_each_limit() -> None:
+    at_limit = _http(
+        **{
+            "mg-memory": {"ratio": 0.65, "gateway_cpu_added_us": 40.0},
+            "mg-fast": {"ratio": 0.60, "gateway_cpu_added_us": 45.0, "redis_cpu_admitted_us": 3.0, "vs_slowapi": 3.0},
+            "mg-exact": {"ratio": 0.45, "redis_cpu_admitted_us": 20.0, "vs_limits_aio": 1.0},
+            "mg-serve": {"vs_mg_exact": 0.95, "cpu_ratio_vs_mg_exact": 1.05},
+        }
+    )
+    assert {verdict for _measured, _target, verdict in _verdicts(at_limit).values()} == {"met"}
+    beyond = _http(
+        **{
+            "mg-memory": {"ratio": 0.64, "gateway_cpu_added_us": 40.2},
+            "mg-fast": {"ratio": 0.59, "gateway_cpu_added_us": 46.0, "redis_cpu_admitted_us": 3.1, "vs_slowapi": 2.9},
+            "mg-exact": {"ratio": 0.44, "redis_cpu_admitted_us": 20.5, "vs_limits_aio": 0.99},
+            "mg-serve": {"vs_mg_exact": 0.94, "cpu_ratio_vs_mg_exact": 1.06},
+        }
+    )
+    verdicts = _verdicts(beyond)
+    assert {verdict for _measured, _target, verdict in verdicts.values()} == {"**not met**"}
+    assert verdicts["mg-exact, Redis CPU per admitted request"] == ("20.5 µs", "<= 20.0 µs", "**not met**")
+    assert verdicts["mg-fast vs slowapi, requests/s"] == ("2.90x", ">= 3.00x", "**not met**")
+    just_under = _verdicts(_http(**{"mg-fast": {"vs_slowapi": 2.9993}}))
+    assert just_under["mg-fast vs slowapi, requests/s"] == ("2.9993x", ">= 3.00x", "**not met**")
+    missing = _verdicts(_http(**{"mg-memory": {"error": "boom"}}))
+    assert {verdict for _measured, _target, verdict in missing.values()} == {"not measured"}
+
+
+ENV = {key: "x" for key in ("date", "cpus", "cpu", "memory", "kernel", "python", "meterguard", "commit", "redis-py",
+       "hiredis", "starlette", "uvicorn", "uvloop", "httptools", "slowapi", "limits", "redis-server", "wrk",
+       "redis-url")} | {"redis-private": "yes"}  # fmt: skip
+
+
+def test_the_report_shows_every_arm_and_the_targets_as_measured(tmp_path: Path) -> None:
+    per_round = _rounds(
+        {
+            "bare": [(10_000, 60, 0)],
+            "noop": [(9_700, 62, 0)],
+            "mg-memory": [(6_000, 100, 0)],
+            "mg-fast": [(5_000, 120, 2.5)],
+            "slowapi": [(1_500, 300, 40)],
+        }
+    )
+    arms = ["bare", "noop", "mg-memory", "mg-fast", "slowapi"]
+    http = {"concurrency": 32, "warmup": 1.0, "seconds": 3.0, "rounds": 1, "keys": 400,
+            "arms": figures.aggregate(arms, per_round, {})}  # fmt: skip
+    block = report.render(ENV, None, http)
+    assert "| noop | 9700 | 0.97 |" in block
+    assert "| mg-memory | 6000 | 0.60 | 2.00 ms | 5.00 ms | 100 µs | +40 µs | 0.0 µs | 0.0 µs |" in block
+    assert "| mg-memory, HTTP ratio to bare | 0.60 | >= 0.65 | **not met** |" in block
+    assert "| mg-fast, gateway CPU added per request | 60.0 µs | <= 45.0 µs | **not met** |" in block
+    assert "| mg-fast vs slowapi, requests/s | 3.33x | >= 3.00x | met |" in block
+    assert "| mg-exact, HTTP ratio to bare | n/a | >= 0.45 | not measured |" in block
+    assert "in-process overhead" not in block and "p99 latency added" not in block
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# prose\n\n{report.START}\nold figures\n{report.END}\n\n## after\n")
+    report.write_doc(block, doc)
+    text = doc.read_text()
+    assert "old figures" not in text and block in text
+    assert text.startswith("# prose") and text.endswith("## after\n")
