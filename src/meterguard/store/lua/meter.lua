@@ -237,6 +237,7 @@ local function want_windows(t)
   for _, w in ipairs(terms[t][2]) do
     want(state, w[4][3])
     want(state, w[4][4])
+    want(state, w[1]) -- the slot it last wrote, for rolling
   end
 end
 
@@ -362,7 +363,7 @@ local function window_give_back(field, seconds, slot, units)
   local s = slot_of(field, seconds)
   local name
   if slot == s[1] then name = s[3] elseif slot == s[1] - 1 then name = s[4] else return end
-  if state.vals[name] ~= nil then put(state, name, math.max(0, get(state, name) - units)) end
+  if state.vals[name] then put(state, name, math.max(0, get(state, name) - units)) end
 end
 
 -- An event per (period, day) of the group; nearly always one, so the first is kept at hand.
@@ -477,7 +478,7 @@ local function admit(a)
   local room = math.huge -- units every window could still take after this request
   for i, w in ipairs(windows) do
     local limit, seconds, s = w[2], w[3], w[4]
-    fresh[i] = state.vals[s[3]] == nil
+    fresh[i] = not state.vals[s[3]] -- HMGET reads a missing field as false
     local previous, current = window_counts(s)
     local used = estimate(sliding, previous, current, s[2], seconds)
     reply[5 + 2 * i], reply[6 + 2 * i] = previous, current
@@ -602,6 +603,7 @@ local function run_group(group)
 
   -- The state hash first, with this writer's record: a repeat or a late batch stops here.
   want(state, record_field)
+  want(state, 'e')
   for _, a in ipairs(admissions) do want_windows(a[1]) end
   for _, u in ipairs(usages) do want_returns(u) end
   for _, c in ipairs(carries) do
@@ -718,19 +720,26 @@ local function run_group(group)
   end
   -- A window's first write in a new slot drops the slots before the previous one, found from
   -- the window's own field (the slot it last wrote): once per window slot, not per request.
-  if #rolled > 0 then refresh = true end
   for _, roll in ipairs(rolled) do
     local window, index = roll[1], roll[2]
-    local last = tonumber(redis.call('HGET', state.key, window) or '')
+    local last = tonumber(state.vals[window])
     if last and last < index then
-      if last < index - 1 then redis.call('HDEL', state.key, window .. '@' .. text(last)) end
-      redis.call('HDEL', state.key, window .. '@' .. text(last - 1))
+      if last < index - 1 then
+        redis.call('HDEL', state.key, window .. '@' .. text(last - 1), window .. '@' .. text(last))
+      else
+        redis.call('HDEL', state.key, window .. '@' .. text(last - 1))
+      end
     end
     put(state, window, index)
   end
+  -- The state hash and the stream live STATE_TTL from their last refresh: once a day (e: the
+  -- day of the last one), when a period starts, or when a writer first meets this customer.
+  local today = math.floor(sec / 86400)
+  if get(state, 'e') ~= today then
+    put(state, 'e', today)
+    refresh = true
+  end
   store(state)
-  -- The state hash and the stream live STATE_TTL from their last refresh: whenever a window
-  -- turns to a new slot, a period starts, or a writer first meets this customer.
   if refresh then
     redis.call('EXPIRE', state.key, STATE_TTL)
     if redis.call('EXISTS', stream) == 1 then redis.call('EXPIRE', stream, STATE_TTL) end
