@@ -52,11 +52,13 @@
 --   group    = {customer, KEYS index of T:s, KEYS index of T:events, admissions, usages, carries}
 --   admission= {terms, KEYS index of T:p, period id, day, weight, route, listed (0/1), key id,
 --               period end, cap (-1: none), lease wanted, KEYS index of T:i (0: none),
---               fingerprint, served on loss (0/1)}
+--               fingerprint, served on loss (0/1), alert thresholds (0: none), priced (0/1)}
 --   usage    = {KEYS index of T:p, period id, day, period end, rows, consumed, returned, windows,
---               unmetered, uncounted}; row = {route, listed (0/1), key id, calls, records}; window =
---               {window field, seconds, slot index, units to give back}
+--               unmetered, uncounted, alert thresholds, priced, acks}; row = {route, listed (0/1),
+--               key id, calls, records}; window = {window field, seconds, slot index, units back}
 --   carry    = {seq, admissions, usages} exactly as sent in that batch
+--   Trailing fields at their default (cap -1, lease 0, "", an empty list, else 0) are left out,
+--   of groups too: decoding costs Redis about 1 us per value, and most are defaults.
 -- Returns {sec, usec, group reply, ...}; a group reply is {"ok", {admission reply, ...}, alerts
 -- fired and not yet acknowledged ({period id, "name=level,...", ...}, when there are)}, where
 -- an admission reply is {code, calls used, records used, spend cents, granted, flags, previous
@@ -68,6 +70,7 @@ local CODE_IN_FLIGHT, CODE_MISMATCH, CODE_EXPIRED = 4, 5, 8
 local FLAG_REPLAY, FLAG_IDEM_SET, FLAG_CALLS, FLAG_RECORDS, FLAG_WINDOW = 1, 2, 4, 8, 16
 local REASONS = {[CODE_RATE] = 'rate_limited', [CODE_QUOTA] = 'quota', [CODE_CAP] = 'spend_cap'}
 local US = '\31'
+local NONE = {} -- a list left out of the argument: empty
 local MAX_WRITERS = 64
 
 local batch = cjson.decode(ARGV[1])
@@ -242,7 +245,7 @@ local function want_windows(t)
 end
 
 local function want_returns(u)
-  for _, w in ipairs(u[8]) do
+  for _, w in ipairs(u[8] or NONE) do
     local s = slot_of(w[1], w[2])
     want(state, s[3])
     want(state, s[4])
@@ -425,15 +428,16 @@ local function apply_usage(u)
     count(p, period_id, day, row[1], row[2], row[3], row[4], row[5])
     if row[4] > 0 then put(state, 'u:' .. row[3], time[1]) end
   end
-  local consumed, returned = u[6], u[7]
+  local consumed, returned = u[6] or 0, u[7] or 0
   if consumed + returned > 0 then put(p, 'rs', math.max(0, get(p, 'rs') - consumed - returned)) end
-  for _, w in ipairs(u[8]) do window_give_back(w[1], w[2], w[3], w[4]) end
-  if u[9] > 0 then
-    add(p, 'unmetered', u[9])
+  for _, w in ipairs(u[8] or NONE) do window_give_back(w[1], w[2], w[3], w[4]) end
+  local unmetered = u[9] or 0
+  if unmetered > 0 then
+    add(p, 'unmetered', unmetered)
     local e = event(period_id, day)
-    e.unmetered = e.unmetered + u[9]
+    e.unmetered = e.unmetered + unmetered
   end
-  local uncounted = u[10] or 0 -- absent from usages sent (or spooled) before it existed
+  local uncounted = u[10] or 0
   if uncounted > 0 then
     add(p, 'uncounted', uncounted)
     local e = event(period_id, day)
@@ -457,11 +461,11 @@ local function admit(a)
   local sliding, windows, calls_meter, records_meter = t[1] == 1, t[2], t[3], t[4]
   local p = periods[a[2]]
   local period_id, day, weight, route, listed, key_id = a[3], a[4], a[5], a[6], a[7], a[8]
-  local cap, lease_wanted = a[10], a[11]
+  local cap, lease_wanted = a[10] or -1, a[11] or 0
   local code, flags = CODE_ADMITTED, 0
 
   local idem
-  if a[12] > 0 then
+  if (a[12] or 0) > 0 then
     idem = KEYS[a[12]]
     local found = redis.call('HMGET', idem, 'fp', 'st')
     if found[1] then
@@ -587,7 +591,7 @@ local function resolve_admission(a, decided, then_now)
       end
     end
     -- whether served or not, the first run never completed its Idempotency-Key record
-    if math.floor(flags / FLAG_IDEM_SET) % 2 == 1 and a[12] > 0 then redis.call('DEL', KEYS[a[12]]) end
+    if math.floor(flags / FLAG_IDEM_SET) % 2 == 1 and (a[12] or 0) > 0 then redis.call('DEL', KEYS[a[12]]) end
   elseif served then
     count(p, period_id, day, route, listed, key_id, weight, 0)
   end
@@ -599,7 +603,7 @@ local function run_group(group)
   state = view(KEYS[group[2]])
   periods, events, event_order, rolled, rolling, recorded_now = {}, {}, {}, {}, {}, {}
   local stream = KEYS[group[3]]
-  local admissions, usages, carries = group[4], group[5], group[6]
+  local admissions, usages, carries = group[4] or NONE, group[5] or NONE, group[6] or NONE
 
   -- The state hash first, with this writer's record: a repeat or a late batch stops here.
   want(state, record_field)
