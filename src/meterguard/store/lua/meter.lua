@@ -217,8 +217,12 @@ local function put(v, field, value)
     v.dirty[v.n] = field
   end
 end
+-- Only a field the group read (wanted) can be added to: one not read would read 0, and the
+-- batch's amount would replace the total.
 local function add(v, field, amount)
-  if amount ~= 0 then put(v, field, get(v, field) + amount) end
+  if amount == 0 then return end
+  if v.vals[field] == nil then error('meter.lua: ' .. field .. ' added to but never read') end
+  put(v, field, get(v, field) + amount)
 end
 local function store(v)
   if v.n == 0 then return end
@@ -270,11 +274,7 @@ local function period(index, period_end, period_id)
     want(p, '_')
     want(p, 'calls')
     want(p, 'records')
-    want(p, 'rs')
-    -- read before add(): a field not loaded reads 0, and the batch's amount would replace the total
-    want(p, 'replays')
-    want(p, 'unmetered')
-    want(p, 'uncounted')
+    want(p, 'rs') -- replays, unmetered, uncounted: only by the groups that add to them (rare)
     periods[index] = p
   end
   if period_end > p.period_end then p.period_end = period_end end
@@ -307,12 +307,15 @@ end
 local function want_admission(a)
   local p = period(a[2], a[9], a[3])
   want_cells(p, a[4], a[6], a[7], a[8], a[5], 0)
+  if (a[12] or 0) > 0 then want(p, 'replays') end -- only a request with an Idempotency-Key replays
   if a[15] and a[15] ~= 0 then want_alerts(p) end
 end
 
 local function want_usage(u)
   local p = period(u[1], u[4], u[2])
   for _, row in ipairs(u[5]) do want_cells(p, u[3], row[1], row[2], row[3], row[4], row[5]) end
+  if (u[9] or 0) > 0 then want(p, 'unmetered') end
+  if (u[10] or 0) > 0 then want(p, 'uncounted') end
   if (u[11] and u[11] ~= 0) or (u[13] and u[13] ~= 0) then want_alerts(p) end
 end
 
