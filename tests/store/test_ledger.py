@@ -9,15 +9,16 @@ reach the same states through a real proxy and real outages.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import pytest
 
 from meterguard.errors import StoreUnavailable
 from meterguard.plans import Window
-from meterguard.store._ledger import Admission, Carry, Usage, Work
+from meterguard.store._ledger import MAX_USAGES, Admission, Carry, Reply, Usage, Work
 from meterguard.store.base import Counts, Meter, Settlement
 from meterguard.store.redis import RedisStore
 
@@ -178,3 +179,26 @@ async def test_an_admission_ends_at_its_budget_while_a_usage_batch_waits_for_red
     finally:
         proxy.heal()
         await store.aclose()
+
+
+async def test_admissions_never_queue_behind_a_flood_of_usage(store_factory: StoreFactory) -> None:
+    """Every queued admission goes in the next batch, ahead of usage rows, which travel at most
+    MAX_USAGES at a time: a request waits for the batch in flight and its own, never for the
+    several batches a flush of every customer's usage takes. (One server: one batch in flight.)"""
+    store = await store_factory("redis")
+    assert isinstance(store, RedisStore)
+    sent: list[Sequence[Work]] = []
+    run = store._run_batch
+
+    async def spy(seq: int, deadline_ms: int, works: Sequence[Work]) -> tuple[int, int, list[Reply]]:
+        sent.append(works)
+        return await run(seq, deadline_ms, works)
+
+    store.ledger._run = spy
+    flushed = [store.ledger.record(records(f"u{i}", 1)) for i in range(3 * MAX_USAGES)]
+    decisions = await asyncio.gather(*(store.admit(request(f"a{i}", windows=(HOUR,))) for i in range(2 * MAX_USAGES)))
+    assert all(decision.admitted for decision in decisions)
+    await asyncio.gather(*flushed)
+    # the first batch (usage only) was in flight when the admissions came: they all took the next
+    assert [sum(len(work.admissions) for work in works) for works in sent] == [0, 2 * MAX_USAGES, 0]
+    assert [sum(len(work.usages) for work in works) for works in sent] == [MAX_USAGES] * 3

@@ -146,6 +146,36 @@ async def test_sliding_estimate_matches_windows_py_with_a_previous_slot(
         current = after
 
 
+async def test_a_window_keeps_only_its_current_and_previous_slot(
+    kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
+) -> None:
+    """The first write in a new slot drops the slots the window no longer reads, so that the
+    state hash does not grow by a field per slot (per second, for a 1-second window)."""
+    store = await store_factory(kind)
+    state = f"{key_prefix}:{{c:acme}}:s"
+    hour, day = Window("1h", 50, 3600), Window("1d", 500, DAY)
+    now = time.time()
+    h, d = math.floor(now / 3600), math.floor(now / DAY)
+    # 1h last wrote three slots ago (everything older goes); 1d wrote the slot before this one
+    # (it stays: the sliding estimate still reads it)
+    await raw.hset(
+        state,
+        mapping={
+            f"w:1h@{h - 4}": 7, f"w:1h@{h - 3}": 5, "w:1h": h - 3,
+            f"w:1d@{d - 2}": 9, f"w:1d@{d - 1}": 4, "w:1d": d - 1,
+        },
+    )  # fmt: skip
+    decision = await store.admit(request("acme", windows=(hour, day)))
+    assert decision.admitted
+    assert math.floor(decision.now / 3600) == h, "crossed an hour boundary: rerun"
+    fields = await raw.hgetall(state)
+    windows = {name: value for name, value in fields.items() if name.startswith("w:")}
+    assert windows == {f"w:1h@{h}": "1", "w:1h": str(h), f"w:1d@{d - 1}": "4", f"w:1d@{d}": "1", "w:1d": str(d)}
+    await store.admit(request("acme", windows=(hour, day)))  # same slot: nothing more to drop
+    fields = await raw.hgetall(state)
+    assert sorted(name for name in fields if name.startswith("w:")) == sorted(windows)
+
+
 async def test_spend_is_exact_beyond_double_precision(
     kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
 ) -> None:

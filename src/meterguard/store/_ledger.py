@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meterguard.ledger")
 
-MAX_OPS = 64  # admissions, usage entries and carries per batch: a longer script holds Redis too long
+MAX_USAGES = 64  # usage entries per batch (admissions all go): a longer script holds Redis too long
 RETRY_FIRST_SECONDS = 0.01
 RETRY_MAX_SECONDS = 0.25  # after an outage, the first batch goes out within this of the store's return
 SPOOL_SECONDS = 0.5  # while the store fails, the ledger is written to disk this often (and before sends)
@@ -359,13 +359,11 @@ class Ledger:
         # past every earlier sequence, so it must resolve all that customer's carries at once.
         for customer, carries in group.carries.items():
             work(customer).carries.extend(carries)
-        budget = MAX_OPS
-        while group.usages and budget > 0:
-            key = next(iter(group.usages))
-            usage = group.usages.pop(key)
-            work(usage.key[0]).usages.append(usage)
-            budget -= 1
-        while group.queue and budget > 0:
+        # Every queued admission goes: a request waits for the batch in flight and then its own,
+        # never for a third round trip. (They are bounded by the requests in flight.) Usage rows
+        # come after them, MAX_USAGES at a time: a fast-path flush of every customer at once must
+        # not hold the admissions queued behind it for several round trips.
+        while group.queue:
             pending = group.queue.popleft()
             if pending.future.done():
                 continue  # the request went away before its decision was sent: nothing to decide
@@ -375,6 +373,11 @@ class Ledger:
             item = work(pending.admission.request.customer)
             item.admissions.append(pending.admission)
             item.pending.append(pending)
+        budget = MAX_USAGES
+        while group.usages and budget > 0:
+            key = next(iter(group.usages))
+            usage = group.usages.pop(key)
+            work(usage.key[0]).usages.append(usage)
             budget -= 1
         return list(works.values())
 

@@ -198,7 +198,7 @@ class RedisBase:
             with contextlib.suppress(Exception):
                 await pool.disconnect(inuse_connections=False)
 
-    async def _script(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+    async def _script(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
         client = self._client()
         try:
             with translated():

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
+
+import msgspec
 
 from ..config import LedgerSettings
 from ..plans import Window
-from ..windows import remaining, reset_after, wait
+from ..windows import wait
 from ._ledger import Admission, Carry, Ledger, Reply, Usage, Work
 from ._redis_client import RedisBase, load_script, translated
 from ._spool import Spool
@@ -51,6 +54,7 @@ METER = load_script("meter")
 CODE_ADMITTED, CODE_RATE, CODE_QUOTA, CODE_CAP, CODE_IN_FLIGHT, CODE_MISMATCH, CODE_EXPIRED = 0, 1, 2, 3, 4, 5, 8
 FLAG_REPLAY, FLAG_CALLS, FLAG_RECORDS, FLAG_WINDOW = 1, 4, 8, 16
 _REASONS: dict[int, Reason] = {CODE_RATE: "rate_limited", CODE_QUOTA: "quota", CODE_CAP: "spend_cap"}
+_IDEMPOTENCY: dict[int, Literal["in_flight", "mismatch"]] = {CODE_IN_FLIGHT: "in_flight", CODE_MISMATCH: "mismatch"}
 
 
 def _meter(meter: Meter) -> list[Any]:
@@ -78,7 +82,7 @@ class _Batch:
         self.keys: list[str] = []
         self.key_index: dict[str, int] = {}
         self.terms: list[Any] = []
-        self.terms_index: dict[tuple[Any, ...], int] = {}
+        self.terms_index: dict[tuple[int, str, int, int], int] = {}
 
     def key(self, name: str) -> int:
         index = self.key_index.get(name)
@@ -91,7 +95,10 @@ class _Batch:
         return self._term(request.windows, request.strategy, request.calls, request.records)
 
     def _term(self, windows: tuple[Window, ...], strategy: str, calls: Meter, records: Meter) -> int:
-        ident = (windows, strategy, calls, records)
+        # By identity: the requests of one plan and route share these objects, and hashing the
+        # frozen dataclasses (Python-level __hash__) cost more than the rest of the encoding.
+        # Equal terms in distinct objects only repeat an entry. The batch keeps them alive.
+        ident = (id(windows), strategy, id(calls), id(records))
         index = self.terms_index.get(ident)
         if index is None:
             self.terms.append(
@@ -111,7 +118,7 @@ class _Batch:
         idem = 0
         if request.idempotency_key is not None:
             idem = self.key(f"{tag}:i:{idempotency_digest(request.idempotency_key)}")
-        return [
+        fields = [
             self.term(request),
             self.key(f"{tag}:p:{request.period_id}"),
             request.period_id,
@@ -128,10 +135,11 @@ class _Batch:
             1 if admission.served else 0,
             *_alerts(request.alerting),
         ]
+        return _trimmed(fields, _ADMISSION_DEFAULTS)
 
     def usage(self, usage: Usage) -> list[Any]:
         customer, period_id, period_end, day = usage.key
-        return [
+        fields = [
             self.key(f"{self.store._tag(customer)}:p:{period_id}"),
             period_id,
             day,
@@ -144,6 +152,7 @@ class _Batch:
             usage.uncounted,
             *self._usage_alerts(usage),
         ]
+        return _trimmed(fields, _USAGE_DEFAULTS)
 
     def _usage_alerts(self, usage: Usage) -> list[Any]:
         """The thresholds to check, {terms, cap} to price spend (or 0), and alerts acknowledged."""
@@ -162,7 +171,7 @@ class _Batch:
 
     def work(self, work: Work) -> list[Any]:
         tag = self.store._tag(work.customer)
-        return [
+        fields = [
             work.customer,
             self.key(f"{tag}:s"),
             self.key(f"{tag}:events"),
@@ -170,6 +179,35 @@ class _Batch:
             [self.usage(u) for u in work.usages],
             [self.carry(c) for c in work.carries],
         ]
+        return _trimmed(fields, _GROUP_DEFAULTS)
+
+
+# The defaults of each field of an admission, a usage entry and a group (None: always sent).
+# Trailing fields at their default are left out, meter.lua reads them back as the default:
+# Redis spends about a microsecond decoding each JSON value, and most of these are defaults.
+_ADMISSION_DEFAULTS: tuple[Any, ...] = (None,) * 9 + (-1, 0, 0, "", 0, 0, 0)
+_USAGE_DEFAULTS: tuple[Any, ...] = (None,) * 5 + (0, 0, [], 0, 0, 0, 0, 0)
+_GROUP_DEFAULTS: tuple[Any, ...] = (None, None, None, [], [], [])
+
+
+def _trimmed(fields: list[Any], defaults: tuple[Any, ...]) -> list[Any]:
+    end = len(fields)
+    while end and defaults[end - 1] is not None and fields[end - 1] == defaults[end - 1]:
+        end -= 1
+    del fields[end:]
+    return fields
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(document: Any) -> bytes | str:
+    """The batch as JSON: msgspec's C encoder (0.15 us per admission against json's 1.3).
+    A string no UTF-8 can carry (a lone surrogate) goes as json's escape instead, as before."""
+    try:
+        return _encode(document)
+    except UnicodeEncodeError:
+        return json.dumps(document, separators=(",", ":"))
 
 
 def _alerts(alerting: Alerting | None) -> list[Any]:
@@ -189,34 +227,36 @@ def _recorded(entry: list[Any]) -> list[Any]:
 
 
 def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
-    """A Decision from an admission's reply: the script returns counts, the rest is windows.py."""
+    """A Decision from an admission's reply: the script returns counts, the rest is windows.py.
+
+    Once per admission, so the window arithmetic of windows.estimate/remaining/reset_after is
+    written out here (the same expressions, so the same floats) and computed once per window.
+    """
     code, calls_used, records_used, spend, granted, flags = reply[:6]
     sliding = request.strategy == "sliding"
     admitted = code == CODE_ADMITTED
-    states, slots, violated = [], [], []
+    weight = request.weight
+    states: list[WindowState] = []
+    slots: list[int] = []
+    violated: list[str] = []
     retry_after = 0.0
     known = len(reply) >= 6 + 2 * len(request.windows)
     for i, window in enumerate(request.windows):
-        previous, current = (reply[6 + 2 * i], reply[7 + 2 * i]) if known else (0, window.limit)
-        index = int(now // window.seconds)
-        elapsed = now - index * window.seconds
-        before = current - request.weight - granted if admitted else current
+        seconds, limit = window.seconds, window.limit
+        previous, current = (reply[6 + 2 * i], reply[7 + 2 * i]) if known else (0, limit)
+        index = int(now // seconds)
+        elapsed = now - index * seconds
         if flags & (FLAG_WINDOW << i):
             violated.append(window.name)
-            retry_after = max(
-                retry_after,
-                wait(previous, before, elapsed, window.seconds, window.limit, request.weight, sliding),
-            )
-        used = previous * (window.seconds - elapsed) / window.seconds + current if sliding else current
-        states.append(
-            WindowState(
-                window,
-                remaining(window.limit, used),
-                reset_after(previous, current, elapsed, window.seconds, window.limit, sliding, request.weight),
-            )
-        )
+            before = current - weight - granted if admitted else current
+            retry_after = max(retry_after, wait(previous, before, elapsed, seconds, limit, weight, sliding))
+        used = previous * (seconds - elapsed) / seconds + current if sliding else current
+        if used + weight > limit:  # windows.reset_after
+            reset = wait(previous, current, elapsed, seconds, limit, weight, sliding)
+        else:
+            reset = seconds - elapsed
+        states.append(WindowState(window, max(0, math.floor(limit - used + 1e-9)), reset))
         slots.append(index)
-    reason = _REASONS.get(code)
     if code == CODE_QUOTA:
         if flags & FLAG_CALLS:
             violated.append("calls-period")
@@ -224,10 +264,9 @@ def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
             violated.append("records-period")
     if code in (CODE_QUOTA, CODE_CAP):
         retry_after = request.period_end - now
-    idempotency = {CODE_IN_FLIGHT: "in_flight", CODE_MISMATCH: "mismatch"}.get(code)
     return Decision(
         admitted=admitted,
-        reason=reason,
+        reason=_REASONS.get(code),
         violated=tuple(violated),
         retry_after=retry_after,
         windows=tuple(states),
@@ -238,7 +277,7 @@ def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
         granted=granted,
         replay=bool(flags & FLAG_REPLAY),
         slots=tuple(slots),
-        idempotency=idempotency,  # type: ignore[arg-type]
+        idempotency=_IDEMPOTENCY.get(code),
     )
 
 
@@ -333,9 +372,8 @@ class RedisMeter(RedisBase):
         batch = _Batch(self)
         groups = [batch.work(work) for work in works]
         self._settings[4] = self.events_max_len
-        payload = json.dumps(
-            {"s": self._settings, "w": self.ledger.writer, "q": seq, "d": deadline_ms, "t": batch.terms, "g": groups},
-            separators=(",", ":"),
+        payload = _json(
+            {"s": self._settings, "w": self.ledger.writer, "q": seq, "d": deadline_ms, "t": batch.terms, "g": groups}
         )
         started = time.perf_counter()
         sec, usec, *replies = await self._script(METER, batch.keys, [payload])

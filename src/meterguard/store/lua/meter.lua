@@ -52,11 +52,13 @@
 --   group    = {customer, KEYS index of T:s, KEYS index of T:events, admissions, usages, carries}
 --   admission= {terms, KEYS index of T:p, period id, day, weight, route, listed (0/1), key id,
 --               period end, cap (-1: none), lease wanted, KEYS index of T:i (0: none),
---               fingerprint, served on loss (0/1)}
+--               fingerprint, served on loss (0/1), alert thresholds (0: none), priced (0/1)}
 --   usage    = {KEYS index of T:p, period id, day, period end, rows, consumed, returned, windows,
---               unmetered, uncounted}; row = {route, listed (0/1), key id, calls, records}; window =
---               {window field, seconds, slot index, units to give back}
+--               unmetered, uncounted, alert thresholds, priced, acks}; row = {route, listed (0/1),
+--               key id, calls, records}; window = {window field, seconds, slot index, units back}
 --   carry    = {seq, admissions, usages} exactly as sent in that batch
+--   Trailing fields at their default (cap -1, lease 0, "", an empty list, else 0) are left out,
+--   of groups too: decoding costs Redis about 1 us per value, and most are defaults.
 -- Returns {sec, usec, group reply, ...}; a group reply is {"ok", {admission reply, ...}, alerts
 -- fired and not yet acknowledged ({period id, "name=level,...", ...}, when there are)}, where
 -- an admission reply is {code, calls used, records used, spend cents, granted, flags, previous
@@ -68,6 +70,7 @@ local CODE_IN_FLIGHT, CODE_MISMATCH, CODE_EXPIRED = 4, 5, 8
 local FLAG_REPLAY, FLAG_IDEM_SET, FLAG_CALLS, FLAG_RECORDS, FLAG_WINDOW = 1, 2, 4, 8, 16
 local REASONS = {[CODE_RATE] = 'rate_limited', [CODE_QUOTA] = 'quota', [CODE_CAP] = 'spend_cap'}
 local US = '\31'
+local NONE = {} -- a list left out of the argument: empty
 local MAX_WRITERS = 64
 
 local batch = cjson.decode(ARGV[1])
@@ -214,8 +217,12 @@ local function put(v, field, value)
     v.dirty[v.n] = field
   end
 end
+-- Only a field the group read (wanted) can be added to: one not read would read 0, and the
+-- batch's amount would replace the total.
 local function add(v, field, amount)
-  if amount ~= 0 then put(v, field, get(v, field) + amount) end
+  if amount == 0 then return end
+  if v.vals[field] == nil then error('meter.lua: ' .. field .. ' added to but never read') end
+  put(v, field, get(v, field) + amount)
 end
 local function store(v)
   if v.n == 0 then return end
@@ -237,11 +244,12 @@ local function want_windows(t)
   for _, w in ipairs(terms[t][2]) do
     want(state, w[4][3])
     want(state, w[4][4])
+    want(state, w[1]) -- the slot it last wrote, for rolling
   end
 end
 
 local function want_returns(u)
-  for _, w in ipairs(u[8]) do
+  for _, w in ipairs(u[8] or NONE) do
     local s = slot_of(w[1], w[2])
     want(state, s[3])
     want(state, s[4])
@@ -266,11 +274,7 @@ local function period(index, period_end, period_id)
     want(p, '_')
     want(p, 'calls')
     want(p, 'records')
-    want(p, 'rs')
-    -- read before add(): a field not loaded reads 0, and the batch's amount would replace the total
-    want(p, 'replays')
-    want(p, 'unmetered')
-    want(p, 'uncounted')
+    want(p, 'rs') -- replays, unmetered, uncounted: only by the groups that add to them (rare)
     periods[index] = p
   end
   if period_end > p.period_end then p.period_end = period_end end
@@ -303,12 +307,15 @@ end
 local function want_admission(a)
   local p = period(a[2], a[9], a[3])
   want_cells(p, a[4], a[6], a[7], a[8], a[5], 0)
+  if (a[12] or 0) > 0 then want(p, 'replays') end -- only a request with an Idempotency-Key replays
   if a[15] and a[15] ~= 0 then want_alerts(p) end
 end
 
 local function want_usage(u)
   local p = period(u[1], u[4], u[2])
   for _, row in ipairs(u[5]) do want_cells(p, u[3], row[1], row[2], row[3], row[4], row[5]) end
+  if (u[9] or 0) > 0 then want(p, 'unmetered') end
+  if (u[10] or 0) > 0 then want(p, 'uncounted') end
   if (u[11] and u[11] ~= 0) or (u[13] and u[13] ~= 0) then want_alerts(p) end
 end
 
@@ -362,7 +369,7 @@ local function window_give_back(field, seconds, slot, units)
   local s = slot_of(field, seconds)
   local name
   if slot == s[1] then name = s[3] elseif slot == s[1] - 1 then name = s[4] else return end
-  if state.vals[name] ~= nil then put(state, name, math.max(0, get(state, name) - units)) end
+  if state.vals[name] then put(state, name, math.max(0, get(state, name) - units)) end
 end
 
 -- An event per (period, day) of the group; nearly always one, so the first is kept at hand.
@@ -424,15 +431,16 @@ local function apply_usage(u)
     count(p, period_id, day, row[1], row[2], row[3], row[4], row[5])
     if row[4] > 0 then put(state, 'u:' .. row[3], time[1]) end
   end
-  local consumed, returned = u[6], u[7]
+  local consumed, returned = u[6] or 0, u[7] or 0
   if consumed + returned > 0 then put(p, 'rs', math.max(0, get(p, 'rs') - consumed - returned)) end
-  for _, w in ipairs(u[8]) do window_give_back(w[1], w[2], w[3], w[4]) end
-  if u[9] > 0 then
-    add(p, 'unmetered', u[9])
+  for _, w in ipairs(u[8] or NONE) do window_give_back(w[1], w[2], w[3], w[4]) end
+  local unmetered = u[9] or 0
+  if unmetered > 0 then
+    add(p, 'unmetered', unmetered)
     local e = event(period_id, day)
-    e.unmetered = e.unmetered + u[9]
+    e.unmetered = e.unmetered + unmetered
   end
-  local uncounted = u[10] or 0 -- absent from usages sent (or spooled) before it existed
+  local uncounted = u[10] or 0
   if uncounted > 0 then
     add(p, 'uncounted', uncounted)
     local e = event(period_id, day)
@@ -456,11 +464,11 @@ local function admit(a)
   local sliding, windows, calls_meter, records_meter = t[1] == 1, t[2], t[3], t[4]
   local p = periods[a[2]]
   local period_id, day, weight, route, listed, key_id = a[3], a[4], a[5], a[6], a[7], a[8]
-  local cap, lease_wanted = a[10], a[11]
+  local cap, lease_wanted = a[10] or -1, a[11] or 0
   local code, flags = CODE_ADMITTED, 0
 
   local idem
-  if a[12] > 0 then
+  if (a[12] or 0) > 0 then
     idem = KEYS[a[12]]
     local found = redis.call('HMGET', idem, 'fp', 'st')
     if found[1] then
@@ -477,7 +485,7 @@ local function admit(a)
   local room = math.huge -- units every window could still take after this request
   for i, w in ipairs(windows) do
     local limit, seconds, s = w[2], w[3], w[4]
-    fresh[i] = state.vals[s[3]] == nil
+    fresh[i] = not state.vals[s[3]] -- HMGET reads a missing field as false
     local previous, current = window_counts(s)
     local used = estimate(sliding, previous, current, s[2], seconds)
     reply[5 + 2 * i], reply[6 + 2 * i] = previous, current
@@ -586,7 +594,7 @@ local function resolve_admission(a, decided, then_now)
       end
     end
     -- whether served or not, the first run never completed its Idempotency-Key record
-    if math.floor(flags / FLAG_IDEM_SET) % 2 == 1 and a[12] > 0 then redis.call('DEL', KEYS[a[12]]) end
+    if math.floor(flags / FLAG_IDEM_SET) % 2 == 1 and (a[12] or 0) > 0 then redis.call('DEL', KEYS[a[12]]) end
   elseif served then
     count(p, period_id, day, route, listed, key_id, weight, 0)
   end
@@ -598,10 +606,11 @@ local function run_group(group)
   state = view(KEYS[group[2]])
   periods, events, event_order, rolled, rolling, recorded_now = {}, {}, {}, {}, {}, {}
   local stream = KEYS[group[3]]
-  local admissions, usages, carries = group[4], group[5], group[6]
+  local admissions, usages, carries = group[4] or NONE, group[5] or NONE, group[6] or NONE
 
   -- The state hash first, with this writer's record: a repeat or a late batch stops here.
   want(state, record_field)
+  want(state, 'e')
   for _, a in ipairs(admissions) do want_windows(a[1]) end
   for _, u in ipairs(usages) do want_returns(u) end
   for _, c in ipairs(carries) do
@@ -718,19 +727,26 @@ local function run_group(group)
   end
   -- A window's first write in a new slot drops the slots before the previous one, found from
   -- the window's own field (the slot it last wrote): once per window slot, not per request.
-  if #rolled > 0 then refresh = true end
   for _, roll in ipairs(rolled) do
     local window, index = roll[1], roll[2]
-    local last = tonumber(redis.call('HGET', state.key, window) or '')
+    local last = tonumber(state.vals[window])
     if last and last < index then
-      if last < index - 1 then redis.call('HDEL', state.key, window .. '@' .. text(last)) end
-      redis.call('HDEL', state.key, window .. '@' .. text(last - 1))
+      if last < index - 1 then
+        redis.call('HDEL', state.key, window .. '@' .. text(last - 1), window .. '@' .. text(last))
+      else
+        redis.call('HDEL', state.key, window .. '@' .. text(last - 1))
+      end
     end
     put(state, window, index)
   end
+  -- The state hash and the stream live STATE_TTL from their last refresh: once a day (e: the
+  -- day of the last one), when a period starts, or when a writer first meets this customer.
+  local today = math.floor(sec / 86400)
+  if get(state, 'e') ~= today then
+    put(state, 'e', today)
+    refresh = true
+  end
   store(state)
-  -- The state hash and the stream live STATE_TTL from their last refresh: whenever a window
-  -- turns to a new slot, a period starts, or a writer first meets this customer.
   if refresh then
     redis.call('EXPIRE', state.key, STATE_TTL)
     if redis.call('EXISTS', stream) == 1 then redis.call('EXPIRE', stream, STATE_TTL) end
