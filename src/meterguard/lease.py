@@ -88,21 +88,27 @@ class FastPath:
 
     # admission -----------------------------------------------------------------------------------
 
-    async def admit(self, request: AdmitRequest) -> Decision:
+    def take(self, request: AdmitRequest) -> Decision | None:
+        """The decision from this process's lease: a local decrement, no I/O. None when the store
+        must decide (:meth:`admit`): no lease, or one that is used up, expired or near a quota."""
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush_forever())
-        key: LeaseKey = (request.customer, request.period_id, request.windows)
+        lease = self._leases.get((request.customer, request.period_id, request.windows))
+        if lease is None or request.idempotency_key is not None or lease.units < request.weight:
+            return None
         now = self._monotonic()
+        if now < lease.expires and self._records_left(request, lease):
+            return self._take(lease, request, now)
+        return None
+
+    async def admit(self, request: AdmitRequest) -> Decision:
+        decision = self.take(request)
+        if decision is not None:
+            return decision
+        key: LeaseKey = (request.customer, request.period_id, request.windows)
         lease = self._leases.get(key)
         if lease is not None:
-            if (
-                lease.units >= request.weight
-                and now < lease.expires
-                and request.idempotency_key is None
-                and self._records_left(request, lease)
-            ):
-                return self._take(lease, request, now)
-            self._retire(key, lease, now)
+            self._retire(key, lease, self._monotonic())
         # One lease request per key at a time: a burst that finds no lease must not take one lease
         # per request (each would hold units until it expires); the others are decided exactly.
         wanted = 0
