@@ -97,9 +97,13 @@ class FastPath:
         if lease is None or request.idempotency_key is not None or lease.units < request.weight:
             return None
         now = self._monotonic()
-        if now < lease.expires and self._records_left(request, lease):
-            return self._take(lease, request, now)
-        return None
+        if now >= lease.expires:
+            return None
+        records_known = self._records_known(request, lease)
+        records = request.records
+        if records.included is not None and not records.billed and records_known >= records.included:
+            return None
+        return self._take(lease, request, now, records_known)
 
     async def admit(self, request: AdmitRequest) -> Decision:
         decision = self.take(request)
@@ -160,19 +164,17 @@ class FastPath:
         period = (request.customer, request.period_id)
         return lease.snapshot.records_used + self._settled.get(period, 0) - lease.flushed_mark
 
-    def _records_left(self, request: AdmitRequest, lease: Lease) -> bool:
-        records = request.records
-        if records.included is None or records.billed:
-            return True
-        return self._records_known(request, lease) < records.included
-
-    def _take(self, lease: Lease, request: AdmitRequest, now: float) -> Decision:
-        lease.units -= request.weight
-        lease.used += request.weight
+    def _take(self, lease: Lease, request: AdmitRequest, now: float, records_known: int) -> Decision:
+        weight = request.weight
+        lease.units -= weight
+        lease.used += weight
         pending = self._pending_for(request.customer, request.period_id, request.period_end, request.day)
-        counts = pending.rows.setdefault((request.route, request.listed, request.key_id), [0, 0])
-        counts[0] += request.weight
-        pending.consumed += request.weight
+        row = (request.route, request.listed, request.key_id)
+        counts = pending.rows.get(row)
+        if counts is None:
+            counts = pending.rows[row] = [0, 0]
+        counts[0] += weight
+        pending.consumed += weight
         if request.alerting is not None:
             pending.alerting = request.alerting
         if pending.consumed >= EARLY_FLUSH_UNITS and self._early is None:
@@ -181,21 +183,26 @@ class FastPath:
             self._early = asyncio.ensure_future(self._flush_early())
         snapshot = lease.snapshot
         age = now - lease.started
+        units = lease.units
         return Decision(
-            admitted=True,
-            reason=None,
-            violated=(),
-            retry_after=0.0,
+            True,
+            None,
+            (),
+            0.0,
             # The leased units still here are this customer's to use: the store counted them already.
-            windows=tuple(
-                WindowState(state.window, state.remaining + lease.units, max(state.reset_after - age, 0.0))
-                for state in snapshot.windows
+            tuple(
+                [
+                    WindowState(state.window, state.remaining + units, max(state.reset_after - age, 0.0))
+                    for state in snapshot.windows
+                ]
             ),
-            calls_used=snapshot.calls_used + lease.used,
-            records_used=self._records_known(request, lease),
-            spend_cents=snapshot.spend_cents,
-            now=snapshot.now + age,
-            slots=snapshot.slots,
+            snapshot.calls_used + lease.used,
+            records_known,
+            snapshot.spend_cents,
+            snapshot.now + age,
+            0,
+            False,
+            snapshot.slots,
         )
 
     def _retire(self, key: LeaseKey, lease: Lease, now: float) -> None:
@@ -221,7 +228,10 @@ class FastPath:
         if settlement.records <= 0 and settlement.calls == 0:
             return
         pending = self._pending_for(settlement.customer, settlement.period_id, settlement.period_end, settlement.day)
-        counts = pending.rows.setdefault((settlement.route, settlement.listed, settlement.key_id), [0, 0])
+        row = (settlement.route, settlement.listed, settlement.key_id)
+        counts = pending.rows.get(row)
+        if counts is None:
+            counts = pending.rows[row] = [0, 0]
         counts[0] += settlement.calls  # a refund: the leased unit stays consumed, the call is not billed
         if settlement.records <= 0:
             return

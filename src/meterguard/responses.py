@@ -97,8 +97,7 @@ class MeteredHeaders:
     as ``t`` and ``Retry-After``. ``X-Meterguard-Cost`` says the weight where it is not 1.
     """
 
-    __slots__ = ("_policy", "_windows", "_weight", "_calls", "_records", "_calls_usage", "_records_usage",
-                 "_cost")  # fmt: skip
+    __slots__ = ("_policy", "_windows", "_weight", "_calls", "_records", "_calls_usage", "_records_usage", "_cost")
 
     def __init__(self, windows: Sequence[Window], policy: bytes, calls: Meter, records: Meter, weight: int = 1) -> None:
         self._policy = (b"ratelimit-policy", policy) if policy else None
@@ -110,8 +109,8 @@ class MeteredHeaders:
         )
         self._calls = calls.included
         self._records = records.included
-        self._calls_usage = "calls={}" + (f";limit={calls.included}" if calls.included is not None else "")
-        self._records_usage = "records={}" + (f";limit={records.included}" if records.included is not None else "")
+        self._calls_usage = f";limit={calls.included}" if calls.included is not None else ""
+        self._records_usage = f";limit={records.included}" if records.included is not None else ""
         self._cost = (b"x-meterguard-cost", str(weight).encode()) if weight != 1 else None
 
     def __call__(self, decision: Decision, period_end: int) -> Headers:
@@ -127,7 +126,8 @@ class MeteredHeaders:
                 _, name, limit = known[index]
             else:  # a decision on other windows than these terms': format it whole
                 name, limit = f'"{window.name}";r=', (b"x-ratelimit-limit", str(window.limit // weight).encode())
-            items.append(f"{name}{state.remaining};t={retry_seconds(state.reset_after)}")
+            # t: retry_seconds(state.reset_after), inline (this runs for every window of every request)
+            items.append(f"{name}{state.remaining};t={max(1, math.ceil(state.reset_after - 1e-9))}")
             left = state.remaining // weight
             if (
                 tightest is None
@@ -147,13 +147,11 @@ class MeteredHeaders:
             headers.append(self._policy)
             headers.append((b"ratelimit", ", ".join(items).encode()))
         if tightest is not None and tightest_limit is not None:
-            headers += [
-                tightest_limit,
-                (b"x-ratelimit-remaining", str(tightest_left).encode()),
-                # the moment t and Retry-After count to, rounded up to a whole second
-                (b"x-ratelimit-reset", str(math.ceil(decision.now + tightest.reset_after)).encode()),
-            ]
-        usage = self._calls_usage.format(calls_used) + ", " + self._records_usage.format(records_used)
+            headers.append(tightest_limit)
+            headers.append((b"x-ratelimit-remaining", str(tightest_left).encode()))
+            # the moment t and Retry-After count to, rounded up to a whole second
+            headers.append((b"x-ratelimit-reset", str(math.ceil(decision.now + tightest.reset_after)).encode()))
+        usage = f"calls={calls_used}{self._calls_usage}, records={records_used}{self._records_usage}"
         headers.append((b"x-meterguard-usage", usage.encode()))
         if self._cost is not None:
             headers.append(self._cost)
