@@ -22,6 +22,7 @@ from .meter import MeterEngine, Ticket
 from .metrics import Metrics
 from .records import Counter, StreamCounter, is_json, parse_header
 from .responses import Headers
+from .store.base import Settlement
 from .unresolved import Entry
 
 log = logging.getLogger("meterguard")
@@ -87,13 +88,26 @@ class Responder:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            if self._buffer is None and self._stream is None and self._capture is None:
-                # Passed through as it is; the last chunk settles first.
-                if not self.settled and not message.get("more_body", False):
-                    await self._finish()
-                await self._send(message)
-            else:
-                await self._body(message)
+            if self._capture is None and self._stream is None:
+                buffer = self._buffer
+                if buffer is None:
+                    # Passed through as it is; the last chunk settles first.
+                    if not self.settled and not message.get("more_body", False):
+                        await self._finish()
+                    await self._send(message)
+                    return
+                if not buffer and not message.get("more_body", False):
+                    body = message.get("body", b"")
+                    if len(body) <= self._counting.max_body:
+                        # The whole body in one message (a JSONResponse): counted, settled, sent as it came.
+                        self._buffer = None
+                        self._counted(body)
+                        later = self._settle()
+                        if later is not None:
+                            await self._settle_later(later)
+                        await self._send(message)
+                        return
+            await self._body(message)
         elif kind == "http.response.start":
             await self._send(self._start(message))
         else:
@@ -149,13 +163,6 @@ class Responder:
             self._capture.body(chunk, more)
         buffer = self._buffer
         if buffer is not None:
-            if not buffer and not more and len(chunk) <= self._counting.max_body:
-                # The whole body in one message (a JSONResponse): counted, then sent as it came.
-                self._buffer = None
-                self._counted(chunk)
-                await self._finish()
-                await self._send(message)
-                return
             buffer.append(chunk)
             self._buffered += len(chunk)
             if self._buffered > self._counting.max_body:
@@ -220,18 +227,22 @@ class Responder:
             await self._finish()
 
     async def _finish(self) -> None:
-        """Settle, once. A client disconnect cancels the request, not the write: every store
-        completes a settlement once handed to it (the Redis store runs it in a batch task of its
-        own; the memory store and the fast path settle here, without yielding)."""
+        later = self._settle()
+        if later is not None:
+            await self._settle_later(later)
+
+    def _settle(self) -> Settlement | None:
+        """Settle, once: here when that needs no I/O (the memory store, the fast path); else the
+        settlement to hand to the store (:meth:`_settle_later`)."""
         if self.settled:
-            return
+            return None
         self.settled = True
         if self._unresolved is not None:
             self._unresolved.records = self.records
-            return
+            return None
         ticket = self.ticket
         if ticket is None:
-            return
+            return None
         uncounted = 0
         if self.uncounted and not self.refund:
             uncounted = 1
@@ -243,12 +254,15 @@ class Responder:
             self._metrics.not_counted(self._plan)
         records, refund = self.records, self.refund
         if not (records or refund or uncounted):
-            return
+            return None
         if not refund:
             self._metrics.billed(self._plan, records)
+        return self._engine.settle_now(ticket, records, refund=refund, uncounted=uncounted)
+
+    async def _settle_later(self, settlement: Settlement) -> None:
+        """A client disconnect cancels the request, not the write: every store completes a
+        settlement once handed to it (the Redis store runs it in a batch task of its own)."""
         try:
-            later = self._engine.settle_now(ticket, records, refund=refund, uncounted=uncounted)
-            if later is not None:
-                await self._engine.settle_later(later)
+            await self._engine.settle_later(settlement)
         except StoreError:
-            log.exception("could not settle %d records of customer %s", records, ticket.customer)
+            log.exception("could not settle %d records of customer %s", settlement.records, settlement.customer)

@@ -7,20 +7,19 @@ asyncio each decision is atomic. Good for development, tests and single-process 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._types import Clock
 from ..billing import spend_cents
 from ..config import LedgerSettings
-from ..errors import CustomerExists
 from ..plans import Window
 from ..windows import estimate, remaining, wait
+from ._memory_directory import MemoryDirectory
 from ._memory_events import EventLog, fields_of
 from .base import (
     MAX_UNLISTED_ROUTES,
@@ -32,13 +31,10 @@ from .base import (
     Alerting,
     AlertSink,
     Counts,
-    CustomerRecord,
     DayUsage,
     Decision,
-    Delivery,
     Fired,
     Flush,
-    KeyRecord,
     Reason,
     Settlement,
     StoredResponse,
@@ -110,21 +106,15 @@ def in_process(store: object) -> MemoryStore | None:
     return None
 
 
-class MemoryStore:
+class MemoryStore(MemoryDirectory):
     def __init__(self, url: str = "memory://", *, clock: Clock = time.time) -> None:
+        super().__init__()
         self.url = url
         self._clock = clock
         self._windows: dict[str, dict[str, dict[int, int]]] = {}  # customer -> window counter -> slot -> units
         self._periods: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
         self._days: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
-        self._customers: dict[str, CustomerRecord] = {}
-        self._keys: dict[str, KeyRecord] = {}  # hash -> record
-        self._key_ids: dict[str, str] = {}  # key id -> hash
-        self._last_used: dict[str, float] = {}  # key id -> epoch seconds
-        self._watchers: list[Callable[[str], None]] = []
         self._log = EventLog()
-        self._alert_claims: set[tuple[str, str, str]] = set()
-        self._deliveries: dict[str, tuple[Delivery, float]] = {}  # id -> (delivery, due at)
         # (customer, key) -> [fingerprint, "run" | "done", expiry, stored response]
         self._idempotency: dict[tuple[str, str], list[Any]] = {}
         self._alerted: dict[tuple[str, str], dict[int, int]] = {}  # (customer, period) -> meter -> thresholds fired
@@ -360,59 +350,6 @@ class MemoryStore:
                 result.append(DayUsage(day, tally.calls, tally.records, _counts(tally.by_route), _counts(tally.by_key)))
         return result
 
-    # customers and keys -----------------------------------------------------------------------------
-
-    async def create_customer(self, record: CustomerRecord) -> None:
-        if record.id in self._customers:
-            raise CustomerExists(record.id)
-        self._customers[record.id] = record
-
-    async def get_customer(self, customer: str) -> CustomerRecord | None:
-        return self._customers.get(customer)
-
-    async def list_customers(self) -> list[CustomerRecord]:
-        return sorted(self._customers.values(), key=lambda record: record.id)
-
-    async def put_customer(self, record: CustomerRecord) -> None:
-        self._customers[record.id] = record
-
-    async def add_key(self, key_hash: str, record: KeyRecord) -> None:
-        self._keys[key_hash] = record
-        self._key_ids[record.key_id] = key_hash
-
-    def _with_last_used(self, record: KeyRecord) -> KeyRecord:
-        used = self._last_used.get(record.key_id)
-        return record if used is None else replace(record, last_used=used)
-
-    async def find_key(self, key_hash: str) -> KeyRecord | None:
-        record = self._keys.get(key_hash)
-        return self._with_last_used(record) if record is not None else None
-
-    async def list_keys(self, customer: str) -> list[KeyRecord]:
-        return sorted(
-            (self._with_last_used(record) for record in self._keys.values() if record.customer == customer),
-            key=lambda record: record.created_at,
-        )
-
-    async def revoke_key(self, key_id: str) -> bool:
-        key_hash = self._key_ids.get(key_id)
-        if key_hash is None:
-            return False
-        self._keys[key_hash] = replace(self._keys[key_hash], revoked=True)
-        return True
-
-    async def get_key(self, key_id: str) -> KeyRecord | None:
-        key_hash = self._key_ids.get(key_id)
-        return self._with_last_used(self._keys[key_hash]) if key_hash is not None else None
-
-    async def expire_key(self, key_id: str, expires_at: float, replaced_by: str | None = None) -> bool:
-        key_hash = self._key_ids.get(key_id)
-        if key_hash is None:
-            return False
-        record = self._keys[key_hash]
-        self._keys[key_hash] = replace(record, expires_at=expires_at, replaced_by=replaced_by or record.replaced_by)
-        return True
-
     # audit log --------------------------------------------------------------------------------------
 
     async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:
@@ -428,50 +365,6 @@ class MemoryStore:
 
     async def range_events(self, customer: str, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
         return self._log.range(customer, after, count)
-
-    # alert queue ------------------------------------------------------------------------------------
-
-    async def claim_alert(
-        self, customer: str, period_id: str, name: str, delivery: Delivery | None, due_at: float, keep_seconds: int
-    ) -> bool:
-        claim = (customer, period_id, name)
-        if claim in self._alert_claims:
-            return False
-        self._alert_claims.add(claim)
-        if delivery is not None:
-            self._deliveries[delivery.id] = (delivery, due_at)
-        return True
-
-    async def due_deliveries(self, now: float, limit: int, lease_seconds: float) -> list[Delivery]:
-        due = sorted((at, delivery.id) for delivery, at in self._deliveries.values() if at <= now)[:limit]
-        leased = []
-        for _, delivery_id in due:
-            delivery, _ = self._deliveries[delivery_id]
-            self._deliveries[delivery_id] = (delivery, now + lease_seconds)
-            leased.append(delivery)
-        return leased
-
-    async def retry_delivery(self, delivery_id: str, due_at: float, attempts: int) -> None:
-        entry = self._deliveries.get(delivery_id)
-        if entry is not None:
-            self._deliveries[delivery_id] = (replace(entry[0], attempts=attempts), due_at)
-
-    async def finish_delivery(self, delivery_id: str) -> None:
-        self._deliveries.pop(delivery_id, None)
-
-    # change events ------------------------------------------------------------------------------------
-
-    async def notify(self, event: str) -> None:
-        for on_event in list(self._watchers):
-            on_event(event)
-
-    async def watch(self, on_event: Callable[[str], None]) -> None:
-        self._watchers.append(on_event)
-        on_event("*")  # in one process every change is seen: nothing is ever missed
-        try:
-            await asyncio.Future()  # until cancelled
-        finally:
-            self._watchers.remove(on_event)
 
     # lifecycle ----------------------------------------------------------------------------------------
 
