@@ -158,15 +158,6 @@ class MeteredHeaders:
         return headers
 
 
-def metered_headers(
-    decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int, weight: int = 1
-) -> Headers:
-    """The headers of :class:`MeteredHeaders` for one decision (the middleware keeps one per route)."""
-    return MeteredHeaders([state.window for state in decision.windows], policy, calls, records, weight)(
-        decision, period_end
-    )
-
-
 def throttled(retry_after: int) -> tuple[int, Headers, bytes]:
     """429 for an address past ``auth.failed_limit`` (CONTRACT 11); no credential was looked up."""
     return problem(
