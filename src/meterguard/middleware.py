@@ -202,7 +202,9 @@ class MeterGuard(Lifecycle):
                 return
             fingerprint = idempotency.fingerprint(scope, body)
         label = route.match if route is not None else unmatched_label(method, path)
-        engine = self.engine
+        # The request is decided, counted and settled under the plans.yaml version in force now,
+        # even if a reload swaps in another while it runs.
+        engine, counting = self.engine, self._counting
         request, terms, ticket = engine.request(
             principal.customer,
             principal.key_id,
@@ -253,7 +255,7 @@ class MeterGuard(Lifecycle):
         }
         capture = idempotency.Capture() if idempotency_key is not None else None
         responder = Responder(
-            send, self._counting, engine, self.metrics, principal.plan, ticket, metered, capture,
+            send, counting, engine, self.metrics, principal.plan, ticket, metered, capture,
             billable=terms.billable, head=method == "HEAD",
         )  # fmt: skip
         try:
