@@ -22,7 +22,7 @@ import httpx
 
 from meterguard import parse_config
 from meterguard.customers import Directory
-from meterguard.lease import FLUSH_INTERVAL_SECONDS, MAX_LEASE
+from meterguard.lease import FLUSH_INTERVAL_SECONDS, FLUSH_TICK_SECONDS, MAX_LEASE
 from meterguard.periods import period_for
 from meterguard.store import store_from_url
 
@@ -92,7 +92,7 @@ async def test_sigkill_loses_at_most_the_leased_units_of_the_killed_process(tmp_
         # The surviving workers flush within the interval: wait until the usage stops moving.
         last = None
         for _ in range(30):
-            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + 0.2)
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + FLUSH_TICK_SECONDS + 0.2)
             now_used = (await store.usage(customer, period_for(time.time()).id)).calls
             if now_used == last:
                 break

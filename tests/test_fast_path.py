@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -63,3 +64,79 @@ async def test_idle_customers_are_forgotten(fast, monkeypatch: pytest.MonkeyPatc
     await path.flush()  # sends what is pending; nothing is busy any more
     await path.flush()  # and now forgets the idle bookkeeping
     assert path._settled == {} and path._sizes == {}
+
+
+class _Counting:
+    """The store, with what the fast path asks of it counted (the store itself is the real one)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.exact = self.leases = self.flushes = 0
+
+    async def admit(self, request: AdmitRequest) -> object:
+        if request.lease:
+            self.leases += 1
+        else:
+            self.exact += 1
+        return await self.store.admit(request)
+
+    async def flush(self, flush: object) -> None:
+        self.flushes += 1
+        await self.store.flush(flush)  # type: ignore[arg-type]
+
+
+async def test_a_burst_waits_for_the_lease_already_asked_for(fast) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    counting = _Counting(store)
+    path._store = counting
+    path._sizes[("acme", request("acme").period_id, request("acme").windows)] = 64
+    # 40 requests of one customer in the same tick, no lease yet: one asks the store for a lease,
+    # the others wait for it and draw on it (before: 39 decisions of their own in the store).
+    decisions = await asyncio.gather(*(path.admit(request("acme")) for _ in range(40)))
+    assert all(decision.admitted for decision in decisions)
+    assert (counting.leases, counting.exact) == (1, 0)
+    await path.aclose()
+    usage = await store.usage("acme", request("acme").period_id)
+    assert usage.calls == 40
+
+
+async def test_usage_rides_with_the_next_lease_request(fast, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    counting = _Counting(store)
+    path._store = counting
+    monkeypatch.setattr(lease_module, "FIRST_LEASE", 5)
+    monkeypatch.setattr(lease_module, "MAX_LEASE", 5)
+    # The 1st, 7th and 13th requests ask for a lease of 5; the others draw on one.
+    decisions = [await path.admit(request("acme")) for _ in range(13)]
+    assert all(decision.admitted for decision in decisions)
+    # The usage of the first two leases went to the store with the second and third lease
+    # requests, in their batch; no periodic flush was needed for it.
+    assert counting.leases == 3
+    assert counting.flushes == 2
+    await asyncio.sleep(0.05)
+    assert (await store.usage("acme", request("acme").period_id)).calls == 13  # nothing left to flush
+    await path.aclose()
+    assert (await store.usage("acme", request("acme").period_id)).calls == 13
+
+
+async def test_a_waiter_decides_on_its_own_when_the_lease_does_not_come(fast, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    monkeypatch.setattr(lease_module, "LEASE_WAIT_SECONDS", 0.05)
+    release = asyncio.Event()
+
+    class Slow(_Counting):
+        async def admit(self, request: AdmitRequest) -> object:
+            if request.lease:
+                await release.wait()  # the lease's reply is late (a slow store)
+            return await super().admit(request)
+
+    slow = Slow(store)
+    path._store = slow
+    asker = asyncio.ensure_future(path.admit(request("acme")))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    waiter = await path.admit(request("acme"))
+    assert waiter.admitted and time.monotonic() - started < 1.0
+    assert slow.exact == 1  # it waited LEASE_WAIT_SECONDS, then asked the store for its own decision
+    release.set()
+    assert (await asker).admitted

@@ -3,11 +3,13 @@
 A process leases a small block of a customer's budget in the same atomic step that admits a
 request: the block is counted in every rate window at once and reserved against the calls
 quota, so the sum of every process's local decisions can never pass a limit. Requests then
-draw on the lease with no store round trip; their usage (and their records) is flushed to the
-store at least every second, and unused units go back when a lease expires, on idle and at
-shutdown.
+draw on the lease with no store round trip; their usage (and their records) goes to the store
+with the customer's next lease request (in the same batch, so Redis reads the customer's state
+once for both), or once it is FLUSH_INTERVAL_SECONDS old, and at least every second. Unused units
+go back when a lease expires, on idle and at shutdown. Requests that find a lease on its way wait
+for it (up to LEASE_WAIT_SECONDS) rather than each asking the store.
 
-Lease sizes follow each customer's observed rate (about half a second of traffic, from 1 up to
+Lease sizes follow each customer's observed rate (about a second of traffic, from 1 up to
 MAX_LEASE units) and the store grants at most an eighth of what is left, so near a limit leases
 shrink to nothing and every decision is made in the store again. Plans that bill overage are
 never leased: every request of theirs is decided in the store, so the spend cap is exact.
@@ -31,9 +33,11 @@ from .store.base import AdmitRequest, Alerting, Decision, Flush, Settlement, Sto
 
 log = logging.getLogger("meterguard.fast")
 
-FLUSH_INTERVAL_SECONDS = 0.5  # "at least every second", with room for a slow round trip
+FLUSH_INTERVAL_SECONDS = 0.5  # usage older than this is flushed: "at least every second", with room for a round trip
+FLUSH_TICK_SECONDS = FLUSH_INTERVAL_SECONDS / 2  # how often the flusher looks for usage that old
 LEASE_SECONDS = 1.0  # a lease lives at most this long, and never past the end of a window slot
-TARGET_LEASE_SECONDS = 0.5  # a lease should carry about this much of the customer's traffic
+TARGET_LEASE_SECONDS = 1.0  # a lease should carry about this much of the customer's traffic
+LEASE_WAIT_SECONDS = 0.1  # a request waits this long at most for a lease already asked for
 FIRST_LEASE = 4
 MAX_LEASE = 256
 EARLY_FLUSH_UNITS = MAX_LEASE // 2  # consumed units of one customer that trigger a flush before the interval
@@ -63,6 +67,7 @@ class _Pending:
     returned: int = 0
     windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
     alerting: Alerting | None = None  # the thresholds the store checks when this usage counts
+    since: float = 0.0  # monotonic: when the oldest usage here was counted
 
     def empty(self) -> bool:
         return not self.rows and not self.consumed and not self.returned and not self.windows
@@ -76,7 +81,9 @@ class FastPath:
         self._monotonic = monotonic
         self._leases: dict[LeaseKey, Lease] = {}
         self._sizes: dict[LeaseKey, int] = {}
-        self._leasing: set[LeaseKey] = set()
+        # Lease requests in flight, done when their reply is in: the customer's other requests wait
+        # for it and draw on it, instead of each asking the store for a decision of its own.
+        self._leasing: dict[LeaseKey, asyncio.Future[None]] = {}
         self._pending: dict[PendingKey, _Pending] = {}
         # Records this process settled and flushed, per customer and period, so that a lease knows
         # which of its own records its snapshot of the store cannot have seen yet.
@@ -85,38 +92,63 @@ class FastPath:
         self._records_per_call: dict[tuple[str, str], float] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._early: asyncio.Task[None] | None = None
+        self._handing: set[asyncio.Task[None]] = set()  # usage handed over with a lease request
 
     # admission -----------------------------------------------------------------------------------
 
-    async def admit(self, request: AdmitRequest) -> Decision:
+    def take(self, request: AdmitRequest) -> Decision | None:
+        """The decision from this process's lease: a local decrement, no I/O. None when the store
+        must decide (:meth:`admit`): no lease, or one that is used up, expired or near a quota."""
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush_forever())
-        key: LeaseKey = (request.customer, request.period_id, request.windows)
+        lease = self._leases.get((request.customer, request.period_id, request.windows))
+        if lease is None or request.idempotency_key is not None or lease.units < request.weight:
+            return None
         now = self._monotonic()
+        if now >= lease.expires:
+            return None
+        records_known = self._records_known(request, lease)
+        records = request.records
+        if records.included is not None and not records.billed and records_known >= records.included:
+            return None
+        return self._take(lease, request, now, records_known)
+
+    async def admit(self, request: AdmitRequest) -> Decision:
+        decision = self.take(request)
+        if decision is not None:
+            return decision
+        key: LeaseKey = (request.customer, request.period_id, request.windows)
+        asked = self._leasing.get(key)
+        if asked is not None and request.idempotency_key is None:
+            # A lease for this customer is on its way: one round trip, the same a decision of our own
+            # would take, and the store sees one request instead of a burst. Bounded, so that a
+            # store that does not answer costs a waiter little more than it costs the one who asked.
+            await asyncio.wait({asked}, timeout=LEASE_WAIT_SECONDS)
+            decision = self.take(request)
+            if decision is not None:
+                return decision
         lease = self._leases.get(key)
         if lease is not None:
-            if (
-                lease.units >= request.weight
-                and now < lease.expires
-                and request.idempotency_key is None
-                and self._records_left(request, lease)
-            ):
-                return self._take(lease, request, now)
-            self._retire(key, lease, now)
+            self._retire(key, lease, self._monotonic())
         # One lease request per key at a time: a burst that finds no lease must not take one lease
-        # per request (each would hold units until it expires); the others are decided exactly.
+        # per request (each would hold units until it expires); the others wait for it, or are
+        # decided exactly.
         wanted = 0
         period = (request.customer, request.period_id)
         flushed_mark = self._flushed.get(period, 0)
         if request.idempotency_key is None and key not in self._leasing:
             wanted = self._lease_size(key, request, lease)
-            if wanted:
-                self._leasing.add(key)
+        if not wanted:
+            return await self._store.admit(request)
+        self._leasing[key] = asked = asyncio.get_running_loop().create_future()
+        # The customer's usage so far rides along: queued in this tick, it goes to the store in the
+        # same batch as the lease request, where both share one read of the customer's state.
+        self._flush_now((request.customer, request.period_id, request.period_end, request.day))
         try:
             decision = await self._store.admit(replace(request, lease=wanted))
         finally:
-            if wanted:
-                self._leasing.discard(key)
+            del self._leasing[key]
+            asked.set_result(None)
         if decision.granted > 0:
             self.metrics.leases += 1
             self.metrics.lease_units += decision.granted
@@ -154,19 +186,17 @@ class FastPath:
         period = (request.customer, request.period_id)
         return lease.snapshot.records_used + self._settled.get(period, 0) - lease.flushed_mark
 
-    def _records_left(self, request: AdmitRequest, lease: Lease) -> bool:
-        records = request.records
-        if records.included is None or records.billed:
-            return True
-        return self._records_known(request, lease) < records.included
-
-    def _take(self, lease: Lease, request: AdmitRequest, now: float) -> Decision:
-        lease.units -= request.weight
-        lease.used += request.weight
+    def _take(self, lease: Lease, request: AdmitRequest, now: float, records_known: int) -> Decision:
+        weight = request.weight
+        lease.units -= weight
+        lease.used += weight
         pending = self._pending_for(request.customer, request.period_id, request.period_end, request.day)
-        counts = pending.rows.setdefault((request.route, request.listed, request.key_id), [0, 0])
-        counts[0] += request.weight
-        pending.consumed += request.weight
+        row = (request.route, request.listed, request.key_id)
+        counts = pending.rows.get(row)
+        if counts is None:
+            counts = pending.rows[row] = [0, 0]
+        counts[0] += weight
+        pending.consumed += weight
         if request.alerting is not None:
             pending.alerting = request.alerting
         if pending.consumed >= EARLY_FLUSH_UNITS and self._early is None:
@@ -175,21 +205,26 @@ class FastPath:
             self._early = asyncio.ensure_future(self._flush_early())
         snapshot = lease.snapshot
         age = now - lease.started
+        units = lease.units
         return Decision(
-            admitted=True,
-            reason=None,
-            violated=(),
-            retry_after=0.0,
+            True,
+            None,
+            (),
+            0.0,
             # The leased units still here are this customer's to use: the store counted them already.
-            windows=tuple(
-                WindowState(state.window, state.remaining + lease.units, max(state.reset_after - age, 0.0))
-                for state in snapshot.windows
+            tuple(
+                [
+                    WindowState(state.window, state.remaining + units, max(state.reset_after - age, 0.0))
+                    for state in snapshot.windows
+                ]
             ),
-            calls_used=snapshot.calls_used + lease.used,
-            records_used=self._records_known(request, lease),
-            spend_cents=snapshot.spend_cents,
-            now=snapshot.now + age,
-            slots=snapshot.slots,
+            snapshot.calls_used + lease.used,
+            records_known,
+            snapshot.spend_cents,
+            snapshot.now + age,
+            0,
+            False,
+            snapshot.slots,
         )
 
     def _retire(self, key: LeaseKey, lease: Lease, now: float) -> None:
@@ -215,7 +250,10 @@ class FastPath:
         if settlement.records <= 0 and settlement.calls == 0:
             return
         pending = self._pending_for(settlement.customer, settlement.period_id, settlement.period_end, settlement.day)
-        counts = pending.rows.setdefault((settlement.route, settlement.listed, settlement.key_id), [0, 0])
+        row = (settlement.route, settlement.listed, settlement.key_id)
+        counts = pending.rows.get(row)
+        if counts is None:
+            counts = pending.rows[row] = [0, 0]
         counts[0] += settlement.calls  # a refund: the leased unit stays consumed, the call is not billed
         if settlement.records <= 0:
             return
@@ -233,11 +271,31 @@ class FastPath:
         key = (customer, period_id, period_end, day)
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending()
+            pending = self._pending[key] = _Pending(since=self._monotonic())
         return pending
 
-    async def flush(self) -> None:
-        """Hand every pending usage and returned lease to the store.
+    def _flush_now(self, key: PendingKey) -> None:
+        """Hand one customer's pending usage to the store now, without waiting for it."""
+        pending = self._pending.pop(key, None)
+        if pending is None or pending.empty():
+            return
+        self._sent(key, pending)
+        task = asyncio.ensure_future(self._store.flush(_as_flush(key, pending)))
+        self._handing.add(task)
+        task.add_done_callback(self._handed)
+
+    def _handed(self, task: asyncio.Task[None]) -> None:
+        self._handing.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # only a closed store raises here
+            log.error("fast path: usage could not be handed to the store: %s", task.exception())
+
+    def _sent(self, key: PendingKey, pending: _Pending) -> None:
+        period = (key[0], key[1])
+        self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
+
+    async def flush(self, older_than: float | None = None) -> None:
+        """Hand pending usage and returned leases to the store: all of it, or what has waited at
+        least ``older_than`` seconds (a busy customer's usage usually rides with its next lease).
 
         The store keeps a flush until it has applied it, exactly once (store/_ledger.py), so
         nothing is kept here for a second try: a flush sent again after a lost reply was how
@@ -248,11 +306,17 @@ class FastPath:
             if now >= lease.expires:
                 self._retire(lease_key, lease, now)
         self._forget_idle()
-        batch, self._pending = self._pending, {}
+        if older_than is None:
+            batch, self._pending = self._pending, {}
+        else:
+            due = now - older_than
+            # Units given back are due at once: other processes may be waiting for them.
+            batch = {key: pending for key, pending in self._pending.items() if pending.since <= due or pending.returned}
+            for key in batch:
+                del self._pending[key]
         sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
         for key, pending in sent:
-            period = (key[0], key[1])
-            self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
+            self._sent(key, pending)
         results = await asyncio.gather(
             *(self._store.flush(_as_flush(key, pending)) for key, pending in sent), return_exceptions=True
         )
@@ -281,9 +345,9 @@ class FastPath:
 
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+            await asyncio.sleep(FLUSH_TICK_SECONDS)
             try:
-                await self.flush()
+                await self.flush(older_than=FLUSH_INTERVAL_SECONDS)
             except StoreError as exc:  # pragma: no cover - the store keeps flushes itself
                 log.warning("fast path: flush failed: %s", exc)
 
@@ -295,6 +359,8 @@ class FastPath:
             self._flusher = None
         if self._early is not None:
             await asyncio.gather(self._early, return_exceptions=True)
+        if self._handing:
+            await asyncio.gather(*self._handing, return_exceptions=True)
         now = self._monotonic()
         for key, lease in list(self._leases.items()):
             self._retire(key, lease, now)

@@ -8,6 +8,7 @@ period and the day are cached until they end, so the request path does no calend
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ._types import Clock
 from .alerts import alerting_for
@@ -16,8 +17,12 @@ from .config import Config
 from .lease import FastPath
 from .periods import Period, day_id, period_for
 from .plans import DEFAULT_BILLABLE, Route, Strategy, Window
-from .responses import policy_header
+from .responses import MeteredHeaders, policy_header
 from .store.base import AdmitRequest, Alerting, Decision, Meter, Settlement, Store
+from .store.memory import in_process
+
+if TYPE_CHECKING:
+    from .store.memory import MemoryStore
 
 SECONDS_PER_DAY = 86400
 
@@ -32,6 +37,7 @@ class Terms:
     spend_cap_cents: int | None
     policy: bytes
     strategy: Strategy
+    headers: MeteredHeaders  # the metered headers of a decision under these terms
     weight: int = 1  # calls one request of the route costs
     billable: frozenset[int] = DEFAULT_BILLABLE  # response statuses whose call and records are billed
     alerting: Alerting | None = None  # the plan's alert thresholds, spend on the plan's cap
@@ -62,7 +68,7 @@ def _left(meter: Meter, used: int) -> int | None:
     return max(0, meter.included - used)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ticket:
     """An admitted request's identity for settling its records."""
 
@@ -86,6 +92,8 @@ class MeterEngine:
         self._periods: dict[int, Period] = {}
         self._day: tuple[str, float] = ("", 0.0)
         self._fast = FastPath(store) if config.consistency == "fast" else None
+        # The memory store decides and settles without I/O: called directly, with no coroutine per request.
+        self._local: MemoryStore | None = in_process(store) if self._fast is None else None
         # fail_open serves a request whose decision was lost: the store must count it once.
         self._served_on_loss = config.on_store_error == "fail_open"
 
@@ -104,14 +112,17 @@ class MeterEngine:
             plan = self._config.plans[plan_name]
             calls, records = meters(plan)
             windows = plan.windows_for(key[1])
+            weight = route.weight if route is not None else 1
+            policy = policy_header(windows, calls, records)
             terms = Terms(
                 windows,
                 calls,
                 records,
                 cap_cents(plan),
-                policy_header(windows, calls, records),
+                policy,
                 plan.strategy,
-                route.weight if route is not None else 1,
+                MeteredHeaders(windows, policy, calls, records, weight),
+                weight,
                 plan.billable,
                 alerting_for(plan, cap_cents(plan)),
             )
@@ -145,14 +156,82 @@ class MeterEngine:
         return day
 
     def ticket(
-        self, customer: str, key_id: str, anchor_day: int, route: Route | None, label: str, now: float | None = None
+        self,
+        customer: str,
+        key_id: str,
+        anchor_day: int,
+        route: Route | None,
+        label: str,
+        now: float | None = None,
+        alerting: Alerting | None = None,
     ) -> Ticket:
         """Where a request's usage goes: its customer, key, route label, period and day."""
         moment = self._clock() if now is None else now
         weight = route.weight if route is not None else 1
         return Ticket(
-            customer, key_id, label, route is not None, self.period(anchor_day, moment), self.day(moment), weight
+            customer,
+            key_id,
+            label,
+            route is not None,
+            self.period(anchor_day, moment),
+            self.day(moment),
+            weight,
+            alerting,
         )
+
+    def request(
+        self,
+        customer: str,
+        key_id: str,
+        plan_name: str,
+        anchor_day: int,
+        route: Route | None,
+        label: str,
+        weight: int,
+        idempotency_key: str | None = None,
+        spend_cap_cents: int | None = None,
+        idempotency_fingerprint: str = "",
+    ) -> tuple[AdmitRequest, Terms, Ticket]:
+        """What to ask the store (:meth:`decide_now`, else :meth:`decide`), under which terms, and
+        the ticket that settles the response. ``spend_cap_cents``: the customer's own cap."""
+        now = self._clock()
+        terms = self.terms(plan_name, route)
+        alerting = terms.alerting and self.alerting(plan_name, terms, spend_cap_cents)
+        ticket = self.ticket(customer, key_id, anchor_day, route, label, now, alerting)
+        period = ticket.period
+        request = AdmitRequest(
+            customer,
+            key_id,
+            label,
+            route is not None,
+            weight,
+            terms.windows,
+            terms.strategy,
+            period.id,
+            period.end_ts,
+            terms.calls,
+            terms.records,
+            terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,
+            ticket.day,
+            0,
+            idempotency_key,
+            idempotency_fingerprint,
+            self._served_on_loss,
+            alerting,
+        )
+        return request, terms, ticket
+
+    def decide_now(self, request: AdmitRequest) -> Decision | None:
+        """The decision, when it can be made here without I/O (the memory store, a fast-path
+        lease); None when the store must be asked (:meth:`decide`)."""
+        if self._local is not None:
+            return self._local.decide(request)
+        if self._fast is not None:
+            return self._fast.take(request)
+        return None
+
+    async def decide(self, request: AdmitRequest) -> Decision:
+        return await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
 
     async def admit(
         self,
@@ -167,60 +246,59 @@ class MeterEngine:
         spend_cap_cents: int | None = None,
         idempotency_fingerprint: str = "",
     ) -> tuple[Decision, Terms, Ticket]:
-        """``spend_cap_cents``: the customer's own cap, overriding the plan's."""
-        now = self._clock()
-        terms = self.terms(plan_name, route)
-        ticket = self.ticket(customer, key_id, anchor_day, route, label, now)
-        alerting = terms.alerting and self.alerting(plan_name, terms, spend_cap_cents)
-        if alerting is not None:
-            ticket = replace(ticket, alerting=alerting)
-        request = AdmitRequest(
-            customer=customer,
-            key_id=key_id,
-            route=label,
-            listed=route is not None,
-            weight=weight,
-            windows=terms.windows,
-            strategy=terms.strategy,
-            period_id=ticket.period.id,
-            period_end=ticket.period.end_ts,
-            calls=terms.calls,
-            records=terms.records,
-            spend_cap_cents=terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,
-            day=ticket.day,
-            idempotency_key=idempotency_key,
-            idempotency_fingerprint=idempotency_fingerprint,
-            served_on_loss=self._served_on_loss,
-            alerting=alerting,
-        )
-        decision = await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
+        """:meth:`request`, then its decision, wherever it is made."""
+        request, terms, ticket = self.request(
+            customer, key_id, plan_name, anchor_day, route, label, weight, idempotency_key, spend_cap_cents,
+            idempotency_fingerprint,
+        )  # fmt: skip
+        decision = self.decide_now(request)
+        if decision is None:
+            decision = await self.decide(request)
         return decision, terms, ticket
 
-    async def settle(self, ticket: Ticket, records: int, *, refund: bool = False, uncounted: int = 0) -> None:
+    def settle_now(
+        self, ticket: Ticket, records: int, *, refund: bool = False, uncounted: int = 0
+    ) -> Settlement | None:
         """Records of a response; ``refund``: its status is not billed, so its call is given back
-        (and its records are not billed); ``uncounted``: responses whose records could not be counted."""
+        (and its records are not billed); ``uncounted``: responses whose records could not be counted.
+
+        Applied here when that needs no I/O (the memory store, the fast path's local usage); else
+        the settlement to hand to :meth:`settle_later`.
+        """
         if refund:
             records = 0
         if records <= 0 and not refund and uncounted <= 0:
-            return
+            return None
         settlement = Settlement(
-            customer=ticket.customer,
-            key_id=ticket.key_id,
-            route=ticket.route,
-            listed=ticket.listed,
-            period_id=ticket.period.id,
-            period_end=ticket.period.end_ts,
-            records=records,
-            day=ticket.day,
-            calls=-ticket.weight if refund else 0,
-            uncounted=uncounted,
-            alerting=ticket.alerting,
+            ticket.customer,
+            ticket.key_id,
+            ticket.route,
+            ticket.listed,
+            ticket.period.id,
+            ticket.period.end_ts,
+            records,
+            ticket.day,
+            -ticket.weight if refund else 0,
+            uncounted,
+            ticket.alerting,
         )
+        if self._local is not None:
+            self._local.record(settlement)
+            return None
         if self._fast is not None:
             self._fast.settle(settlement)
             if uncounted > 0:  # rare: straight to the store rather than a field in every flush
-                await self._store.settle(replace(settlement, records=0, calls=0))
-        else:
+                return replace(settlement, records=0, calls=0)
+            return None
+        return settlement
+
+    async def settle_later(self, settlement: Settlement) -> None:
+        await self._store.settle(settlement)
+
+    async def settle(self, ticket: Ticket, records: int, *, refund: bool = False, uncounted: int = 0) -> None:
+        """:meth:`settle_now`, and what is left of it, in the store."""
+        settlement = self.settle_now(ticket, records, refund=refund, uncounted=uncounted)
+        if settlement is not None:
             await self._store.settle(settlement)
 
     async def aclose(self) -> None:

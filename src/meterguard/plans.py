@@ -115,7 +115,7 @@ class Plan:
     alerts: tuple[float, ...] = ()
     strategy: Strategy = "sliding"
     #: Response statuses whose calls and records are billed; a call answered with another status
-    #: is refunded when its response starts (middleware._Responder).
+    #: is refunded when its response starts (_responder.Responder).
     billable: frozenset[int] = DEFAULT_BILLABLE
 
     def windows_for(self, route_match: str | None) -> tuple[Window, ...]:

@@ -83,10 +83,12 @@ def policy_header(windows: Sequence[Window], calls: Meter, records: Meter) -> by
     return ", ".join(items).encode()
 
 
-def metered_headers(
-    decision: Decision, policy: bytes, calls: Meter, records: Meter, period_end: int, weight: int = 1
-) -> Headers:
-    """RateLimit, X-RateLimit-* and X-Meterguard-Usage for one decision on a route of ``weight``.
+class MeteredHeaders:
+    """RateLimit, X-RateLimit-* and X-Meterguard-Usage of one (plan, route), for any decision.
+
+    Built once per (plan, route) with everything that does not depend on the decision already
+    encoded (the policy, the window names, the limits in requests, the cost), so that a request
+    formats only its own numbers.
 
     ``RateLimit`` counts units (calls), as ``RateLimit-Policy`` does; its ``t`` is when a request
     of this route fits again. ``X-RateLimit-*`` count requests of this route: ``Limit`` and
@@ -94,43 +96,66 @@ def metered_headers(
     ``Remaining: 0`` knows its next request here is refused, and ``Reset`` is the same moment
     as ``t`` and ``Retry-After``. ``X-Meterguard-Cost`` says the weight where it is not 1.
     """
-    items = []
-    tightest = None
-    tightest_left = 0
-    for state in decision.windows:
-        reset = retry_seconds(state.reset_after)
-        items.append(f'"{state.window.name}";r={state.remaining};t={reset}')
-        left = state.remaining // weight
-        if (
-            tightest is None
-            or left < tightest_left
-            or (left == tightest_left and state.window.seconds < tightest.window.seconds)
-        ):
-            tightest, tightest_left = state, left
-    to_period_end = retry_seconds(period_end - decision.now)
-    usage = [f"calls={decision.calls_used}"]
-    if calls.included is not None:
-        items.append(f'"calls-period";r={max(0, calls.included - decision.calls_used)};t={to_period_end}')
-        usage[0] += f";limit={calls.included}"
-    usage.append(f"records={decision.records_used}")
-    if records.included is not None:
-        items.append(f'"records-period";r={max(0, records.included - decision.records_used)};t={to_period_end}')
-        usage[1] += f";limit={records.included}"
-    headers: Headers = []
-    if policy:
-        headers.append((b"ratelimit-policy", policy))
-        headers.append((b"ratelimit", ", ".join(items).encode()))
-    if tightest is not None:
-        headers += [
-            (b"x-ratelimit-limit", str(tightest.window.limit // weight).encode()),
-            (b"x-ratelimit-remaining", str(tightest_left).encode()),
+
+    __slots__ = ("_policy", "_windows", "_weight", "_calls", "_records", "_calls_usage", "_records_usage", "_cost")
+
+    def __init__(self, windows: Sequence[Window], policy: bytes, calls: Meter, records: Meter, weight: int = 1) -> None:
+        self._policy = (b"ratelimit-policy", policy) if policy else None
+        self._weight = weight
+        # (window, its RateLimit item's start, its X-RateLimit-Limit), in the order of a decision's states
+        self._windows = tuple(
+            (window, f'"{window.name}";r=', (b"x-ratelimit-limit", str(window.limit // weight).encode()))
+            for window in windows
+        )
+        self._calls = calls.included
+        self._records = records.included
+        self._calls_usage = f";limit={calls.included}" if calls.included is not None else ""
+        self._records_usage = f";limit={records.included}" if records.included is not None else ""
+        self._cost = (b"x-meterguard-cost", str(weight).encode()) if weight != 1 else None
+
+    def __call__(self, decision: Decision, period_end: int) -> Headers:
+        weight = self._weight
+        items = []
+        tightest = None
+        tightest_left = 0
+        tightest_limit = None
+        known = self._windows if len(self._windows) == len(decision.windows) else ()
+        for index, state in enumerate(decision.windows):
+            window = state.window
+            if known and known[index][0] is window:
+                _, name, limit = known[index]
+            else:  # a decision on other windows than these terms': format it whole
+                name, limit = f'"{window.name}";r=', (b"x-ratelimit-limit", str(window.limit // weight).encode())
+            # t: retry_seconds(state.reset_after), inline (this runs for every window of every request)
+            items.append(f"{name}{state.remaining};t={max(1, math.ceil(state.reset_after - 1e-9))}")
+            left = state.remaining // weight
+            if (
+                tightest is None
+                or left < tightest_left
+                or (left == tightest_left and window.seconds < tightest.window.seconds)
+            ):
+                tightest, tightest_left, tightest_limit = state, left, limit
+        calls_used, records_used = decision.calls_used, decision.records_used
+        if self._calls is not None or self._records is not None:
+            to_period_end = retry_seconds(period_end - decision.now)
+            if self._calls is not None:
+                items.append(f'"calls-period";r={max(0, self._calls - calls_used)};t={to_period_end}')
+            if self._records is not None:
+                items.append(f'"records-period";r={max(0, self._records - records_used)};t={to_period_end}')
+        headers: Headers = []
+        if self._policy is not None:
+            headers.append(self._policy)
+            headers.append((b"ratelimit", ", ".join(items).encode()))
+        if tightest is not None and tightest_limit is not None:
+            headers.append(tightest_limit)
+            headers.append((b"x-ratelimit-remaining", str(tightest_left).encode()))
             # the moment t and Retry-After count to, rounded up to a whole second
-            (b"x-ratelimit-reset", str(math.ceil(decision.now + tightest.reset_after)).encode()),
-        ]
-    headers.append((b"x-meterguard-usage", ", ".join(usage).encode()))
-    if weight != 1:
-        headers.append((b"x-meterguard-cost", str(weight).encode()))
-    return headers
+            headers.append((b"x-ratelimit-reset", str(math.ceil(decision.now + tightest.reset_after)).encode()))
+        usage = f"calls={calls_used}{self._calls_usage}, records={records_used}{self._records_usage}"
+        headers.append((b"x-meterguard-usage", usage.encode()))
+        if self._cost is not None:
+            headers.append(self._cost)
+        return headers
 
 
 def throttled(retry_after: int) -> tuple[int, Headers, bytes]:

@@ -7,24 +7,21 @@ asyncio each decision is atomic. Good for development, tests and single-process 
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._types import Clock
 from ..billing import spend_cents
 from ..config import LedgerSettings
-from ..errors import CustomerExists
 from ..plans import Window
-from ..windows import estimate, remaining, reset_after, wait
+from ..windows import estimate, remaining, wait
+from ._memory_directory import MemoryDirectory
+from ._memory_events import EventLog, fields_of
 from .base import (
-    EVENT_VERSION,
     MAX_UNLISTED_ROUTES,
     METER_CALLS,
     METER_RECORDS,
@@ -34,13 +31,10 @@ from .base import (
     Alerting,
     AlertSink,
     Counts,
-    CustomerRecord,
     DayUsage,
     Decision,
-    Delivery,
     Fired,
     Flush,
-    KeyRecord,
     Reason,
     Settlement,
     StoredResponse,
@@ -50,29 +44,6 @@ from .base import (
 
 IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
 MAX_IDEMPOTENCY_KEYS = 100_000  # past this, expired keys are swept out
-MAX_EVENTS = 10_000
-
-#: customer, period, day, ts, calls, records, replays, route, key id
-_RawEvent = tuple[str, str, str, float, int, int, int, str | None, str | None] | dict[str, str]
-
-
-def _fields(raw: _RawEvent) -> dict[str, str]:
-    """Stream fields of an event (store.base EVENT_VERSION), as Redis keeps them."""
-    if isinstance(raw, dict):
-        return raw
-    customer, period_id, day, now, calls, records, replays, route, key_id = raw
-    return {
-        "v": EVENT_VERSION, "type": "usage", "customer": customer, "period": period_id, "day": day,
-        "ts": repr(now), "calls": str(calls), "records": str(records), "replays": str(replays),
-        "routes": json.dumps({route: [calls, records]} if route is not None else {}),
-        "keys": json.dumps({key_id: [calls, records]} if key_id is not None else {}),
-    }  # fmt: skip
-
-
-def _event_position(event_id: str) -> tuple[int, int]:
-    # "<ms>-<seq>", ordered as Redis orders stream ids
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass(slots=True)
@@ -97,17 +68,23 @@ def _route_label(tally: _Tally, route: str, listed: bool) -> str:
 
 
 def _states(
-    counted: list[tuple[Window, int, int, float]], added: int, weight: int, sliding: bool
+    counted: list[tuple[Window, int, int, float, float]], added: int, weight: int, sliding: bool
 ) -> tuple[WindowState, ...]:
-    """What each window reads after a decision that added ``added`` units (0 when refused)."""
-    return tuple(
-        WindowState(
-            window,
-            remaining(window.limit, estimate(previous, current + added, elapsed, window.seconds, sliding)),
-            reset_after(previous, current + added, elapsed, window.seconds, window.limit, sliding, weight),
-        )
-        for window, previous, current, elapsed in counted
-    )
+    """What each window reads after a decision that added ``added`` units (0 when refused).
+
+    windows.remaining and windows.reset_after, with the estimate before the decision (``used``)
+    already known (the whole estimate, if the decision added nothing).
+    """
+    states = []
+    for window, previous, current, elapsed, used in counted:
+        after = estimate(previous, current + added, elapsed, window.seconds, sliding) if added else used
+        limit, seconds = window.limit, window.seconds
+        if after + weight > limit:
+            reset = wait(previous, current + added, elapsed, seconds, limit, weight, sliding)
+        else:
+            reset = seconds - elapsed
+        states.append(WindowState(window, remaining(limit, after), reset))
+    return tuple(states)
 
 
 def _counts(table: dict[str, list[int]]) -> dict[str, Counts]:
@@ -115,28 +92,29 @@ def _counts(table: dict[str, list[int]]) -> dict[str, Counts]:
     return {name: Counts(calls, records) for name, (calls, records) in table.items() if calls or records}
 
 
-class MemoryStore:
+def in_process(store: object) -> MemoryStore | None:
+    """``store`` if it is a MemoryStore whose ``admit`` and ``settle`` are its own, so that a
+    caller may decide and settle through :meth:`MemoryStore.decide` and :meth:`MemoryStore.record`
+    with no coroutine per request; a subclass that overrides them (a test's failing store) is
+    called through them."""
+    if (
+        isinstance(store, MemoryStore)
+        and type(store).admit is MemoryStore.admit
+        and type(store).settle is MemoryStore.settle
+    ):
+        return store
+    return None
+
+
+class MemoryStore(MemoryDirectory):
     def __init__(self, url: str = "memory://", *, clock: Clock = time.time) -> None:
+        super().__init__()
         self.url = url
         self._clock = clock
-        self._slots: dict[tuple[str, str], dict[int, int]] = {}
+        self._windows: dict[str, dict[str, dict[int, int]]] = {}  # customer -> window counter -> slot -> units
         self._periods: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
         self._days: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
-        self._customers: dict[str, CustomerRecord] = {}
-        self._keys: dict[str, KeyRecord] = {}  # hash -> record
-        self._key_ids: dict[str, str] = {}  # key id -> hash
-        self._last_used: dict[str, float] = {}  # key id -> epoch seconds
-        self._watchers: list[Callable[[str], None]] = []
-        # Usage events are kept raw (a tuple) and turned into stream fields only when read: the
-        # request path pays an append, not a JSON encoding. At most MAX_EVENTS per customer are
-        # kept (the oldest go first): the memory store is for one process, not for audits.
-        self._events: defaultdict[str, list[tuple[str, _RawEvent]]] = defaultdict(list)
-        self._dropped: defaultdict[str, int] = defaultdict(int)  # events dropped from the front
-        self._delivered: dict[tuple[str, str], int] = {}  # (customer, group) -> events handed out
-        self._pending: defaultdict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
-        self._event_seq = 0
-        self._alert_claims: set[tuple[str, str, str]] = set()
-        self._deliveries: dict[str, tuple[Delivery, float]] = {}  # id -> (delivery, due at)
+        self._log = EventLog()
         # (customer, key) -> [fingerprint, "run" | "done", expiry, stored response]
         self._idempotency: dict[tuple[str, str], list[Any]] = {}
         self._alerted: dict[tuple[str, str], dict[int, int]] = {}  # (customer, period) -> meter -> thresholds fired
@@ -145,6 +123,10 @@ class MemoryStore:
     # metering -------------------------------------------------------------------------------------
 
     async def admit(self, request: AdmitRequest) -> Decision:
+        return self.decide(request)
+
+    def decide(self, request: AdmitRequest) -> Decision:
+        """:meth:`admit` without the coroutine: what the middleware calls (see :func:`in_process`)."""
         decision = self._decide(request)
         if request.alerting is not None and decision.idempotency is None:
             self._check_alerts(request.customer, request.period_id, request.alerting)
@@ -178,20 +160,25 @@ class MemoryStore:
     def _decide(self, request: AdmitRequest) -> Decision:
         now = self._clock()
         sliding = request.strategy == "sliding"
-        tally = self._periods[(request.customer, request.period_id)]
-        # (window, previous, current, elapsed) before this request; the states a client sees are
-        # built once the whole decision is known, so that a refused request adds to no window's
-        # count in the headers either (as the Redis store reports them).
-        counted: list[tuple[Window, int, int, float]] = []
+        customer, weight = request.customer, request.weight
+        tally = self._periods[(customer, request.period_id)]
+        # (window, previous, current, elapsed, estimate) before this request; the states a client
+        # sees are built once the whole decision is known, so that a refused request adds to no
+        # window's count in the headers either (as the Redis store reports them).
+        counted: list[tuple[Window, int, int, float, float]] = []
         slots: list[tuple[dict[int, int], int]] = []
         violated: list[str] = []
         retry_after = 0.0
+        windows = self._windows.get(customer)
+        if windows is None:
+            windows = self._windows[customer] = {}
         for window in request.windows:
-            index = math.floor(now / window.seconds)
-            elapsed = now - index * window.seconds
-            counts = self._slots.get((request.customer, window.counter))
+            seconds = window.seconds
+            index = math.floor(now / seconds)
+            elapsed = now - index * seconds
+            counts = windows.get(window.counter)
             if counts is None:
-                counts = self._slots[(request.customer, window.counter)] = {}
+                counts = windows[window.counter] = {}
             current = counts.get(index)
             if current is None:
                 # A new slot: drop the ones the sliding estimate no longer reads.
@@ -199,14 +186,11 @@ class MemoryStore:
                     del counts[old]
                 current = 0
             previous = counts.get(index - 1, 0)
-            used = estimate(previous, current, elapsed, window.seconds, sliding)
-            if used + request.weight > window.limit:
+            used = estimate(previous, current, elapsed, seconds, sliding)
+            if used + weight > window.limit:
                 violated.append(window.name)
-                retry_after = max(
-                    retry_after,
-                    wait(previous, current, elapsed, window.seconds, window.limit, request.weight, sliding),
-                )
-            counted.append((window, previous, current, elapsed))
+                retry_after = max(retry_after, wait(previous, current, elapsed, seconds, window.limit, weight, sliding))
+            counted.append((window, previous, current, elapsed, used))
             slots.append((counts, index))
 
         reason: Reason | None = None
@@ -252,18 +236,18 @@ class MemoryStore:
 
         for counts, index in slots:
             counts[index] = counts.get(index, 0) + request.weight
-        window_slots = tuple(index for _, index in slots)
+        window_slots = tuple([index for _, index in slots])
         day = self._days[(request.customer, request.day)]
         if replay:
             tally.replays += 1
             day.replays += 1
-            self._usage_event(request.customer, request.period_id, request.day, now, replays=1)
+            self._log.usage(request.customer, request.period_id, request.day, now, replays=1)
             admitted = _states(counted, request.weight, request.weight, sliding)
             return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now,
                             replay=True, slots=window_slots)  # fmt: skip
         label = self._count(tally, day, request.route, request.listed, request.key_id, request.weight, 0)
-        self._usage_event(request.customer, request.period_id, request.day, now, request.weight, 0, 0, label,
-                          request.key_id)  # fmt: skip
+        self._log.usage(request.customer, request.period_id, request.day, now, request.weight, 0, 0, label,
+                        request.key_id)  # fmt: skip
         if idempotency is not None:
             self._idempotency[idempotency] = [
                 request.idempotency_fingerprint,
@@ -281,55 +265,45 @@ class MemoryStore:
     def _count(
         self, tally: _Tally, day: _Tally, route: str, listed: bool, key_id: str, calls: int, records: int
     ) -> str:
-        label = route
-        for index, target in enumerate((tally, day)):
-            name = _route_label(target, route, listed)
-            if index == 0:
-                label = name
+        """Add to the period's and the day's tallies; the route's label in the period's."""
+        label = day_label = route
+        if not listed:  # unmatched routes' labels are bounded per period (and per day)
+            label, day_label = _route_label(tally, route, False), _route_label(day, route, False)
+        for target, name in ((tally, label), (day, day_label)):
             target.calls += calls
             target.records += records
-            target.by_route[name][0] += calls
-            target.by_route[name][1] += records
-            target.by_key[key_id][0] += calls
-            target.by_key[key_id][1] += records
+            cell = target.by_route[name]
+            cell[0] += calls
+            cell[1] += records
+            cell = target.by_key[key_id]
+            cell[0] += calls
+            cell[1] += records
         return label
 
-    def _usage_event(
-        self, customer: str, period_id: str, day: str, now: float, calls: int = 0, records: int = 0,
-        replays: int = 0, route: str | None = None, key_id: str | None = None,
-    ) -> None:  # fmt: skip
-        self._event_seq += 1
-        raw = (customer, period_id, day, now, calls, records, replays, route, key_id)
-        self._append(customer, (f"{int(now * 1000)}-{self._event_seq}", raw))
-
-    def _append(self, customer: str, event: tuple[str, _RawEvent]) -> None:
-        events = self._events[customer]
-        events.append(event)
-        if len(events) > MAX_EVENTS:
-            drop = len(events) // 2
-            del events[:drop]
-            self._dropped[customer] += drop
-
     async def settle(self, settlement: Settlement) -> None:
+        self.record(settlement)
+
+    def record(self, settlement: Settlement) -> None:
+        """:meth:`settle` without the coroutine (see :func:`in_process`)."""
         if settlement.empty:
             return
-        tally = self._periods[(settlement.customer, settlement.period_id)]
-        day = self._days[(settlement.customer, settlement.day)]
+        customer, period_id = settlement.customer, settlement.period_id
+        tally = self._periods[(customer, period_id)]
+        day = self._days[(customer, settlement.day)]
         records = max(0, settlement.records)
+        now = self._clock()
         if records or settlement.calls:
             label = self._count(tally, day, settlement.route, settlement.listed, settlement.key_id,
                                 settlement.calls, records)  # fmt: skip
-            self._usage_event(settlement.customer, settlement.period_id, settlement.day, self._clock(),
-                              settlement.calls, records, 0, label, settlement.key_id)  # fmt: skip
+            self._log.usage(customer, period_id, settlement.day, now, settlement.calls, records, 0, label,
+                            settlement.key_id)  # fmt: skip
         if settlement.uncounted > 0:
             tally.uncounted += settlement.uncounted
-            self._event_seq += 1
-            now = self._clock()
-            fields = _fields((settlement.customer, settlement.period_id, settlement.day, now, 0, 0, 0, None, None))
+            fields = fields_of((customer, period_id, settlement.day, now, 0, 0, 0, None, None))
             fields["uncounted"] = str(settlement.uncounted)
-            self._append(settlement.customer, (f"{int(now * 1000)}-{self._event_seq}", fields))
+            self._log.append(customer, now, fields)
         if settlement.alerting is not None:
-            self._check_alerts(settlement.customer, settlement.period_id, settlement.alerting)
+            self._check_alerts(customer, period_id, settlement.alerting)
 
     async def flush(self, flush: Flush) -> None:
         # The memory store never leases (it decides in-process already): only usage comes back.
@@ -337,8 +311,8 @@ class MemoryStore:
         day = self._days[(flush.customer, flush.day)]
         for row in flush.rows:
             label = self._count(tally, day, row.route, row.listed, row.key_id, row.calls, row.records)
-            self._usage_event(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
-                              label, row.key_id)  # fmt: skip
+            self._log.usage(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
+                            label, row.key_id)  # fmt: skip
         if flush.alerting is not None:
             self._check_alerts(flush.customer, flush.period_id, flush.alerting)
 
@@ -376,133 +350,21 @@ class MemoryStore:
                 result.append(DayUsage(day, tally.calls, tally.records, _counts(tally.by_route), _counts(tally.by_key)))
         return result
 
-    # customers and keys -----------------------------------------------------------------------------
-
-    async def create_customer(self, record: CustomerRecord) -> None:
-        if record.id in self._customers:
-            raise CustomerExists(record.id)
-        self._customers[record.id] = record
-
-    async def get_customer(self, customer: str) -> CustomerRecord | None:
-        return self._customers.get(customer)
-
-    async def list_customers(self) -> list[CustomerRecord]:
-        return sorted(self._customers.values(), key=lambda record: record.id)
-
-    async def put_customer(self, record: CustomerRecord) -> None:
-        self._customers[record.id] = record
-
-    async def add_key(self, key_hash: str, record: KeyRecord) -> None:
-        self._keys[key_hash] = record
-        self._key_ids[record.key_id] = key_hash
-
-    def _with_last_used(self, record: KeyRecord) -> KeyRecord:
-        used = self._last_used.get(record.key_id)
-        return record if used is None else replace(record, last_used=used)
-
-    async def find_key(self, key_hash: str) -> KeyRecord | None:
-        record = self._keys.get(key_hash)
-        return self._with_last_used(record) if record is not None else None
-
-    async def list_keys(self, customer: str) -> list[KeyRecord]:
-        return sorted(
-            (self._with_last_used(record) for record in self._keys.values() if record.customer == customer),
-            key=lambda record: record.created_at,
-        )
-
-    async def revoke_key(self, key_id: str) -> bool:
-        key_hash = self._key_ids.get(key_id)
-        if key_hash is None:
-            return False
-        self._keys[key_hash] = replace(self._keys[key_hash], revoked=True)
-        return True
-
-    async def get_key(self, key_id: str) -> KeyRecord | None:
-        key_hash = self._key_ids.get(key_id)
-        return self._with_last_used(self._keys[key_hash]) if key_hash is not None else None
-
-    async def expire_key(self, key_id: str, expires_at: float, replaced_by: str | None = None) -> bool:
-        key_hash = self._key_ids.get(key_id)
-        if key_hash is None:
-            return False
-        record = self._keys[key_hash]
-        self._keys[key_hash] = replace(record, expires_at=expires_at, replaced_by=replaced_by or record.replaced_by)
-        return True
-
     # audit log --------------------------------------------------------------------------------------
 
     async def append_event(self, customer: str, fields: Mapping[str, str]) -> str:
-        self._event_seq += 1
-        event_id = f"{int(self._clock() * 1000)}-{self._event_seq}"
-        self._append(customer, (event_id, dict(fields)))
-        return event_id
+        return self._log.append(customer, self._clock(), fields)
 
     async def read_events(
         self, customer: str, group: str, consumer: str, count: int, *, pending: bool = False
     ) -> list[tuple[str, dict[str, str]]]:
-        held = self._pending[(customer, group)]
-        if pending:
-            return list(held.items())[:count]
-        dropped = self._dropped[customer]
-        start = max(self._delivered.get((customer, group), 0), dropped)
-        batch = [(event_id, _fields(raw)) for event_id, raw in self._events[customer][start - dropped :][:count]]
-        self._delivered[(customer, group)] = start + len(batch)
-        held.update(batch)
-        return batch
+        return self._log.read(customer, group, count, pending)
 
     async def ack_events(self, customer: str, group: str, ids: Sequence[str]) -> None:
-        held = self._pending[(customer, group)]
-        for event_id in ids:
-            held.pop(event_id, None)
+        self._log.ack(customer, group, ids)
 
     async def range_events(self, customer: str, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
-        floor = _event_position(after)
-        later = (event for event in self._events[customer] if _event_position(event[0]) > floor)
-        return [(event_id, _fields(raw)) for event_id, raw in itertools.islice(later, count)]
-
-    # alert queue ------------------------------------------------------------------------------------
-
-    async def claim_alert(
-        self, customer: str, period_id: str, name: str, delivery: Delivery | None, due_at: float, keep_seconds: int
-    ) -> bool:
-        claim = (customer, period_id, name)
-        if claim in self._alert_claims:
-            return False
-        self._alert_claims.add(claim)
-        if delivery is not None:
-            self._deliveries[delivery.id] = (delivery, due_at)
-        return True
-
-    async def due_deliveries(self, now: float, limit: int, lease_seconds: float) -> list[Delivery]:
-        due = sorted((at, delivery.id) for delivery, at in self._deliveries.values() if at <= now)[:limit]
-        leased = []
-        for _, delivery_id in due:
-            delivery, _ = self._deliveries[delivery_id]
-            self._deliveries[delivery_id] = (delivery, now + lease_seconds)
-            leased.append(delivery)
-        return leased
-
-    async def retry_delivery(self, delivery_id: str, due_at: float, attempts: int) -> None:
-        entry = self._deliveries.get(delivery_id)
-        if entry is not None:
-            self._deliveries[delivery_id] = (replace(entry[0], attempts=attempts), due_at)
-
-    async def finish_delivery(self, delivery_id: str) -> None:
-        self._deliveries.pop(delivery_id, None)
-
-    # change events ------------------------------------------------------------------------------------
-
-    async def notify(self, event: str) -> None:
-        for on_event in list(self._watchers):
-            on_event(event)
-
-    async def watch(self, on_event: Callable[[str], None]) -> None:
-        self._watchers.append(on_event)
-        on_event("*")  # in one process every change is seen: nothing is ever missed
-        try:
-            await asyncio.Future()  # until cancelled
-        finally:
-            self._watchers.remove(on_event)
+        return self._log.range(customer, after, count)
 
     # lifecycle ----------------------------------------------------------------------------------------
 
