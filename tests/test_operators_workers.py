@@ -83,6 +83,24 @@ async def fire(port: int, key: str, waves: int) -> list[Reply]:
             await conn.close()
 
 
+async def fire_until(port: int, key: str, done: asyncio.Future[object], then: float) -> list[Reply]:
+    """fire() wave after wave until ``done`` has been done for ``then`` seconds (at most 60 s), so
+    that the load outlasts what it runs beside however fast the gateway answers."""
+    connections = await connect(port, CLIENTS)
+    loop = asyncio.get_running_loop()
+    deadline, ended = loop.time() + 60, None
+    try:
+        replies: list[Reply] = []
+        while loop.time() < deadline and (ended is None or loop.time() < ended + then):
+            replies += await wave(connections, [("/v1/posts/x?n=3", {"x-api-key": key})] * CLIENTS)
+            if ended is None and done.done():
+                ended = loop.time()
+        return replies
+    finally:
+        for conn in connections:
+            await conn.close()
+
+
 async def fire_at_both(port: int, key: str) -> list[Reply]:
     """fire() until both workers have answered (or 10 rounds): the kernel may hand a busy moment's
     connections all to one worker, and a test about every worker must hear from both."""
@@ -133,7 +151,8 @@ def admitted(found: dict[tuple[str, str], float]) -> float:
 
 
 async def test_metrics_of_both_workers_add_up(deployment: Deployment) -> None:
-    replies = await fire(deployment.gateway.port, deployment.key, waves=5)
+    # fire_at_both: the kernel may hand one busy moment's connections all to one worker.
+    replies = await fire_at_both(deployment.gateway.port, deployment.key)
     assert {reply.status for reply in replies} == {200}
     assert len(pids(replies)) == 2, "both workers must have served, or the sum proves nothing"
     await asyncio.sleep(SYNC_SECONDS + 0.5)  # every worker writes its numbers once a second
@@ -157,7 +176,10 @@ async def test_reload_endpoint_swaps_plans_in_every_worker_under_load(deployment
         async with httpx.AsyncClient(base_url=deployment.base) as client:
             return await client.post("/_meterguard/reload", headers=ADMIN)
 
-    load, reloaded = await asyncio.gather(fire(port, key, waves=40), reload_midway())
+    reloading = asyncio.ensure_future(reload_midway())
+    # The load goes on 0.5 s past the reload: by then the other worker has heard of it.
+    load = await fire_until(port, key, reloading, then=0.5)
+    reloaded = await reloading
     assert reloaded.status_code == 200, reloaded.text
     assert reloaded.json()["changed"] == ["basic"] and reloaded.json()["notified"] is True
     assert [reply.status for reply in load if reply.status != 200] == [], "a request failed during the reload"
