@@ -207,24 +207,22 @@ class FastPath:
         age = now - lease.started
         units = lease.units
         return Decision(
-            True,
-            None,
-            (),
-            0.0,
+            admitted=True,
+            reason=None,
+            violated=(),
+            retry_after=0.0,
             # The leased units still here are this customer's to use: the store counted them already.
-            tuple(
+            windows=tuple(
                 [
                     WindowState(state.window, state.remaining + units, max(state.reset_after - age, 0.0))
                     for state in snapshot.windows
                 ]
             ),
-            snapshot.calls_used + lease.used,
-            records_known,
-            snapshot.spend_cents,
-            snapshot.now + age,
-            0,
-            False,
-            snapshot.slots,
+            calls_used=snapshot.calls_used + lease.used,
+            records_used=records_known,
+            spend_cents=snapshot.spend_cents,
+            now=snapshot.now + age,
+            slots=snapshot.slots,
         )
 
     def _retire(self, key: LeaseKey, lease: Lease, now: float) -> None:

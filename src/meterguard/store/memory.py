@@ -204,8 +204,11 @@ class MemoryStore(MemoryDirectory):
         replay = held is not None and held[0] == request.idempotency_fingerprint and held[1] == "done"
         if held is not None and not replay:
             state = "mismatch" if held[0] != request.idempotency_fingerprint else "in_flight"
-            return Decision(False, None, (), 0.0, _states(counted, 0, request.weight, sliding), tally.calls,
-                            tally.records, spend, now, idempotency=state)  # type: ignore[arg-type]  # fmt: skip
+            return Decision(
+                admitted=False, reason=None, violated=(), retry_after=0.0,
+                windows=_states(counted, 0, request.weight, sliding), calls_used=tally.calls,
+                records_used=tally.records, spend_cents=spend, now=now, idempotency=state,  # type: ignore[arg-type]
+            )  # fmt: skip
         if violated:
             reason = "rate_limited"
         elif not replay:
@@ -223,16 +226,10 @@ class MemoryStore(MemoryDirectory):
         if reason is not None:
             tally.rejected[reason] += 1
             return Decision(
-                False,
-                reason,
-                tuple(violated),
-                retry_after,
-                _states(counted, 0, request.weight, sliding),
-                tally.calls,
-                tally.records,
-                spend,
-                now,
-            )
+                admitted=False, reason=reason, violated=tuple(violated), retry_after=retry_after,
+                windows=_states(counted, 0, request.weight, sliding), calls_used=tally.calls,
+                records_used=tally.records, spend_cents=spend, now=now,
+            )  # fmt: skip
 
         for counts, index in slots:
             counts[index] = counts.get(index, 0) + request.weight
@@ -243,8 +240,11 @@ class MemoryStore(MemoryDirectory):
             day.replays += 1
             self._log.usage(request.customer, request.period_id, request.day, now, replays=1)
             admitted = _states(counted, request.weight, request.weight, sliding)
-            return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now,
-                            replay=True, slots=window_slots)  # fmt: skip
+            return Decision(
+                admitted=True, reason=None, violated=(), retry_after=0.0, windows=admitted,
+                calls_used=tally.calls, records_used=tally.records, spend_cents=spend, now=now,
+                replay=True, slots=window_slots,
+            )  # fmt: skip
         label = self._count(tally, day, request.route, request.listed, request.key_id, request.weight, 0)
         self._log.usage(request.customer, request.period_id, request.day, now, request.weight, 0, 0, label,
                         request.key_id)  # fmt: skip
@@ -260,7 +260,10 @@ class MemoryStore(MemoryDirectory):
         if request.key_id in self._key_ids:
             self._last_used[request.key_id] = now
         admitted = _states(counted, request.weight, request.weight, sliding)
-        return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now, slots=window_slots)
+        return Decision(
+            admitted=True, reason=None, violated=(), retry_after=0.0, windows=admitted, calls_used=tally.calls,
+            records_used=tally.records, spend_cents=spend, now=now, slots=window_slots,
+        )  # fmt: skip
 
     def _count(
         self, tally: _Tally, day: _Tally, route: str, listed: bool, key_id: str, calls: int, records: int
