@@ -21,7 +21,8 @@ import msgspec
 from ..config import LedgerSettings
 from ..plans import Window
 from ..windows import wait
-from ._ledger import Admission, Carry, Ledger, Reply, Usage, Work
+from ._ledger import Ledger
+from ._ledger_entries import Admission, Carry, Reply, Usage, Work
 from ._redis_client import RedisBase, load_script, translated
 from ._spool import Spool
 from .base import (
