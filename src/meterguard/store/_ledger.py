@@ -16,7 +16,7 @@ replies (store/lua/meter.lua), which makes every retry safe:
   have no deadline: they stay here until acknowledged, merged per customer, period and day, and
   optionally spooled to disk (store/_spool.py). What does not fit is counted as ``unmetered``.
 
-The encoding of batches and the reading of replies belong to the store (store/_redis_meter.py);
+The encoding of batches and the reading of replies belong to the store (store/_redis_meter_wire.py);
 the entries themselves (admissions, usage rows, carries, replies) are store/_ledger_entries.py;
 this module owns the sequencing, the retries and the bookkeeping.
 """
