@@ -281,9 +281,13 @@ class Ledger:
         return list(works.values())
 
     def _abandon(self, group: _Group, pending: Pending) -> None:
-        """An admission whose budget ran out before it was sent: fail it; count it if served."""
+        """An admission whose budget ran out before it was sent."""
+        self._fail(group, pending, Expired("the store did not answer within the admission budget"))
+
+    def _fail(self, group: _Group, pending: Pending, error: Exception) -> None:
+        """An admission the store will not decide: fail its request; count its call if served anyway."""
         if not pending.future.done():
-            pending.future.set_exception(Expired("the store did not answer within the admission budget"))
+            pending.future.set_exception(error)
         if pending.admission.served:
             self._add_usage(group, served_usage(pending.admission.request))
 
@@ -379,10 +383,7 @@ class Ledger:
             # Cannot happen with unique writer ids; never applied, so its usage goes again as new.
             log.error("store reported batch of writer %s as stale for %s", self.writer, work.customer)
             for pending in work.pending:
-                if not pending.future.done():
-                    pending.future.set_exception(StoreError("the store reported this write as stale"))
-                if pending.admission.served:
-                    self._add_usage(group, served_usage(pending.admission.request))
+                self._fail(group, pending, StoreError("the store reported this write as stale"))
             for usage in work.usages:
                 self._add_usage(group, usage)
             return
@@ -404,10 +405,7 @@ class Ledger:
                     pending.future.set_result((result, now))
                 continue
             # Expired in the store: void. Counted once if the caller serves it anyway.
-            if not pending.future.done():
-                pending.future.set_exception(Expired("the store ran the admission after its deadline"))
-            if pending.admission.served:
-                self._add_usage(group, served_usage(pending.admission.request))
+            self._fail(group, pending, Expired("the store ran the admission after its deadline"))
 
 
 __all__ = ["Admission", "Carry", "Expired", "Ledger", "Reply", "Usage", "Work", "served_usage"]
