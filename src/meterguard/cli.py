@@ -15,12 +15,12 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from decimal import Decimal
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from ._cli_demo_banner import demo_banner
 from ._serve import (
     CONFIG_ENV,
     LOG_FORMATS,
@@ -33,13 +33,8 @@ from ._serve import (
     serve_one,
     uvicorn_options,
 )
-from .admin._documents import (
-    CUSTOMER_ID,
-    customer_json,
-)
-from .billing import parse_amount
 from .config import Config, load_config
-from .customers import KEEP, Directory, Keep
+from .customers import Directory
 from .errors import (
     ConfigError,
     CustomerExists,
@@ -52,7 +47,7 @@ from .errors import (
 from .logs import LOG_FORMAT_ENV, JsonFormatter
 from .plans import RouteTable
 from .store import store_from_url
-from .store.base import CustomerStatus, Store
+from .store.base import Store
 
 T = TypeVar("T")
 
@@ -208,99 +203,6 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# customers
-# ----------------------------------------------------------------------------------------------
-
-
-@main.group()
-def customers() -> None:
-    """Create, list and change customers."""
-
-
-JSON_HELP = "JSON on stdout (the admin API's document) instead of text."
-
-
-@customers.command("create")
-@click.argument("customer_id", metavar="ID")
-@click.option("--plan", required=True, help="A plan of the plans file.")
-@click.option("--anchor-day", type=click.IntRange(1, 31), help="Day of month periods start (anniversary anchor).")
-@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-@_state_options
-def customers_create(
-    customer_id: str, plan: str, anchor_day: int | None, as_json: bool, config_path: str, store_url: str | None
-) -> None:
-    """Create customer ID on plan P."""
-    if not CUSTOMER_ID.match(customer_id):
-        raise click.BadParameter("1-64 letters, digits, '_', '-' or '.'", param_hint="ID")
-    with _errors():
-        state = State(config_path, store_url)
-        record = state.run(lambda s: s.directory.create(customer_id, plan, anchor_day))
-    if as_json:
-        _json(customer_json(record))
-        return
-    click.echo(f"created customer {record.id} on plan {record.plan} (periods start on day {record.anchor_day})")
-
-
-@customers.command("list")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@_read_options
-def customers_list(as_json: bool, config_path: str | None, store_url: str | None) -> None:
-    """List customers (the store's and the plans file's)."""
-    with _errors():
-        state = State(config_path, store_url)
-        records = state.run(lambda s: s.directory.all())
-    documents = [customer_json(record) for record in records]
-    if as_json:
-        _json({"customers": documents})
-        return
-    rows = [[d["id"], d["plan"], d["status"], d["anchor_day"], d["created"] or "(plans file)"] for d in documents]
-    click.echo(_table(["ID", "PLAN", "STATUS", "ANCHOR", "CREATED"], rows))
-
-
-@customers.command("set")
-@click.argument("customer_id", metavar="ID")
-@click.option("--plan", help="Move the customer to this plan.")
-@click.option("--status", type=click.Choice(["active", "suspended"]), help="Suspend or reactivate.")
-@click.option(
-    "--spend-cap",
-    metavar="AMOUNT|none",
-    help="This customer's overage spend cap per period, e.g. 1000.00; 'none' goes back to the plan's.",
-)
-@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-@_state_options
-def customers_set(
-    customer_id: str,
-    plan: str | None,
-    status: str | None,
-    spend_cap: str | None,
-    as_json: bool,
-    config_path: str,
-    store_url: str | None,
-) -> None:
-    """Change a customer's plan, status or spend cap (gateways apply it within a second)."""
-    if plan is None and status is None and spend_cap is None:
-        raise click.UsageError("give --plan, --status, --spend-cap or several")
-    cap: Decimal | None | Keep = KEEP
-    if spend_cap is not None:
-        if spend_cap.strip().lower() == "none":
-            cap = None
-        else:
-            try:
-                cap = parse_amount(spend_cap)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--spend-cap") from None
-    with _errors():
-        state = State(config_path, store_url)
-        new_status = cast("CustomerStatus | None", status)  # click.Choice allows only the two
-        record = state.run(lambda s: s.directory.update(customer_id, plan=plan, status=new_status, spend_cap=cap))
-    if as_json:
-        _json(customer_json(record))
-        return
-    own_cap = f", spend cap {record.spend_cap}" if record.spend_cap is not None else ""
-    click.echo(f"customer {record.id}: plan {record.plan}, {record.status}{own_cap}")
-
-
-# ----------------------------------------------------------------------------------------------
 # serve and demo
 # ----------------------------------------------------------------------------------------------
 
@@ -440,7 +342,7 @@ def demo(host: str, port: int, store_url: str | None) -> None:
 
         async def provision_then_announce() -> None:
             made = await provision(guard.directory)
-            click.echo(_demo_banner(made, guard, base, token, (redact(url), shown), str(plans)))
+            click.echo(demo_banner(made, guard, base, token, (redact(url), shown), str(plans)))
 
         # The demo shows each request (uvicorn's access log), as a first run should.
         options = uvicorn_options(
@@ -456,61 +358,5 @@ def demo(host: str, port: int, store_url: str | None) -> None:
         _run_server(guard, options, provision_then_announce)
 
 
-def _demo_banner(made: Sequence[Any], guard: Any, base: str, token: str, store: tuple[str, str], plans: str) -> str:
-    """``store``: the URL the CLI can use (with its key prefix, which the store's own url drops), and
-    the same with why it was chosen."""
-    import shlex
-
-    config = guard.config
-    admin = base + config.admin_path
-    free = next((m for m in made if m.plan == "free"), made[0])
-    pro = next((m for m in made if m.plan == "pro"), made[-1])
-    url, shown = store
-    if urlsplit(url).scheme == "memory":
-        inspect = [
-            "  # the CLI reads a shared store, not this process: run the demo on Redis to use it, e.g.",
-            "  #   meterguard demo --store redis://127.0.0.1:6379/0",
-        ]
-    else:
-        inspect = [
-            "  # the same usage from the CLI (the demo's plans file and store):",
-            f"  meterguard usage {free.customer} --config {shlex.quote(plans)} --store '{url}'",
-            f"  meterguard statement {pro.customer} --period $(date -u +%Y-%m) --config {shlex.quote(plans)} "
-            f"--store '{url}'",
-        ]
-    lines = [
-        "meterguard demo: the posts API behind meterguard",
-        f"  store: {shown}",
-        f"  plans: {plans}",
-        "",
-        "API keys (one customer per plan; shown this once):",
-        *(f"  {m.plan:<11} {m.customer:<17} {m.key}" for m in made),
-        "",
-        f"admin token ({config.admin_token_env}): {token}",
-        "",
-        "Try:",
-        "  # a metered call: see RateLimit, X-RateLimit-* and X-Meterguard-Usage",
-        f"  curl -i -H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'",
-        "",
-        "  # the free plan allows 1 call a second and 5 a minute: one a second, the 5-a-minute window",
-        "  # answers 429 (with Retry-After) once this minute's 5 calls are used",
-        f"  for i in $(seq 1 6); do curl -s -o /dev/null -w '%{{http_code}}\\n' "
-        f"-H 'x-api-key: {free.key}' '{base}/v1/posts/search?q=redis'; sleep 1; done",
-        "",
-        "  # the archive costs 5 calls and is pro/enterprise only (the free key gets 403)",
-        f"  curl -i -H 'x-api-key: {pro.key}' '{base}/v1/posts/archive?q=python&limit=20'",
-        "",
-        "  # usage through the admin API, and your own usage with your key",
-        f"  curl -s -H 'Authorization: Bearer {token}' {admin}/customers/{free.customer}/usage",
-        f"  curl -s -H 'Authorization: Bearer {token}' '{admin}/customers/{free.customer}/usage/daily?days=7'",
-        f"  curl -s -H 'x-api-key: {pro.key}' {admin}/me/usage",
-        "",
-        *inspect,
-        "",
-        f"Serving on {base} (Ctrl+C to stop)",
-    ]
-    return "\n".join(lines)
-
-
 # The command groups live in modules of their own (by job); importing them registers them on main.
-from . import _cli_check, _cli_keys, _cli_reports  # noqa: E402, F401
+from . import _cli_check, _cli_customers, _cli_keys, _cli_reports  # noqa: E402, F401

@@ -2,22 +2,24 @@
 
 Every problem is reported as ``FILE:LINE: dotted.field.path: reason`` (lines from 1, as
 editors count). The work is split by job: _config_yaml.py reads the file and its YAML (with
-the line of every key), _config_schema.py holds the pydantic models of the YAML, and this
-module checks what spans sections and builds the frozen objects everything else reads.
+the line of every key), _config_schema.py holds the pydantic models of the YAML,
+_config_settings.py the frozen objects everything else reads (imported from here),
+_config_jwt.py loads the JWT key, and this module checks what spans sections and builds the
+frozen objects.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
-import jwt
 from pydantic import ValidationError
 
-from ._config_schema import NAME, WEBHOOK_URL, FileSchema, JWTSchema, MeterPriceSchema, Network
+from ._config_jwt import load_jwt
+from ._config_schema import NAME, FileSchema, MeterPriceSchema
+from ._config_settings import Config, JWTSettings, LedgerSettings, StaticCustomer, WebhookSettings
 from ._config_yaml import MAX_FILE_BYTES, Loc, dotted, line_of, read_file, read_yaml
 from .errors import ConfigError, ConfigIssue
 from .plans import (
@@ -39,6 +41,7 @@ __all__ = [
     "PUBLIC_DOCS_PATHS",
     "Config",
     "JWTSettings",
+    "LedgerSettings",
     "StaticCustomer",
     "WebhookSettings",
     "load_config",
@@ -49,104 +52,6 @@ __all__ = [
 #: What ``public_docs: true`` opens: FastAPI's defaults (docs_url, its OAuth2 redirect, redoc_url,
 #: openapi_url). An app that moves them lists its own paths as public routes instead.
 PUBLIC_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
-
-# --------------------------------------------------------------------------------------------
-# Frozen result
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StaticCustomer:
-    id: str
-    plan: str
-    keys: tuple[str, ...] = ()
-    status: Literal["active", "suspended"] = "active"
-    anchor_day: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JWTSettings:
-    """Signed JWTs accepted as credentials (RFC 8725: algorithms allow-listed, exp required)."""
-
-    algorithms: tuple[str, ...]
-    key: str = field(repr=False)
-    issuer: str | None = None
-    audience: str | None = None
-    customer_claim: str = "sub"
-    leeway: int = 0
-    #: The key loaded by PyJWT (a public key object, or the secret's bytes): parsed once, at load.
-    verifier: Any = field(default=None, repr=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookSettings:
-    """Where alerts are POSTed. The URL and secret may come from the environment; the secret
-    is read only when a deliverer starts, so commands that send nothing do not need it."""
-
-    url: str | None
-    url_env: str | None
-    secret_env: str
-    timeout_seconds: float = 5.0
-
-    def resolve(self, environ: Mapping[str, str] | None = None) -> tuple[str, bytes]:
-        """``(url, secret)``; raises ConfigError naming the variable that is unset or invalid."""
-        env = os.environ if environ is None else environ
-        issues: list[ConfigIssue] = []
-        url = self.url
-        if url is None and self.url_env is not None:
-            url = env.get(self.url_env) or None
-            if url is None:
-                issues.append(
-                    ConfigIssue("webhooks", None, "url_env", f"environment variable {self.url_env} is not set")
-                )
-            elif not WEBHOOK_URL.match(url):
-                issues.append(ConfigIssue("webhooks", None, "url_env", f"{self.url_env} is not an http(s) URL"))
-        secret = env.get(self.secret_env, "")
-        if not secret:
-            issues.append(
-                ConfigIssue("webhooks", None, "secret_env", f"environment variable {self.secret_env} is not set")
-            )
-        if issues:
-            raise ConfigError(issues)
-        assert url is not None
-        return url, secret.encode("utf-8")
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerSettings:
-    """Where usage waits while the store is away (``spool``) and how much of the event stream
-    each customer keeps (``events``). docs/reliability.md says what each bound means."""
-
-    spool_path: str | None = None  # a directory; None: the ledger lives in memory only
-    spool_max_events: int = 100_000  # usage entries (customer, period, day) held; past it: "unmetered"
-    events_max_len: int = 1_000_000  # usage events per customer stream (approximate trim)
-    events_keep_exported_seconds: int = 86_400  # exported events stay this long (new export groups, replays)
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    plans: Mapping[str, Plan]
-    routes: RouteTable
-    customers: Mapping[str, StaticCustomer] = field(default_factory=dict)
-    version: int = 1
-    currency: str = "USD"
-    store: str | None = None
-    anchor: Literal["calendar", "anniversary"] = "calendar"
-    api_key_header: str = "x-api-key"
-    jwt: JWTSettings | None = None
-    failed_limit: str | None = "60/minute"  # failed authentications per client address; None: off
-    trusted_proxies: tuple[Network, ...] = ()  # X-Forwarded-For is believed from these only
-    max_credential_bytes: int = 4096
-    admin_path: str = "/_meterguard"
-    admin_token_env: str = "MG_ADMIN_TOKEN"
-    records_header: str = "x-meterguard-records"
-    records_json_field: str | None = "data"
-    records_max_body_bytes: int = 8 * 1024 * 1024
-    consistency: Literal["exact", "fast"] = "exact"
-    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
-    webhooks: WebhookSettings | None = None
-    ledger: LedgerSettings = LedgerSettings()
-    source: str = "<config>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +223,7 @@ def _build(model: FileSchema, lines: Mapping[Loc, int], source: str, issues: lis
 
     jwt_settings = None
     if model.auth.jwt is not None:
-        jwt_settings = _jwt(model.auth.jwt, problem)
+        jwt_settings = load_jwt(model.auth.jwt, problem)
 
     if issues:
         raise ConfigError(sorted(issues, key=lambda issue: issue.line or 0))
@@ -373,79 +278,3 @@ def _meter_price(raw: MeterPriceSchema | None, loc: Loc, problem: Any) -> MeterP
         else:
             previous = tier.up_to
     return MeterPrice(raw.unit, tiers=tuple(Tier(tier.up_to, tier.price) for tier in raw.tiers))
-
-
-MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM public key is a few KB; anything larger is the wrong file
-
-#: The kind of key each algorithm family needs. One key cannot serve two kinds: PyJWT refuses a PEM
-#: as an HMAC secret, at request time, with an exception that used to surface as a 500.
-_KEY_KINDS = {"HS": "an HMAC secret", "RS": "an RSA public key", "PS": "an RSA public key",
-              "ES": "an EC public key", "Ed": "an Ed25519/Ed448 public key"}  # fmt: skip
-
-
-def _jwt(raw: JWTSchema, problem: Any) -> JWTSettings | None:
-    if (raw.key_env is None) == (raw.key_file is None):
-        problem(("auth", "jwt"), "set exactly one of key_env (secret or PEM in a variable) or key_file (PEM)")
-        return None
-    where: Loc = ("auth", "jwt", "key_env") if raw.key_env is not None else ("auth", "jwt", "key_file")
-    if raw.key_env is not None:
-        key = os.environ.get(raw.key_env)
-        if not key:
-            problem(where, f"environment variable {raw.key_env} is not set")
-            return None
-    else:
-        assert raw.key_file is not None
-        try:
-            with open(raw.key_file, "rb") as handle:
-                data = handle.read(MAX_KEY_FILE_BYTES + 1)
-        except OSError as exc:
-            problem(where, f"cannot read {raw.key_file}: {exc.strerror}")
-            return None
-        if len(data) > MAX_KEY_FILE_BYTES:
-            problem(where, f"{raw.key_file} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key")
-            return None
-        try:
-            key = data.decode("utf-8")
-        except UnicodeDecodeError:
-            problem(where, f"{raw.key_file} is not text: give the key as PEM")
-            return None
-    kinds = sorted({_KEY_KINDS[alg[:2]] for alg in raw.algorithms})
-    if len(kinds) > 1:
-        problem(
-            ("auth", "jwt", "algorithms"),
-            f"{', '.join(raw.algorithms)} need {' and '.join(kinds)}: one key cannot be both; list one kind",
-        )
-        return None
-    verifier = _verifier(raw.algorithms, key, where, problem)
-    if verifier is None:
-        return None
-    return JWTSettings(
-        algorithms=tuple(raw.algorithms),
-        key=key,
-        issuer=raw.issuer,
-        audience=raw.audience,
-        customer_claim=raw.customer_claim,
-        leeway=raw.leeway,
-        verifier=verifier,
-    )
-
-
-def _verifier(algorithms: list[str], key: str, where: Loc, problem: Any) -> Any:
-    """The key as PyJWT uses it, loaded now so that a key that does not fit its algorithms is a
-    config error (``meterguard check`` names it), never an exception while serving a request."""
-    verifier: Any = None
-    for name in algorithms:
-        algorithm = jwt.get_algorithm_by_name(name)
-        try:
-            verifier = algorithm.prepare_key(key)
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            problem(where, f"the key is not {_KEY_KINDS[name[:2]]} usable with {name}: {exc}")
-            return None
-        if hasattr(verifier, "public_key"):
-            problem(where, "this is a private key: give the gateway the public key (it only verifies)")
-            return None
-        weak = algorithm.check_key_length(verifier)
-        if weak:
-            problem(where, f"the key is too weak for {name}: {weak}")
-            return None
-    return verifier

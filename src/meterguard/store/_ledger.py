@@ -16,7 +16,8 @@ replies (store/lua/meter.lua), which makes every retry safe:
   have no deadline: they stay here until acknowledged, merged per customer, period and day, and
   optionally spooled to disk (store/_spool.py). What does not fit is counted as ``unmetered``.
 
-The encoding of batches and the reading of replies belong to the store (store/_redis_meter.py);
+The encoding of batches and the reading of replies belong to the store (store/_redis_meter_wire.py);
+the entries themselves (admissions, usage rows, carries, replies) are store/_ledger_entries.py;
 this module owns the sequencing, the retries and the bookkeeping.
 """
 
@@ -28,16 +29,14 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import StoreError, StoreUnavailable
-from ..plans import Window
-from .base import AdmitRequest, Alerting
-
-if TYPE_CHECKING:
-    from ._spool import Spool
+from ..errors import StoreError
+from ._ledger_entries import Admission, Carry, Expired, Pending, Reply, Runner, Usage, UsageKey, Work, served_usage
+from ._spool import Spool, Spooled
+from .base import AdmitRequest
 
 log = logging.getLogger("meterguard.ledger")
 
@@ -45,104 +44,6 @@ MAX_USAGES = 64  # usage entries per batch (admissions all go): a longer script 
 RETRY_FIRST_SECONDS = 0.01
 RETRY_MAX_SECONDS = 0.25  # after an outage, the first batch goes out within this of the store's return
 SPOOL_SECONDS = 0.5  # while the store fails, the ledger is written to disk this often (and before sends)
-
-
-@dataclass(slots=True)
-class Admission:
-    """An admission the writer sent (or will send); ``served`` when a lost reply still serves it."""
-
-    request: AdmitRequest
-    served: bool
-
-
-@dataclass(slots=True)
-class Pending:
-    admission: Admission
-    future: asyncio.Future[tuple[list[Any], float]]
-    give_up: float  # loop time
-
-
-UsageKey = tuple[str, str, int, str]  # customer, period id, period end, day
-RowKey = tuple[str, bool, str]  # route label, listed, key id
-
-
-@dataclass(slots=True)
-class Usage:
-    """Usage rows of one customer, period and day, and leased units coming back."""
-
-    key: UsageKey
-    rows: dict[RowKey, list[int]] = field(default_factory=dict)  # -> [calls, records]
-    consumed: int = 0  # leased units used: reserved -> counted
-    returned: int = 0  # leased units given back unused
-    windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
-    unmetered: int = 0  # requests served whose usage could not be kept
-    uncounted: int = 0  # responses whose records could not be counted (store.base.Settlement)
-    alerting: Alerting | None = None  # the thresholds to check once this usage is counted
-    acks: list[str] = field(default_factory=list)  # alerts delivered: the store stops reporting them
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-
-    def add_row(self, row: RowKey, calls: int, records: int) -> None:
-        counts = self.rows.get(row)
-        if counts is None:
-            self.rows[row] = [calls, records]
-        else:
-            counts[0] += calls
-            counts[1] += records
-
-    def merge(self, other: Usage) -> None:
-        for row, (calls, records) in other.rows.items():
-            self.add_row(row, calls, records)
-        self.consumed += other.consumed
-        self.returned += other.returned
-        for slot, units in other.windows.items():
-            self.windows[slot] = self.windows.get(slot, 0) + units
-        self.unmetered += other.unmetered
-        self.uncounted += other.uncounted
-        self.alerting = other.alerting or self.alerting
-        self.acks.extend(other.acks)
-        self.waiters.extend(other.waiters)
-
-    @property
-    def size(self) -> int:
-        return len(self.rows) + len(self.windows) + 1
-
-
-@dataclass(slots=True)
-class Carry:
-    """A batch given up on, as far as one customer is concerned."""
-
-    seq: int
-    admissions: list[Admission]
-    usages: list[Usage]
-
-
-@dataclass(slots=True)
-class Work:
-    """What one batch carries for one customer."""
-
-    customer: str
-    admissions: list[Admission] = field(default_factory=list)
-    usages: list[Usage] = field(default_factory=list)
-    carries: list[Carry] = field(default_factory=list)
-    pending: list[Pending] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Reply:
-    """A store's answer for one customer's work: ``ok``/``dup`` with the admissions' replies, or ``stale``."""
-
-    status: str
-    admissions: list[Any]
-    sec: int
-    usec: int
-
-
-# Runner(seq, deadline in store ms or 0, works) -> (store sec, store usec, reply per work)
-Runner = Callable[[int, int, Sequence[Work]], Awaitable[tuple[int, int, list[Reply]]]]
-
-
-class Expired(StoreUnavailable):
-    """The store ran the admission after its deadline, or never within it."""
 
 
 @dataclass(slots=True)
@@ -283,8 +184,6 @@ class Ledger:
                 self._kick(group)
 
     def _write_spool(self) -> None:
-        from ._spool import Spooled
-
         assert self.spool is not None
         usages, carries = self.snapshot()
         try:
@@ -382,9 +281,13 @@ class Ledger:
         return list(works.values())
 
     def _abandon(self, group: _Group, pending: Pending) -> None:
-        """An admission whose budget ran out before it was sent: fail it; count it if served."""
+        """An admission whose budget ran out before it was sent."""
+        self._fail(group, pending, Expired("the store did not answer within the admission budget"))
+
+    def _fail(self, group: _Group, pending: Pending, error: Exception) -> None:
+        """An admission the store will not decide: fail its request; count its call if served anyway."""
         if not pending.future.done():
-            pending.future.set_exception(Expired("the store did not answer within the admission budget"))
+            pending.future.set_exception(error)
         if pending.admission.served:
             self._add_usage(group, served_usage(pending.admission.request))
 
@@ -480,10 +383,7 @@ class Ledger:
             # Cannot happen with unique writer ids; never applied, so its usage goes again as new.
             log.error("store reported batch of writer %s as stale for %s", self.writer, work.customer)
             for pending in work.pending:
-                if not pending.future.done():
-                    pending.future.set_exception(StoreError("the store reported this write as stale"))
-                if pending.admission.served:
-                    self._add_usage(group, served_usage(pending.admission.request))
+                self._fail(group, pending, StoreError("the store reported this write as stale"))
             for usage in work.usages:
                 self._add_usage(group, usage)
             return
@@ -505,17 +405,7 @@ class Ledger:
                     pending.future.set_result((result, now))
                 continue
             # Expired in the store: void. Counted once if the caller serves it anyway.
-            if not pending.future.done():
-                pending.future.set_exception(Expired("the store ran the admission after its deadline"))
-            if pending.admission.served:
-                self._add_usage(group, served_usage(pending.admission.request))
-
-
-def served_usage(request: AdmitRequest) -> Usage:
-    """The usage of a request served without an admission (fail_open): its calls, nothing more."""
-    usage = Usage((request.customer, request.period_id, request.period_end, request.day))
-    usage.add_row((request.route, request.listed, request.key_id), request.weight, 0)
-    return usage
+            self._fail(group, pending, Expired("the store ran the admission after its deadline"))
 
 
 __all__ = ["Admission", "Carry", "Expired", "Ledger", "Reply", "Usage", "Work", "served_usage"]

@@ -13,7 +13,7 @@ import json
 
 from ..errors import StoreError
 from ._redis_client import RedisBase, script, translated
-from ._redis_meter import idempotency_digest
+from ._redis_meter_wire import idempotency_digest
 from .base import StoredResponse
 
 # KEYS[1] the key's hash; ARGV fingerprint, "done" | "forget", response JSON, ttl seconds.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..plans import Window
-from ._ledger import Admission, Carry, Usage
+from ._ledger_entries import Admission, Carry, Usage
 from .base import AdmitRequest, Meter
 
 log = logging.getLogger("meterguard.spool")
