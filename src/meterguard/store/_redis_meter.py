@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from ..config import LedgerSettings
 from ._ledger import Ledger
@@ -195,10 +194,21 @@ class RedisMeter(RedisBase):
         usage.alerting = flush.alerting
         await self._applied(self.ledger.record(usage))
 
-    async def _applied(self, waiter: Any) -> None:
+    async def _applied(self, waiter: asyncio.Future[None]) -> None:
         """Wait for the store to apply usage, but no longer than an admission would wait: the
-        ledger keeps it until it is applied, whatever happens to the caller."""
-        await asyncio.wait({waiter}, timeout=self._timeout())
+        ledger keeps it until it is applied, whatever happens to the caller.
+
+        ``waiter`` is this call's own (Ledger.record), so giving up ends it; the ledger completes
+        only waiters still pending. A timer and a plain await: asyncio.wait() cost ~5 us more
+        per settlement, on every request of exact mode.
+        """
+        if waiter.done():
+            return
+        timer = asyncio.get_running_loop().call_later(self._timeout(), _stop_waiting, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
 
     async def usage(self, customer: str, period_id: str) -> UsageCounts:
         with translated():
@@ -239,3 +249,8 @@ class RedisMeter(RedisBase):
             records = sum(r for _, r in routes.values())
             out.append(DayUsage(day, calls, records, _counts(routes), _counts(keys)))
         return out
+
+
+def _stop_waiting(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
