@@ -106,15 +106,16 @@ async def test_usage_rides_with_the_next_lease_request(fast, monkeypatch: pytest
     path._store = counting
     monkeypatch.setattr(lease_module, "FIRST_LEASE", 5)
     monkeypatch.setattr(lease_module, "MAX_LEASE", 5)
-    # The 1st, 7th and 13th requests ask for a lease of 5; the others draw on one.
+    # Leases of 5, the next asked for when a quarter is left: the 1st, 6th and 12th requests ask
+    # (the unit left of a lease moves to the next one); the others draw on a lease.
     decisions = [await path.admit(request("acme")) for _ in range(13)]
     assert all(decision.admitted for decision in decisions)
-    # The usage of the first two leases went to the store with the second and third lease
-    # requests, in their batch; no periodic flush was needed for it.
+    # The usage drawn on the first two leases went to the store with the 6th and 12th requests'
+    # lease requests, in their batch; no periodic flush was needed for it.
     assert counting.leases == 3
     assert counting.flushes == 2
     await asyncio.sleep(0.05)
-    assert (await store.usage("acme", request("acme").period_id)).calls == 13  # nothing left to flush
+    assert (await store.usage("acme", request("acme").period_id)).calls == 12  # the 13th waits
     await path.aclose()
     assert (await store.usage("acme", request("acme").period_id)).calls == 13
 
@@ -140,3 +141,40 @@ async def test_a_waiter_decides_on_its_own_when_the_lease_does_not_come(fast, mo
     assert slow.exact == 1  # it waited LEASE_WAIT_SECONDS, then asked the store for its own decision
     release.set()
     assert (await asker).admitted
+
+
+async def test_the_next_lease_is_asked_for_while_the_last_one_still_serves(
+    fast, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    monkeypatch.setattr(lease_module, "FIRST_LEASE", 8)
+    monkeypatch.setattr(lease_module, "MAX_LEASE", 8)
+    release = asyncio.Event()
+    release.set()
+
+    class Gated(_Counting):
+        async def admit(self, request: AdmitRequest) -> object:
+            if not request.lease:
+                return await super().admit(request)
+            self.leases += 1
+            await release.wait()  # the store is slow to answer a lease request
+            return await self.store.admit(request)
+
+    gated = Gated(store)
+    path._store = gated
+    assert (await path.admit(request("acme"))).granted == 8
+    for _ in range(6):  # 8 -> 2 units: a quarter is left
+        await path.admit(request("acme"))
+    assert gated.leases == 1
+    release.clear()
+    renewing = asyncio.ensure_future(path.admit(request("acme")))  # asks for the next lease
+    await asyncio.sleep(0.01)
+    assert not renewing.done() and gated.leases == 2
+    # The customer's other requests are served from what is left, without waiting for the store.
+    served = [path.take(request("acme")) for _ in range(2)]
+    assert all(decision is not None and decision.admitted for decision in served)
+    release.set()
+    assert (await renewing).granted == 8
+    assert gated.exact == 0
+    await path.aclose()
+    assert (await store.usage("acme", request("acme").period_id)).calls == 10

@@ -6,8 +6,10 @@ quota, so the sum of every process's local decisions can never pass a limit. Req
 draw on the lease with no store round trip; their usage (and their records) goes to the store
 with the customer's next lease request (in the same batch, so Redis reads the customer's state
 once for both), or once it is FLUSH_INTERVAL_SECONDS old, and at least every second. Unused units
-go back when a lease expires, on idle and at shutdown. Requests that find a lease on its way wait
-for it (up to LEASE_WAIT_SECONDS) rather than each asking the store.
+go back when a lease expires, on idle and at shutdown. The next lease is asked for when a
+quarter of the current one is left (RENEW_BELOW), by one request, while the others keep drawing
+on the rest; requests that find no units while a lease is on its way wait for it (up to
+LEASE_WAIT_SECONDS) rather than each asking the store.
 
 Lease sizes follow each customer's observed rate (about a second of traffic, from 1 up to
 MAX_LEASE units) and the store grants at most an eighth of what is left, so near a limit leases
@@ -37,6 +39,7 @@ FLUSH_INTERVAL_SECONDS = 0.5  # usage older than this is flushed: "at least ever
 FLUSH_TICK_SECONDS = FLUSH_INTERVAL_SECONDS / 2  # how often the flusher looks for usage that old
 LEASE_SECONDS = 1.0  # a lease lives at most this long, and never past the end of a window slot
 TARGET_LEASE_SECONDS = 1.0  # a lease should carry about this much of the customer's traffic
+RENEW_BELOW = 4  # the next lease is asked for once a quarter of this one is left
 LEASE_WAIT_SECONDS = 0.1  # a request waits this long at most for a lease already asked for
 FIRST_LEASE = 4
 MAX_LEASE = 256
@@ -98,10 +101,12 @@ class FastPath:
 
     def take(self, request: AdmitRequest) -> Decision | None:
         """The decision from this process's lease: a local decrement, no I/O. None when the store
-        must decide (:meth:`admit`): no lease, or one that is used up, expired or near a quota."""
+        must decide (:meth:`admit`): no lease, or one that is used up, expired or near a quota,
+        or one running low, for the request that asks the store for the next lease."""
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush_forever())
-        lease = self._leases.get((request.customer, request.period_id, request.windows))
+        key = (request.customer, request.period_id, request.windows)
+        lease = self._leases.get(key)
         if lease is None or request.idempotency_key is not None or lease.units < request.weight:
             return None
         now = self._monotonic()
@@ -110,6 +115,10 @@ class FastPath:
         records_known = self._records_known(request, lease)
         records = request.records
         if records.included is not None and not records.billed and records_known >= records.included:
+            return None
+        if lease.units - request.weight < lease.granted // RENEW_BELOW and key not in self._leasing:
+            # Running low: this request asks the store for the next lease while the customer's
+            # other requests go on drawing on what is left, so that they never wait for it.
             return None
         return self._take(lease, request, now, records_known)
 
@@ -128,8 +137,8 @@ class FastPath:
             if decision is not None:
                 return decision
         lease = self._leases.get(key)
-        if lease is not None:
-            self._retire(key, lease, self._monotonic())
+        if lease is not None and (lease.units < request.weight or self._monotonic() >= lease.expires):
+            self._retire(key, lease, self._monotonic())  # else running low: drawn on until the next one comes
         # One lease request per key at a time: a burst that finds no lease must not take one lease
         # per request (each would hold units until it expires); the others wait for it, or are
         # decided exactly.
@@ -152,15 +161,19 @@ class FastPath:
         if decision.granted > 0:
             self.metrics.leases += 1
             self.metrics.lease_units += decision.granted
-            previous = self._leases.get(key)
-            if previous is not None:  # a concurrent request's lease: give its units back
-                self._retire(key, previous, self._monotonic())
             now = self._monotonic()
+            carried = 0
+            previous = self._leases.get(key)
+            if previous is not None:  # the lease this one follows (or a concurrent one)
+                if previous.snapshot.slots == decision.slots and now < previous.expires:
+                    # Reserved in the same window slots: what is left of it moves to the new lease.
+                    carried, previous.units = previous.units, 0
+                self._retire(key, previous, now)  # sizes the next lease; gives back what did not move
             slot_left = min((state.window.seconds - decision.now % state.window.seconds
                              for state in decision.windows), default=LEASE_SECONDS)  # fmt: skip
             self._leases[key] = Lease(
-                units=decision.granted,
-                granted=decision.granted,
+                units=decision.granted + carried,
+                granted=decision.granted + carried,
                 started=now,
                 expires=now + min(LEASE_SECONDS, slot_left),
                 snapshot=decision,
