@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from meterguard.billing import cap_cents
 from meterguard.keys import generate_key, hash_key
 from meterguard.store.base import Fired, Meter, Settlement, Store
 
+from . import test_alerts
 from .conftest import REDIS_URL, StoreFactory
 from .store.test_store_behaviour import PERIOD, TODAY, period_end, request
 from .support import data_app
@@ -134,15 +134,7 @@ async def test_unacknowledged_alerts_are_reported_again_on_redis(
     assert [f.name for f in heard] == ["calls:0.5", "calls:0.5"]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    made = Receiver()
-    server = await asyncio.start_server(made.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    made.url = f"http://127.0.0.1:{port}/hooks/meterguard"
-    async with server:
-        yield made
-        server.close()
+receiver = test_alerts.receiver  # the webhook receiver fixture, shared with test_alerts.py
 
 
 def names_of(receiver: Receiver) -> list[str]:

@@ -200,24 +200,23 @@ class MeterEngine:
         ticket = self.ticket(customer, key_id, anchor_day, route, label, now, alerting)
         period = ticket.period
         request = AdmitRequest(
-            customer,
-            key_id,
-            label,
-            route is not None,
-            weight,
-            terms.windows,
-            terms.strategy,
-            period.id,
-            period.end_ts,
-            terms.calls,
-            terms.records,
-            terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,
-            ticket.day,
-            0,
-            idempotency_key,
-            idempotency_fingerprint,
-            self._served_on_loss,
-            alerting,
+            customer=customer,
+            key_id=key_id,
+            route=label,
+            listed=route is not None,
+            weight=weight,
+            windows=terms.windows,
+            strategy=terms.strategy,
+            period_id=period.id,
+            period_end=period.end_ts,
+            calls=terms.calls,
+            records=terms.records,
+            spend_cap_cents=terms.spend_cap_cents if spend_cap_cents is None else spend_cap_cents,
+            day=ticket.day,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+            served_on_loss=self._served_on_loss,
+            alerting=alerting,
         )
         return request, terms, ticket
 
@@ -232,29 +231,6 @@ class MeterEngine:
 
     async def decide(self, request: AdmitRequest) -> Decision:
         return await (self._fast.admit(request) if self._fast is not None else self._store.admit(request))
-
-    async def admit(
-        self,
-        customer: str,
-        key_id: str,
-        plan_name: str,
-        anchor_day: int,
-        route: Route | None,
-        label: str,
-        weight: int,
-        idempotency_key: str | None = None,
-        spend_cap_cents: int | None = None,
-        idempotency_fingerprint: str = "",
-    ) -> tuple[Decision, Terms, Ticket]:
-        """:meth:`request`, then its decision, wherever it is made."""
-        request, terms, ticket = self.request(
-            customer, key_id, plan_name, anchor_day, route, label, weight, idempotency_key, spend_cap_cents,
-            idempotency_fingerprint,
-        )  # fmt: skip
-        decision = self.decide_now(request)
-        if decision is None:
-            decision = await self.decide(request)
-        return decision, terms, ticket
 
     def settle_now(
         self, ticket: Ticket, records: int, *, refund: bool = False, uncounted: int = 0
