@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .store.memory import MemoryStore
 
 SECONDS_PER_DAY = 86400
+MAX_CACHED_REQUESTS = 100_000  # (customer, key, route, ...) entries of MeterEngine.request's cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,10 @@ class MeterEngine:
         self._alertings: dict[tuple[str, int], Alerting | None] = {}
         self._periods: dict[int, Period] = {}
         self._day: tuple[str, float] = ("", 0.0)
+        # The request of a (customer, key, plan, route, cap, anchor), with its terms and ticket,
+        # until its period or day ends: every field of the two is the same for all of them, and
+        # nothing changes either once built (a lease request is a copy), so requests share them.
+        self._requests: dict[tuple[object, ...], tuple[AdmitRequest, Terms, Ticket, float, float]] = {}
         self._fast = FastPath(store) if config.consistency == "fast" else None
         # The memory store decides and settles without I/O: called directly, with no coroutine per request.
         self._local: MemoryStore | None = in_process(store) if self._fast is None else None
@@ -195,6 +200,12 @@ class MeterEngine:
         """What to ask the store (:meth:`decide_now`, else :meth:`decide`), under which terms, and
         the ticket that settles the response. ``spend_cap_cents``: the customer's own cap."""
         now = self._clock()
+        cache_key = None
+        if idempotency_key is None:
+            cache_key = (customer, key_id, plan_name, label, route is not None, weight, spend_cap_cents, anchor_day)
+            cached = self._requests.get(cache_key)
+            if cached is not None and cached[3] <= now < cached[4]:
+                return cached[0], cached[1], cached[2]
         terms = self.terms(plan_name, route)
         alerting = terms.alerting and self.alerting(plan_name, terms, spend_cap_cents)
         ticket = self.ticket(customer, key_id, anchor_day, route, label, now, alerting)
@@ -218,6 +229,17 @@ class MeterEngine:
             served_on_loss=self._served_on_loss,
             alerting=alerting,
         )
+        if cache_key is not None:
+            if len(self._requests) >= MAX_CACHED_REQUESTS:
+                self._requests.clear()
+            day_end = self._day[1]
+            self._requests[cache_key] = (
+                request,
+                terms,
+                ticket,
+                max(period.start_ts, day_end - SECONDS_PER_DAY),
+                min(period.end_ts, day_end),
+            )
         return request, terms, ticket
 
     def decide_now(self, request: AdmitRequest) -> Decision | None:

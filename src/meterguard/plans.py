@@ -40,10 +40,17 @@ class Window:
     limit: int
     seconds: int
     counter: str = ""
+    # Windows key the fast path's leases and the usage it gives back, a dict lookup per request:
+    # the generated __hash__ rehashed every field each time (13 calls, ~10 us per request).
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.counter:
             object.__setattr__(self, "counter", self.name)
+        object.__setattr__(self, "_hash", hash((self.name, self.limit, self.seconds, self.counter)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
