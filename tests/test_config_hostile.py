@@ -124,7 +124,10 @@ HOSTILE = _hostile_files()
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_a_hostile_mebibyte_reads_within_a_second(tmp_path: Path, name: str) -> None:
+def test_a_hostile_mebibyte_reads_within_seconds(tmp_path: Path, name: str) -> None:
+    # A bound on the work, not a speed figure: each file reads in ~0.1-0.5 s on a quiet machine and
+    # the shapes it guards against (quadratic patterns, alias bombs) take minutes; 5 s leaves room
+    # for a machine shared with other test runs (one of these took 1.5 s on 2 busy cores).
     path = tmp_path / f"{name}.yaml"
     path.write_text(HOSTILE[name])
     assert path.stat().st_size <= MAX_FILE_BYTES
@@ -134,7 +137,7 @@ def test_a_hostile_mebibyte_reads_within_a_second(tmp_path: Path, name: str) -> 
     except ConfigError as exc:
         assert exc.issues and all(issue.file == str(path) for issue in exc.issues)
     elapsed = time.perf_counter() - started
-    assert elapsed < 1.0, f"{name}: {elapsed:.2f} s"
+    assert elapsed < 5.0, f"{name}: {elapsed:.2f} s"
 
 
 # -- check: one line per problem, never a traceback ---------------------------------------------------
