@@ -315,8 +315,8 @@ class MemoryStore(MemoryDirectory):
         if settlement.empty:
             return
         customer, period_id = settlement.customer, settlement.period_id
-        tally = self._periods[(customer, period_id)]
-        day = self._days[(customer, settlement.day)]
+        account = self._account(customer, period_id, settlement.day)
+        tally, day = account.period, account.day
         records = max(0, settlement.records)
         now = self._clock()
         if records or settlement.calls:
