@@ -12,6 +12,12 @@ server's instructions per request (counters zeroed before the drive, dumped afte
 server's own timers, measured over as long a pause, taken out): deterministic to about 1%,
 so a change to the script shows as a number, not as noise.
 
+``--capture FILE`` also writes every METER batch of the first arm's measured rounds (KEYS and
+the decoded argument) to FILE; ``--replay FILE [--script meter.lua] [--json]`` then sends
+exactly those batches again, renumbered (one writer, new sequence numbers, no deadline), to a
+fresh server under callgrind: the script's instructions per request on identical work, which
+is how two versions of meter.lua are compared (``--json`` for a script that reads only JSON).
+
 Environment: MG_BENCH_KEYS (400), arms and sizes as options (``--help``).
 """
 
@@ -32,10 +38,41 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from ._common import REDIS_ENV, RedisWindow, _wait_for, env_int, new_prefix, redis_client
+from ._common import REDIS_ENV, RedisWindow, _wait_for, command_calls, env_int, new_prefix, redis_client
 from .arms import build
 from .inprocess import _loop_factory, drive
+
+DEFAULT_SCRIPT = Path(__file__).parent.parent / "src" / "meterguard" / "store" / "lua" / "meter.lua"
+
+
+@contextmanager
+def _capturing(path: str | None) -> Iterator[list[tuple[list[str], Any]]]:
+    """Every METER call's KEYS and decoded argument while active, written to ``path`` at the end."""
+    captured: list[tuple[list[str], Any]] = []
+    if path is None:
+        yield captured
+        return
+    import msgspec
+
+    from meterguard.store import _redis_meter
+
+    original = _redis_meter.RedisMeter._script
+
+    async def spy(self: Any, script: Any, keys: Any, args: Any) -> Any:
+        if script is _redis_meter.METER:
+            payload = args[0]
+            decode = msgspec.json.decode if payload[:1] in (b"{", "{") else msgspec.msgpack.decode
+            captured.append((list(keys), decode(payload)))
+        return await original(self, script, keys, args)
+
+    _redis_meter.RedisMeter._script = spy  # type: ignore[method-assign]
+    try:
+        yield captured
+    finally:
+        _redis_meter.RedisMeter._script = original  # type: ignore[method-assign]
+        Path(path).write_bytes(msgspec.msgpack.encode(captured))
 
 
 @contextmanager
@@ -120,7 +157,8 @@ async def _run(args: argparse.Namespace, url: str, counter: _Callgrind | None) -
                 window.open()
                 if counter is not None:
                     counter.zero()
-                seconds, statuses = await drive(built[name], args.requests)
+                with _capturing(args.capture if name == args.arms[0] and round_no == 0 else None):
+                    seconds, statuses = await drive(built[name], args.requests)
                 instructions = 0.0
                 if counter is not None:
                     instructions = counter.read() - idle_per_second * seconds
@@ -153,6 +191,43 @@ async def _run(args: argparse.Namespace, url: str, counter: _Callgrind | None) -
         print(line)
 
 
+def _replay(args: argparse.Namespace, url: str, counter: _Callgrind) -> None:
+    """Send the captured batches twice (the first time builds the state), count the second."""
+    import msgspec
+    import redis
+
+    from meterguard.store._redis_meter_wire import batch_payload
+
+    batches = msgspec.msgpack.decode(Path(args.replay).read_bytes())
+    encode = msgspec.json.encode if args.json else batch_payload
+    requests = args.requests
+    client = redis.Redis.from_url(url)
+    sha = client.script_load(Path(args.script).read_text())
+    seq = 0
+
+    def send_all() -> None:
+        nonlocal seq
+        for keys, document in batches:
+            seq += 1
+            document = {**document, "q": seq, "d": 0, "w": "replay0000000001"}
+            client.evalsha(sha, len(keys), *keys, encode(document))
+
+    send_all()
+    client.config_resetstat()
+    counter.zero()
+    send_all()
+    instructions = counter.read()
+    calls = command_calls(client)
+    client.close()
+    scripts = calls.get("evalsha", 0)
+    ops = sum(count for command, count in calls.items() if command not in ("evalsha", "config|resetstat"))
+    print(
+        f"{Path(args.script).name}: {len(batches)} batches, {requests} requests: "
+        f"{instructions / requests / 1000:.1f}k instructions/req, {ops / requests:.2f} ops/req, "
+        f"{scripts / requests:.3f} scripts/req"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.redis_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--arms", default="mg-exact,mg-fast", help="comma-separated Redis arms")
@@ -162,9 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callgrind", action="store_true", help="count the server's instructions (slow)")
     parser.add_argument("--commands", action="store_true", help="also print the commands per request")
     parser.add_argument("--keep", metavar="DIR", help="the server's directory (callgrind dumps): kept, not temporary")
+    parser.add_argument("--capture", metavar="FILE", help="write the first arm's METER batches of round 1 here")
+    parser.add_argument("--replay", metavar="FILE", help="replay captured batches under callgrind (--requests: theirs)")
+    parser.add_argument("--script", default=str(DEFAULT_SCRIPT), help="the meter.lua to replay with")
+    parser.add_argument("--json", action="store_true", help="replay with JSON arguments (a script before MessagePack)")
     args = parser.parse_args(argv)
     args.arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
     logging.getLogger("meterguard").setLevel(logging.ERROR)
+    if args.replay:
+        with _workdir(args.keep) as workdir, _server(True, workdir) as (url, pid):
+            _replay(args, url, _Callgrind(pid, workdir))
+        return 0
     with _workdir(args.keep) as workdir, _server(args.callgrind, workdir) as (url, pid):
         counter = _Callgrind(pid, workdir) if args.callgrind else None
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

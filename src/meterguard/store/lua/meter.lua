@@ -119,12 +119,6 @@ for _, t in ipairs(terms) do
   for _, w in ipairs(t[2]) do w[4] = slot_of(w[1], w[3]) end
 end
 
--- windows.estimate
-local function estimate(sliding, previous, current, elapsed, seconds)
-  if not sliding then return current end
-  return previous * (seconds - elapsed) / seconds + current
-end
-
 -- Exact floor((2*a*b + d) / (2*d)) for non-negative integers a, b < 2^52 and d < 2^51: doubles
 -- hold integers exactly only up to 2^53, and 26e9 records at $5/1000 already overflow that.
 local B = 16777216 -- 2^24
@@ -225,11 +219,22 @@ local function put(v, field, value)
 end
 -- Only a field the group read (wanted) can be added to: one not read would read 0, and the
 -- batch's amount would replace the total.
-local function add(v, field, amount)
+local function add(v, field, amount) -- get and put, written out: the commonest write
   if amount == 0 then return end
-  if v.vals[field] == nil then error('meter.lua: ' .. field .. ' added to but never read') end
-  put(v, field, get(v, field) + amount)
+  local vals = v.vals
+  local value = vals[field]
+  if value == nil then error('meter.lua: ' .. field .. ' added to but never read') end
+  if type(value) ~= 'number' then value = tonumber(value) or 0 end
+  vals[field] = value + amount
+  local dirty = v.dirty
+  if not dirty[field] then
+    dirty[field] = true
+    local n = v.n + 1
+    v.n = n
+    dirty[n] = field
+  end
 end
+
 local function store(v)
   if v.n == 0 then return end
   local args, dirty, vals = {}, v.dirty, v.vals
@@ -244,18 +249,21 @@ end
 -- The group being run: its hashes, the events it writes, the windows whose current slot it
 -- writes first (rolled), and what the record keeps of each admission (code, granted, flags).
 -- Module-level so that the functions below are made once per call, not once per group.
-local state, periods, events, event_order, rolled, rolling, recorded_now
+local state, periods, events, event_order, rolled, recorded_now
 
-local windows_wanted -- terms whose window fields the group already asked for
+local group_number = 0 -- of the group being run, in this call
+local windows_wanted = {} -- terms index -> the last group that asked for their window fields
 
 local function want_windows(t)
   -- a customer's requests in one batch nearly always share their terms: their fields once
-  if windows_wanted[t] then return end
-  windows_wanted[t] = true
+  if windows_wanted[t] == group_number then return end
+  windows_wanted[t] = group_number
+  local names = state.names
   for _, w in ipairs(terms[t][2]) do
-    want(state, w[4][3])
-    want(state, w[4][4])
-    want(state, w[1]) -- the slot it last wrote, for rolling
+    local n = #names
+    names[n + 1] = w[4][3]
+    names[n + 2] = w[4][4]
+    names[n + 3] = w[1] -- the slot it last wrote, for rolling
   end
 end
 
@@ -390,11 +398,6 @@ local function ack_alerts(p, names)
   put(p, 'A', table.concat(kept, ','))
 end
 
--- A window's counts now: (previous slot, current slot).
-local function window_counts(s)
-  return get(state, s[4]), get(state, s[3])
-end
-
 -- Take units back out of the slot they were counted in, if the window still reads it.
 local function window_give_back(field, seconds, slot, units)
   local s = slot_of(field, seconds)
@@ -430,7 +433,8 @@ end
 -- Count calls and records in the period totals, the audit cells and the event. `calls_cell`
 -- and `records_cell`: the route's cells as want_cells named them.
 local function count(p, period_id, day, route, listed, key_id, calls, records, calls_cell, records_cell)
-  local name = label(p, route, listed)
+  local name = route
+  if listed ~= 1 then name = label(p, route, listed) end
   if name ~= route then -- past the bound of unmatched labels: counted as OTHER
     calls_cell = 'c' .. US .. day .. US .. name .. US .. key_id
     records_cell = 'r' .. US .. day .. US .. name .. US .. key_id
@@ -515,18 +519,28 @@ local function admit(a)
   local replay = flags == FLAG_REPLAY
 
   local reply = {code, 0, 0, 0, 0, 0}
-  local fresh = {} -- the window's current slot has no field yet
   local window_flags, bit = 0, FLAG_WINDOW
   local room = math.huge -- units every window could still take after this request
+  local vals = state.vals
   for i, w in ipairs(windows) do
     local limit, seconds, s = w[2], w[3], w[4]
-    fresh[i] = not state.vals[s[3]] -- HMGET reads a missing field as false
-    local previous, current = window_counts(s)
-    local used = estimate(sliding, previous, current, s[2], seconds)
+    -- The current slot's field as HMGET read it stays false (no field yet) until the group
+    -- writes it, which is how the write below knows that it starts the slot.
+    local previous, current = get(state, s[4]), vals[s[3]]
+    if type(current) ~= 'number' then
+      if current then
+        current = tonumber(current) or 0
+        vals[s[3]] = current
+      else
+        current = 0
+      end
+    end
+    local used = current -- windows.estimate, written out: once per window and admission
+    if sliding then used = previous * (seconds - s[2]) / seconds + current end
     reply[5 + 2 * i], reply[6 + 2 * i] = previous, current
     if used + weight > limit then
       window_flags = window_flags + bit
-    else
+    elseif lease_wanted > 0 then
       room = math.min(room, math.floor(limit - used - weight + 1e-9))
     end
     bit = bit * 2
@@ -536,7 +550,9 @@ local function admit(a)
   local calls_used, reserved, records_used = get(p, 'calls'), get(p, 'rs'), get(p, 'records')
   -- Units leased to fast-path processes count as used until they are flushed or given back.
   local committed = calls_used + reserved
-  local spend = meter_cents(committed, calls_meter) + meter_cents(records_used, records_meter)
+  local spend = 0 -- meter_cents is 0 for a meter not billed (unit 0): most plans, so not called
+  if calls_meter[2] > 0 then spend = meter_cents(committed, calls_meter) end
+  if records_meter[2] > 0 then spend = spend + meter_cents(records_used, records_meter) end
   if code == CODE_ADMITTED and not replay then
     local calls_out = calls_meter[1] >= 0 and calls_meter[2] <= 0 and committed + weight > calls_meter[1]
     local records_out = records_meter[1] >= 0 and records_meter[2] <= 0 and records_used >= records_meter[1]
@@ -564,10 +580,7 @@ local function admit(a)
       local current = reply[6 + 2 * i] + weight + granted
       reply[6 + 2 * i] = current
       local name = w[4][3]
-      if fresh[i] and not rolling[name] then
-        rolling[name] = true
-        rolled[#rolled + 1] = {w[1], w[4][1]}
-      end
+      if not vals[name] then rolled[#rolled + 1] = {w[1], w[4][1]} end -- the slot's first write
       put(state, name, current)
     end
     if replay then
@@ -590,7 +603,11 @@ local function admit(a)
     p.touched = true
   end
   reply[1], reply[2], reply[3], reply[4], reply[5], reply[6] = code, calls_used, records_used, spend, granted, flags
-  recorded_now[#recorded_now + 1] = text(code) .. ',' .. text(granted) .. ',' .. text(flags)
+  if code == CODE_ADMITTED and granted == 0 and flags == 0 then -- most admissions, made once
+    recorded_now[#recorded_now + 1] = '0,0,0'
+  else
+    recorded_now[#recorded_now + 1] = text(code) .. ',' .. text(granted) .. ',' .. text(flags)
+  end
   if a[15] and a[15] ~= 0 and code < CODE_IN_FLIGHT then -- admitted or refused: the level now
     local priced = a[16] == 1
     local spend_now = spend
@@ -639,8 +656,8 @@ end
 local function run_group(group)
   local customer = group[1]
   state = view(KEYS[group[2]])
-  periods, events, event_order, rolled, rolling, recorded_now = {}, {}, {}, {}, {}, {}
-  windows_wanted = {}
+  periods, events, event_order, rolled, recorded_now = {}, {}, {}, {}, {}
+  group_number = group_number + 1
   local stream = KEYS[group[3]]
   local admissions, usages, carries = group[4] or NONE, group[5] or NONE, group[6] or NONE
 
