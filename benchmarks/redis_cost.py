@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._common import REDIS_ENV, RedisWindow, _wait_for, command_calls, env_int, new_prefix, redis_client
+from ._common import REDIS_ENV, RedisWindow, command_calls, env_int, new_prefix, redis_client
 from .arms import build
 from .inprocess import _loop_factory, drive
 
@@ -93,7 +93,7 @@ def _server(callgrind: bool, workdir: str) -> Iterator[tuple[str, int]]:
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        _wait_for(url, server, log, timeout=60.0)
+        _wait_until_up(url, server, log)
         yield url, server.pid
     finally:
         server.terminate()
@@ -102,6 +102,23 @@ def _server(callgrind: bool, workdir: str) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _wait_until_up(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
+    """Like _common._wait_for, but a server under valgrind may take seconds to answer its first PING."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {server.returncode}: {log.read_text(errors='replace')}")
+        try:
+            with redis.Redis.from_url(url, socket_timeout=10) as client:
+                client.ping()
+                return
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(0.2)
+    raise RuntimeError(f"redis-server did not answer {url} within {timeout:.0f} s")
 
 
 class _Callgrind:
