@@ -206,6 +206,51 @@ async def test_spend_is_exact_beyond_double_precision(
         assert decision.spend_cents == spend_cents(calls_used, records_used, calls, records)
 
 
+@pytest.mark.parametrize(
+    ("route", "key_id", "stored_route", "stored_key_id"),
+    [
+        # UTF-8 of 2 to 4 bytes: exactly as sent
+        (
+            "GET /v1/caf\u00e9/\U0001f642/\u65e5",
+            "kid-\u00fc\U0001f511",
+            "GET /v1/caf\u00e9/\U0001f642/\u65e5",
+            "kid-\u00fc\U0001f511",
+        ),
+        # lone surrogates: no UTF-8 carries them; before, the batch failed in the script forever
+        ("GET /v1/\ud800/x", "kid-\udfff", "GET /v1/\ufffd/x", "kid-\ufffd"),
+    ],
+    ids=["utf8", "surrogates"],
+)
+async def test_labels_and_key_ids_come_back_as_they_were_sent(
+    kind: str, store_factory: StoreFactory, route: str, key_id: str, stored_route: str, stored_key_id: str
+) -> None:
+    """The batch goes to the script as MessagePack: the audit cells name the route and key exactly
+    as the gateway did, and what UTF-8 cannot carry is recorded with U+FFFD in its place."""
+    store = await store_factory(kind)
+    assert isinstance(store, RedisStore)
+    period_end = int(time.time()) + 20 * DAY
+    admitted = await store.admit(request("acme", route=route, key_id=key_id, listed=False, period_end=period_end))
+    assert admitted.admitted
+    await store.settle(
+        Settlement(
+            customer="acme",
+            period_id=PERIOD,
+            period_end=period_end,
+            day="2026-11-29",
+            route=route,
+            listed=False,
+            key_id=key_id,
+            calls=0,
+            records=7,
+        )
+    )
+    usage = await store.usage("acme", PERIOD)
+    assert (usage.calls, usage.records) == (1, 7)
+    assert list(usage.by_route) == [stored_route]
+    assert list(usage.by_key) == [stored_key_id]
+    assert (usage.by_route[stored_route].calls, usage.by_route[stored_route].records) == (1, 7)
+
+
 async def test_wrong_type_is_a_store_error_not_an_outage(
     kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
 ) -> None:
@@ -397,3 +442,11 @@ async def test_an_export_group_nobody_uses_does_not_hold_the_stream_forever(
     exported = await store.read_events("acme", "active", "c1", 100)
     await store.ack_events("acme", "active", [event_id for event_id, _ in exported])
     assert await raw.xlen(f"{key_prefix}:{{c:acme}}:events") == 0
+
+
+def test_a_batch_goes_as_messagepack_and_as_json_only_past_64_bits() -> None:
+    """meter.lua reads JSON when the argument starts with '{', MessagePack otherwise."""
+    from meterguard.store._redis_meter_wire import batch_payload
+
+    assert batch_payload({"q": 1, "g": [["acme", "caf\u00e9"]]})[:1] != b"{"
+    assert batch_payload({"q": 1, "g": [["acme", 2**64]]})[:1] == b"{"

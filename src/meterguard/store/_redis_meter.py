@@ -1,7 +1,7 @@
 """Metering on Redis: admissions and usage as ledger batches (store/_ledger.py, store/lua/meter.lua).
 
 This module sends a batch of per-customer work as one METER call and reads the counters back for
-usage documents; the call's wire format (KEYS and one JSON argument, the replies as decisions) is
+usage documents; the call's wire format (KEYS and one MessagePack argument, the replies as decisions) is
 store/_redis_meter_wire.py. A mixin of RedisStore.
 """
 
@@ -15,7 +15,7 @@ from ..config import LedgerSettings
 from ._ledger import Ledger
 from ._ledger_entries import Reply, Usage, Work
 from ._redis_client import RedisBase, load_script, translated
-from ._redis_meter_wire import Batch, batch_json, decision, recorded_reply
+from ._redis_meter_wire import Batch, batch_payload, decision, recorded_reply
 from ._spool import Spool
 from .base import (
     MAX_UNLISTED_ROUTES,
@@ -132,7 +132,7 @@ class RedisMeter(RedisBase):
         batch = Batch(self._tag)
         groups = [batch.work(work) for work in works]
         self._settings[4] = self.events_max_len
-        payload = batch_json(
+        payload = batch_payload(
             {"s": self._settings, "w": self.ledger.writer, "q": seq, "d": deadline_ms, "t": batch.terms, "g": groups}
         )
         started = time.perf_counter()
