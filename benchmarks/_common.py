@@ -103,7 +103,7 @@ def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path, timeout: flo
             with redis.Redis.from_url(url, socket_timeout=1) as client:
                 client.ping()
                 return
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):  # not listening yet, or still loading
             time.sleep(0.05)
     raise RuntimeError(f"redis-server did not answer {url} within {timeout:.0f} s")
 
