@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +20,11 @@ import redis
 from meterguard.errors import StoreError, StoreUnavailable
 from meterguard.store._redis_client import RedisBase, script
 from meterguard.store._resp import Connection, endpoint
+from meterguard.store.cluster import RedisClusterStore
 from meterguard.store.redis import RedisStore
 
 from ..faultproxy import FaultProxy
-from ..servers import RedisServer
+from ..servers import ClusterHarness, RedisServer
 
 ECHO = script("return {ARGV[1], tonumber(ARGV[1]), {'n', ARGV[1]}}", "echo")
 # The shapes a METER reply has: server time, per-work status with nested decisions, strings and integers.
@@ -39,8 +41,8 @@ async def echo(base: RedisBase, n: int) -> Any:
 
 
 def connection(base: RedisBase) -> Connection | None:
-    assert base._thin is not None, "the thin client does not serve this URL"
-    return base._thin._connection
+    assert "" in base._thins, "the thin client does not serve this URL"
+    return base._thins[""]._connection
 
 
 async def closed(base: RedisBase) -> None:
@@ -211,3 +213,52 @@ async def test_closing_the_store_closes_the_thin_connection(redis_url: str) -> N
     assert open_connection.closed
     with pytest.raises(StoreUnavailable):  # late work of a closed gateway opens nothing
         await echo(store, 2)
+
+
+# cluster: the thin path per node, redis-py for what needs the cluster's knowledge ----------------
+
+INCR = script("return redis.call('INCR', KEYS[1])", "incr")
+
+
+async def test_cluster_a_moved_slot_is_followed_by_redis_py_then_served_thin_by_its_new_node(
+    private_cluster: ClusterHarness,
+) -> None:
+    store = RedisClusterStore(private_cluster.url + "?socket_timeout=2", key_prefix=f"thin-{uuid.uuid4().hex[:6]}")
+    key = f"{store._tag('moved')}:s"
+    slot = private_cluster.slot_of(key)
+    try:
+        assert await store._hot_script(INCR, [key], []) == 1
+        source = private_cluster.node_for_slot(slot)
+        assert set(store._thins) == {source.address}
+        _, target = await asyncio.to_thread(private_cluster.open_slot, slot)
+        await asyncio.to_thread(private_cluster.close_slot, slot, finish=True)
+        assert await store._hot_script(INCR, [key], []) == 2  # MOVED on the thin connection: redis-py followed it
+        assert await store._hot_script(INCR, [key], []) == 3
+        assert target.address in store._thins  # the slot map was updated: the third call went thin to the target
+    finally:
+        await store.aclose()
+
+
+async def test_cluster_a_node_that_stalled_is_tried_through_redis_py_then_thin_again(
+    private_cluster: ClusterHarness,
+) -> None:
+    store = RedisClusterStore(private_cluster.url + "?socket_timeout=0.3", key_prefix=f"thin-{uuid.uuid4().hex[:6]}")
+    key = f"{store._tag('stalled')}:s"
+    node = private_cluster.node_for_key(key)
+    try:
+        assert await store._hot_script(INCR, [key], []) == 1
+        thin = store._thins[node.address]
+        node.pause()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store._hot_script(INCR, [key], [])
+        finally:
+            node.resume()
+        assert node.address in store._suspects  # redis-py gets the next call: it reloads the map if the node is gone
+        assert await store._hot_script(INCR, [key], []) >= 2  # the stalled INCR ran at resume
+        assert not store._suspects
+        first = thin._connection
+        await store._hot_script(INCR, [key], [])
+        assert thin._connection is not None and thin._connection is not first  # thin again, on a new connection
+    finally:
+        await store.aclose()

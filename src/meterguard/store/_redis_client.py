@@ -152,7 +152,7 @@ class RedisBase:
         self.url = url
         self._prefix = key_prefix
         self._redis: Any = None
-        self._thin: ThinClient | None = None  # the hot script's connection (_hot_script), made on first use
+        self._thins: dict[str, ThinClient] = {}  # the hot script's connections (_hot_script), by server
         self._thin_checked = False
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._closed = False
@@ -205,17 +205,25 @@ class RedisBase:
         """The hot script's client (store/_resp.py), None where the URL needs redis-py for it."""
         if self._closed:
             raise StoreUnavailable("the store has been closed")
-        if not self._thin_checked:
+        thin = self._thins.get("")
+        if thin is None and not self._thin_checked:
             self._thin_checked = True
             server = endpoint(self.url, timeout=self._timeout(), connect_timeout=DEFAULT_TIMEOUT_SECONDS)
-            self._thin = ThinClient(server) if server is not None else None
-        return self._thin
+            if server is not None:
+                thin = self._thins[""] = ThinClient(server)
+        return thin
 
     async def _hot_script(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
         """``_script`` for the call every request makes (METER), on the thin client where it serves the URL."""
         thin = self._thin_client()
         if thin is None:
             return await self._script(script, keys, args)
+        return await self._thin_script(thin, script, keys, args)
+
+    @staticmethod
+    async def _thin_script(
+        thin: ThinClient, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]
+    ) -> Any:
         with translated():  # error replies arrive as redis-py's exceptions; the connection's own are StoreUnavailable
             try:
                 return await thin.call("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -224,9 +232,9 @@ class RedisBase:
                 return await thin.call("EVAL", script.text, len(keys), *keys, *args)
 
     async def _close_clients(self) -> None:
-        """Close redis-py's client and the thin client (after ``_closed`` is set)."""
-        thin, self._thin = self._thin, None
-        if thin is not None:
+        """Close redis-py's client and the thin clients (after ``_closed`` is set)."""
+        thins, self._thins = list(self._thins.values()), {}
+        for thin in thins:
             await thin.aclose()
         client, self._redis = self._redis, None
         if client is not None:
