@@ -123,12 +123,13 @@ class Connection(asyncio.Protocol):
         """Write one command; the future gets its reply (an exception instance for an error reply)."""
         if self.closed or self._transport is None:
             raise StoreUnavailable("store connection closed")
+        command = pack_command(args)  # first: a command that cannot be packed must leave no waiter behind
         future = self.loop.create_future()
         # Per command, not per caller: a reply overdue even for a caller that left means the
         # connection is stuck (a paused or partitioned server), and every later reply is behind it.
         timer = self.loop.call_later(self._timeout, self._overdue)
         self._waiters.append((future, timer))
-        self._transport.write(pack_command(args))
+        self._transport.write(command)
         return future
 
     def _overdue(self) -> None:
@@ -136,9 +137,10 @@ class Connection(asyncio.Protocol):
 
     def close(self, error: Exception) -> None:
         """Fail every waiter; abort, not close: a stuck server would never take the write buffer."""
-        self.closed = True
-        if self._transport is not None:
-            self._transport.abort()
+        if not self.closed:
+            self.closed = True
+            if self._transport is not None:
+                self._transport.abort()
         while self._waiters:
             future, timer = self._waiters.popleft()
             timer.cancel()
