@@ -13,9 +13,13 @@ what every script but METER uses) and ``_hot_script`` (store/_resp.py), so the f
 
 Reported: process CPU (user + system, ``time.process_time``) per call over ``--calls`` calls,
 ``concurrency`` callers at once (each waits for its reply before its next call), and the wall
-time per call. Redis is another process: its CPU is not in the figure. Runs against its own
-redis-server unless MG_BENCH_REDIS names one. Timing on a shared machine is noisy: compare the
-two clients within one run.
+time per call. Then the effect on a request: the mg-exact arm driven in-process as
+benchmarks/inprocess.py does (32 in flight), process CPU per request with the METER call on the
+thin client and on redis-py, alternating by round in one process (``--requests``, ``--rounds``).
+
+Redis is another process: its CPU is in neither figure. Runs against its own redis-server unless
+MG_BENCH_REDIS names one. Timing on a shared machine is noisy: compare the two clients within
+one run.
 """
 
 from __future__ import annotations
@@ -114,20 +118,57 @@ async def run(url: str, calls: int, concurrencies: list[int]) -> None:
         await base._close_clients()
 
 
+async def gateway(url: str, requests: int, rounds: int) -> None:
+    """mg-exact in-process (benchmarks/inprocess.py's drive, 32 in flight): process CPU per request
+    with the METER call on the thin client and on redis-py, interleaved in one process."""
+    prefix = new_prefix()
+    original = RedisBase._hot_script
+    modes: dict[str, Any] = {"redis-py": RedisBase._script, "thin": original}
+    cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    statuses: dict[int, int] = {}
+    arm = await build("mg-exact", redis_url=url, prefix=prefix, keys=400)
+    try:
+        await drive(arm, 2000)  # warm: keys looked up, connections open
+        for round_ in range(rounds):
+            for mode in modes if round_ % 2 == 0 else reversed(modes):
+                RedisBase._hot_script = modes[mode]  # type: ignore[method-assign]
+                started = time.process_time()
+                _, seen = await drive(arm, requests)
+                cpu[mode].append((time.process_time() - started) / sum(seen.values()) * 1e6)
+                for status, count in seen.items():
+                    statuses[status] = statuses.get(status, 0) + count
+    finally:
+        RedisBase._hot_script = original  # type: ignore[method-assign]
+        await arm.aclose()
+        delete_prefix(redis_client(), prefix)
+    print(f"\nmg-exact in-process, {requests} requests x {rounds} rounds per client, statuses {statuses}")
+    print(f"{'client':<9} {'CPU µs/request (median)':>24}  rounds")
+    for mode, figures in cpu.items():
+        print(f"{mode:<9} {sorted(figures)[len(figures) // 2]:>24.1f}  {' '.join(f'{f:.0f}' for f in figures)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.client_roundtrip", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000, help="calls per measurement")
     parser.add_argument("--concurrency", default="1,4", help="callers at once, comma separated")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="uvicorn's default is uvloop")
+    parser.add_argument("--requests", type=int, default=6400, help="mg-exact requests per client and round")
+    parser.add_argument("--rounds", type=int, default=4, help="mg-exact rounds (0: skip that part)")
     args = parser.parse_args(argv)
     concurrencies = [int(n) for n in args.concurrency.split(",")]
+
+    async def both() -> None:
+        await run(redis_url(), args.calls, concurrencies)
+        if args.rounds:
+            await gateway(redis_url(), args.requests, args.rounds)
+
     with private_redis():
         if args.loop == "uvloop":
             import uvloop
 
-            uvloop.run(run(redis_url(), args.calls, concurrencies))
+            uvloop.run(both())
         else:
-            asyncio.run(run(redis_url(), args.calls, concurrencies))
+            asyncio.run(both())
     return 0
 
 
