@@ -3,9 +3,10 @@
 ``INFO commandstats`` on the server also counts every ``redis.call`` inside a Lua script, so an
 EVALSHA that increments twelve fields shows up as thirteen commands there. BENCHMARKS.md's
 "Redis commands per admitted request" is about what crosses the wire (one script call per tick
-carrying many decisions), so that figure is counted here, in redis-py itself: every command
-passes through ``pack_command`` (asyncio, also for pipelines) or ``send_command``/``pack_commands``
-(sync, slowapi's client). The server's own count is reported beside it.
+carrying many decisions), so that figure is counted here, in the clients themselves: every
+command passes through ``pack_command`` (redis-py asyncio, also for pipelines), ``send_command``/
+``pack_commands`` (redis-py sync, slowapi's client) or store/_resp.py's ``pack_command`` (the
+thin client of exact mode's METER call). The server's own count is reported beside it.
 """
 
 from __future__ import annotations
@@ -69,3 +70,15 @@ def install() -> None:
 
     sync_connection.AbstractConnection.send_command = counted_sync_send  # type: ignore[method-assign]
     sync_connection.AbstractConnection.pack_commands = counted_sync_pack_many  # type: ignore[method-assign]
+
+    # the METER call of exact mode goes through meterguard's thin client, not redis-py
+    from meterguard.store import _resp
+
+    thin_pack = _resp.pack_command
+
+    def counted_thin_pack(args: Any) -> Any:
+        if args:
+            _sent[args[0]] = _sent.get(args[0], 0) + 1
+        return thin_pack(args)
+
+    _resp.pack_command = counted_thin_pack

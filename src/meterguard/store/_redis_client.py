@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 
 from ..errors import StoreError, StoreUnavailable
 from ..metrics import DISCARD, Metrics
+from ._resp import ThinClient, endpoint
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
 # Connections per process. The metering path needs one per slot (one batch in flight each) and
@@ -151,6 +152,8 @@ class RedisBase:
         self.url = url
         self._prefix = key_prefix
         self._redis: Any = None
+        self._thins: dict[str, ThinClient] = {}  # the hot script's connections (_hot_script), by server
+        self._thin_checked = False
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._closed = False
         self._lookups = Lookups(self._client, self._drop_idle_connections)
@@ -197,6 +200,46 @@ class RedisBase:
         if pool is not None:
             with contextlib.suppress(Exception):
                 await pool.disconnect(inuse_connections=False)
+
+    def _thin_client(self) -> ThinClient | None:
+        """The hot script's client (store/_resp.py), None where the URL needs redis-py for it."""
+        if self._closed:
+            raise StoreUnavailable("the store has been closed")
+        thin = self._thins.get("")
+        if thin is None and not self._thin_checked:
+            self._thin_checked = True
+            server = endpoint(self.url, timeout=self._timeout(), connect_timeout=DEFAULT_TIMEOUT_SECONDS)
+            if server is not None:
+                thin = self._thins[""] = ThinClient(server)
+        return thin
+
+    async def _hot_script(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
+        """``_script`` for the call every request makes (METER), on the thin client where it serves the URL."""
+        thin = self._thin_client()
+        if thin is None:
+            return await self._script(script, keys, args)
+        return await self._thin_script(thin, script, keys, args)
+
+    @staticmethod
+    async def _thin_script(
+        thin: ThinClient, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]
+    ) -> Any:
+        with translated():  # error replies arrive as redis-py's exceptions; the connection's own are StoreUnavailable
+            try:
+                return await thin.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                # The script did not run; EVAL runs it once and caches it on the server again.
+                return await thin.call("EVAL", script.text, len(keys), *keys, *args)
+
+    async def _close_clients(self) -> None:
+        """Close redis-py's client and the thin clients (after ``_closed`` is set)."""
+        thins, self._thins = list(self._thins.values()), {}
+        for thin in thins:
+            await thin.aclose()
+        client, self._redis = self._redis, None
+        if client is not None:
+            with translated():
+                await client.aclose()
 
     async def _script(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
         client = self._client()

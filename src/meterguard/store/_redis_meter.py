@@ -136,7 +136,7 @@ class RedisMeter(RedisBase):
             {"s": self._settings, "w": self.ledger.writer, "q": seq, "d": deadline_ms, "t": batch.terms, "g": groups}
         )
         started = time.perf_counter()
-        sec, usec, *replies = await self._script(METER, batch.keys, [payload])
+        sec, usec, *replies = await self._hot_script(METER, batch.keys, [payload])
         self.metrics.store_call("batch", time.perf_counter() - started, len(works))
         out = []
         fired: list[Fired] = []

@@ -83,10 +83,7 @@ class RedisStore(RedisMeter, RedisIdempotency, RedisDirectory, RedisEvents, Redi
         # Running watch() loops notice within a poll and close their own connections; only then
         # is the client closed under them (see watch()).
         await self._stop_watching()
-        client, self._redis = self._redis, None
-        if client is not None:
-            with translated():
-                await client.aclose()
+        await self._close_clients()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._safe_url()!r})"
