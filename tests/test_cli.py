@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from meterguard import MeterGuard, cli
-from meterguard._serve import LifespanAnswered
 from meterguard.keys import generate_key, hash_key
 from meterguard.store.base import Store
 from meterguard.store.cluster import RedisClusterStore
@@ -561,8 +560,8 @@ def test_serve_wraps_the_app_in_meterguard(runner: CliRunner, plans_file: str, m
     result = run(runner, "serve", "tests.support:data_app", "--config", plans_file, "--port", "8123")
     assert result.exit_code == 0, result.output
     ((app, options),) = served
-    # the app, with the lifespan answered for it where it does not speak it (so the gateway is closed at stop)
-    assert isinstance(app, MeterGuard) and isinstance(app.app, LifespanAnswered) and app.app.app is data_app
+    # the app itself: MeterGuard answers the lifespan for an app that does not speak it (test_middleware.py)
+    assert isinstance(app, MeterGuard) and app.app is data_app
     assert (options["host"], options["port"]) == ("127.0.0.1", 8123)
     assert app.store.url == "memory://"
     # uvicorn's own loop and protocol choice (uvloop, httptools where installed), no access log
@@ -597,5 +596,5 @@ def test_serve_with_workers_uses_an_import_string(
     from meterguard._serve import create_app
 
     app = create_app()
-    assert isinstance(app, MeterGuard) and isinstance(app.app, LifespanAnswered) and app.app.app is data_app
+    assert isinstance(app, MeterGuard) and app.app is data_app
     assert app.store.url == REDIS_URL

@@ -582,16 +582,67 @@ async def test_store_outage_fail_open_serves(make: Factory) -> None:
     assert (await client.get("/v1/posts/1", headers={"x-api-key": key})).status_code == 200
 
 
+async def _lifespan(guard: MeterGuard) -> list[str]:
+    """A server's lifespan run against ``guard``: startup, then shutdown; what it was told."""
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    told: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        told.append(message["type"])
+
+    await guard({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)  # type: ignore[arg-type]
+    return told
+
+
 async def test_lifespan_and_websocket_scopes_pass_through() -> None:
     seen: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope["type"])
+        if scope["type"] == "lifespan":  # an app that speaks lifespan
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
 
     guard = MeterGuard(app, config=parse_config(PLANS))
-    await guard({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    assert await _lifespan(guard) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     await guard({"type": "websocket", "path": "/v1/posts/1", "headers": []}, None, None)  # type: ignore[arg-type]
     assert seen == ["lifespan", "websocket"]
+
+
+@pytest.mark.parametrize("refusal", ["raises", "returns"])
+async def test_the_lifespan_is_answered_for_an_app_that_does_not_speak_it(refusal: str) -> None:
+    """Django's ASGI handler raises on a lifespan scope, many hand-written apps return: the server
+    then runs without one, and MeterGuard never heard the shutdown that flushes what it holds.
+    Answered by MeterGuard itself, under any server (it was answered only by `meterguard serve`)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" and refusal == "raises":
+            raise RuntimeError("no lifespan here")
+
+    store = MemoryStore()
+    closed: list[bool] = []
+
+    async def aclose() -> None:
+        closed.append(True)
+
+    store.aclose = aclose  # type: ignore[method-assign]
+    guard = MeterGuard(app, config=parse_config(PLANS), store=store)
+    assert await _lifespan(guard) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert closed == [True]  # the shutdown reached the gateway, which closed its store
+
+
+async def test_a_lifespan_the_app_speaks_and_fails_is_the_servers_to_report() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        raise RuntimeError("startup failed")
+
+    guard = MeterGuard(app, config=parse_config(PLANS))
+    with pytest.raises(RuntimeError, match="startup failed"):
+        await _lifespan(guard)
 
 
 async def test_starlette_middleware_declaration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ._responder import Counting
-from ._types import ASGIApp, Clock, Message, Send
+from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
 from .alerts import Alerts, Deliverer
 from .auth import Authenticator
 from .config import Config, load_config
@@ -205,3 +205,36 @@ class Lifecycle:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
+
+
+async def answer_lifespan(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run the lifespan through ``app``, or answer it for an app that does not speak it.
+
+    MeterGuard settles, flushes and closes its store when the lifespan shuts down (``send``
+    tells it). An app that does not speak lifespan (it raises on, or returns from, a lifespan
+    scope without reading a message: Django's ASGI handler, most hand-written apps) would leave
+    that unsaid, and a process stopped by SIGTERM would exit with the usage it still holds. So
+    the lifespan is answered here for such an app; an app that speaks it is left to do so.
+    (Here rather than in a wrapper around the app: a wrapper is a coroutine more on every request.)
+    """
+    spoken = False
+
+    async def receive_noted() -> Message:
+        nonlocal spoken
+        spoken = True
+        return await receive()
+
+    try:
+        await app(scope, receive_noted, send)
+    except Exception:
+        if spoken:
+            raise  # a lifespan the app speaks, and that failed: the server reports it
+    if spoken:
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

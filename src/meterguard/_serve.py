@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._types import ASGIApp
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TARGET_ENV = "MG_SERVE_TARGET"
@@ -57,54 +57,12 @@ def import_target(target: str) -> ASGIApp:
     return cast(ASGIApp, obj)
 
 
-class LifespanAnswered:
-    """``app``, with the ASGI lifespan answered for it when it does not speak the protocol.
-
-    MeterGuard settles, flushes and closes its store when the lifespan shuts down. An app that
-    does not speak lifespan (it raises on, or returns from, a lifespan scope without reading a
-    message: Django's ASGI handler, most hand-written apps) leaves that unsaid, and a worker
-    stopped by SIGTERM would exit with the usage it still holds. So the lifespan is answered
-    here instead, and MeterGuard hears it; an app that does speak it is left to do so.
-    """
-
-    __slots__ = ("app",)
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-        spoken = False
-
-        async def receive_noted() -> Message:
-            nonlocal spoken
-            spoken = True
-            return await receive()
-
-        try:
-            await self.app(scope, receive_noted, send)
-        except Exception:
-            if spoken:
-                raise  # a lifespan the app speaks, and that failed: uvicorn reports it
-        if spoken:
-            return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-
 def create_app() -> ASGIApp:
     """uvicorn factory (``meterguard._serve:create_app``, factory=True)."""
     from .middleware import MeterGuard
 
     return MeterGuard(
-        LifespanAnswered(import_target(os.environ[TARGET_ENV])),
+        import_target(os.environ[TARGET_ENV]),
         config=os.environ[CONFIG_ENV],
         store=os.environ.get(STORE_ENV) or None,
     )

@@ -27,7 +27,6 @@ from ._serve import (
     LOG_LEVELS,
     STORE_ENV,
     TARGET_ENV,
-    LifespanAnswered,
     import_target,
     run_workers,
     serve_one,
@@ -307,7 +306,7 @@ def serve(
     from .middleware import MeterGuard
 
     with _errors():
-        guard = MeterGuard(LifespanAnswered(app), config=config, store=url)
+        guard = MeterGuard(app, config=config, store=url)
     with _interruptible():
         _run_server(guard, options)
 

@@ -17,7 +17,7 @@ import uuid
 from os import PathLike
 
 from . import idempotency
-from ._lifecycle import Lifecycle
+from ._lifecycle import Lifecycle, answer_lifespan
 from ._refusals import idempotency_refusal, refusal, store_unavailable, unauthenticated
 from ._responder import Responder
 from ._types import ASGIApp, Clock, Receive, Scope, Send
@@ -105,8 +105,9 @@ class MeterGuard(Lifecycle):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                send = self._on_shutdown(send)
-            await self.app(scope, receive, send)
+                await answer_lifespan(self.app, scope, receive, self._on_shutdown(send))
+            else:
+                await self.app(scope, receive, send)
             return
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch())
