@@ -107,6 +107,11 @@ def test_usage_served_during_an_outage_survives_a_gateway_restart(
         with BackgroundLoad(first.port, clients, "/v1/posts/1?n=2", connections=4, seconds=2.5, rate=30) as away:
             pass
         time.sleep(0.8)  # the spool is written every 0.5 s while the store fails
+        # ... counted from when the ledger sees the failure, which a busy machine delays: wait for
+        # the file (what is tested is that a spooled process loses nothing, not how soon it spools).
+        deadline = time.monotonic() + 10
+        while spooled and not list(spool_dir.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         first.stop(stop)
     served = warm.result().summary().customers["spooled"]
