@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,20 @@ def private_redis() -> Iterator[str | None]:
     if os.environ.get(REDIS_ENV):
         yield None
         return
+    with tempfile.TemporaryDirectory(prefix="mg-bench-redis-") as workdir, redis_server(workdir) as (url, _):
+        os.environ[REDIS_ENV] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop(REDIS_ENV, None)
+
+
+@contextmanager
+def redis_server(
+    workdir: str, *, wrapper: Sequence[str] = (), ready_within: float = 10.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server on a free port with its files in ``workdir``, run under ``wrapper`` (valgrind,
+    for benchmarks/redis_cost.py) when given: (URL, its process), stopped at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed: `make redis` installs it (or set MG_BENCH_REDIS)")
@@ -73,26 +87,23 @@ def private_redis() -> Iterator[str | None]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     url = f"redis://127.0.0.1:{port}/0"
-    with tempfile.TemporaryDirectory(prefix="mg-bench-redis-") as workdir:
-        log = Path(workdir) / "redis.log"
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--dir", workdir, "--logfile", str(log)]  # fmt: skip
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = Path(workdir) / "redis.log"
+    command = [*wrapper, binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", workdir, "--logfile", str(log)]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(url, server, log, ready_within)
+        yield url, server
+    finally:
+        server.terminate()
         try:
-            _wait_for(url, server, log)
-            os.environ[REDIS_ENV] = url
-            yield url
-        finally:
-            os.environ.pop(REDIS_ENV, None)
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            server.wait(timeout=30)  # under callgrind, the server writes its profile first
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
-def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 10.0) -> None:
+def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     import redis
 
     deadline = time.monotonic() + timeout
@@ -100,7 +111,8 @@ def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path, timeout: flo
         if server.poll() is not None:
             raise RuntimeError(f"redis-server exited with {server.returncode}: {log.read_text(errors='replace')}")
         try:
-            with redis.Redis.from_url(url, socket_timeout=1) as client:
+            # A server under valgrind may take seconds to answer its first PING.
+            with redis.Redis.from_url(url, socket_timeout=max(1.0, timeout / 12)) as client:
                 client.ping()
                 return
         except (redis.ConnectionError, redis.TimeoutError):  # not listening yet, or still loading

@@ -28,8 +28,6 @@ import asyncio
 import glob
 import logging
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._common import REDIS_ENV, RedisWindow, command_calls, env_int, new_prefix, redis_client
+from ._common import REDIS_ENV, RedisWindow, command_calls, env_int, new_prefix, redis_client, redis_server
 from .arms import build
 from .inprocess import _loop_factory, drive
 
@@ -78,47 +76,9 @@ def _capturing(path: str | None) -> Iterator[list[tuple[list[str], Any]]]:
 @contextmanager
 def _server(callgrind: bool, workdir: str) -> Iterator[tuple[str, int]]:
     """A redis-server of this run's own (under callgrind when asked): (URL, pid)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed: `make redis` installs it")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    url = f"redis://127.0.0.1:{port}/0"
-    log = Path(workdir) / "redis.log"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", workdir, "--logfile", str(log)]  # fmt: skip
-    if callgrind:
-        out = str(Path(workdir) / "callgrind.out.%p")
-        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_up(url, server, log)
+    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={Path(workdir) / 'callgrind.out.%p'}"]
+    with redis_server(workdir, wrapper=wrapper if callgrind else (), ready_within=120.0) as (url, server):
         yield url, server.pid
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_until_up(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
-    """Like _common._wait_for, but a server under valgrind may take seconds to answer its first PING."""
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {server.returncode}: {log.read_text(errors='replace')}")
-        try:
-            with redis.Redis.from_url(url, socket_timeout=10) as client:
-                client.ping()
-                return
-        except (redis.ConnectionError, redis.TimeoutError):
-            time.sleep(0.2)
-    raise RuntimeError(f"redis-server did not answer {url} within {timeout:.0f} s")
 
 
 class _Callgrind:

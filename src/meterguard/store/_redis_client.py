@@ -153,7 +153,8 @@ class RedisBase:
         self._prefix = key_prefix
         self._redis: Any = None
         self._thins: dict[str, ThinClient] = {}  # the hot script's connections (_hot_script), by server
-        self._thin_checked = False
+        # The server of a URL the thin client serves (parsing only, no I/O); None: redis-py does.
+        self._thin_server = endpoint(url, timeout=self._timeout(), connect_timeout=DEFAULT_TIMEOUT_SECONDS)
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._closed = False
         self._lookups = Lookups(self._client, self._drop_idle_connections)
@@ -205,12 +206,11 @@ class RedisBase:
         """The hot script's client (store/_resp.py), None where the URL needs redis-py for it."""
         if self._closed:
             raise StoreUnavailable("the store has been closed")
+        if self._thin_server is None:
+            return None
         thin = self._thins.get("")
-        if thin is None and not self._thin_checked:
-            self._thin_checked = True
-            server = endpoint(self.url, timeout=self._timeout(), connect_timeout=DEFAULT_TIMEOUT_SECONDS)
-            if server is not None:
-                thin = self._thins[""] = ThinClient(server)
+        if thin is None:
+            thin = self._thins[""] = ThinClient(self._thin_server)
         return thin
 
     async def _hot_script(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
