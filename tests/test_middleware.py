@@ -15,7 +15,9 @@ from meterguard.errors import StoreUnavailable
 from meterguard.keys import generate_key
 from meterguard.store.base import AdmitRequest, Decision
 from meterguard.store.memory import MemoryStore
+from meterguard.store.redis import RedisStore
 
+from .conftest import REDIS_URL, drop_keys
 from .support import SEEN, Clock, data_app, sf_dict, sf_list, utc
 
 PLANS = """
@@ -656,6 +658,28 @@ async def test_starlette_middleware_declaration(monkeypatch: pytest.MonkeyPatch)
         response = await client.get("/v1/posts/1")
         assert response.status_code == 401
         assert json.loads(response.text)["type"] == PROBLEMS + "unauthenticated"
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_request_just_after_midnight_counts_in_the_new_day(
+    make: Factory, clock: Clock, backend: str, key_prefix: str
+) -> None:
+    # MeterEngine keeps a (customer, key, route) request and ticket until its period or its day
+    # ends: the ticket must not carry yesterday's day into today's audit counters.
+    clock.set(utc(2026, 11, 10, 23, 59, 59))
+    store = MemoryStore(clock=clock) if backend == "memory" else RedisStore(REDIS_URL, key_prefix=key_prefix)
+    try:
+        client, guard = await make(clock=clock, store=store)
+        key = await customer(guard)
+        for _ in range(2):
+            assert (await client.get("/v1/posts/1?n=0", headers={"x-api-key": key})).status_code == 200
+            clock.advance(2)  # the second at 00:00:01, the same month
+        days = await guard.store.daily("acme", ["2026-11-10", "2026-11-11"])
+        assert [day.calls for day in days] == [1, 1]
+    finally:
+        await store.aclose()
+        if backend == "redis":
+            await drop_keys(REDIS_URL, key_prefix)
 
 
 async def test_route_windows_of_the_same_length_count_apart(make: Factory, clock: Clock) -> None:
