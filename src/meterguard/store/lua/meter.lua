@@ -587,7 +587,7 @@ local function admit(a)
       add(p, 'replays', 1)
       local e = event(period_id, day)
       e.replays = e.replays + 1
-    else
+    elseif weight > 0 then -- weight 0: a lease asked for ahead (the fast path's turn), no call
       count(p, period_id, day, route, listed, key_id, weight, 0, a.cell)
       calls_used = calls_used + weight
       if idem then
@@ -597,7 +597,7 @@ local function admit(a)
       end
     end
     if granted > 0 then add(p, 'rs', granted) end
-    put(state, 'u:' .. key_id, time[1])
+    if weight > 0 then put(state, 'u:' .. key_id, time[1]) end
   elseif REASONS[code] then
     redis.call('HINCRBY', p.key, 'x:' .. REASONS[code], 1) -- refusals: rare, never in the view
     p.touched = true
@@ -641,7 +641,7 @@ local function resolve_admission(a, decided, then_now)
         add(p, 'replays', -1)
         local e = event(period_id, day)
         e.replays = e.replays - 1
-      else
+      elseif weight > 0 then
         count(p, period_id, day, route, listed, key_id, -weight, 0, a.cell)
       end
     end
