@@ -22,7 +22,7 @@ import httpx
 
 from meterguard import parse_config
 from meterguard.customers import Directory
-from meterguard.lease import FLUSH_INTERVAL_SECONDS, FLUSH_TICK_SECONDS, MAX_LEASE
+from meterguard.lease import FLUSH_INTERVAL_SECONDS, MAX_LEASE, TURN_DELAY_SECONDS
 from meterguard.periods import period_for
 from meterguard.store import store_from_url
 
@@ -93,7 +93,7 @@ async def test_sigkill_loses_at_most_the_leased_units_of_the_killed_process(tmp_
         # two intervals in a row (one was not enough on a busy machine, where a flush can be late).
         last, still = None, 0
         for _ in range(30):
-            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + FLUSH_TICK_SECONDS + 0.2)
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + TURN_DELAY_SECONDS + 0.2)
             now_used = (await store.usage(customer, period_for(time.time()).id)).calls
             still = still + 1 if now_used == last else 0
             if still == 2:

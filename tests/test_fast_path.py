@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from dataclasses import replace
 
 import pytest
 
 from meterguard import lease as lease_module
-from meterguard.lease import FastPath
+from meterguard.lease import TURN_DELAY_SECONDS, FastPath
 from meterguard.periods import period_for
 from meterguard.plans import Window
 from meterguard.store.base import AdmitRequest, Meter, Settlement
@@ -26,6 +28,18 @@ def request(customer: str) -> AdmitRequest:
     )  # fmt: skip
 
 
+async def early_in_a_second() -> None:
+    """Leases end at every whole second: a test that counts store calls starts just after one."""
+    fraction = time.time() % 1.0
+    if fraction > 0.2:
+        await asyncio.sleep(1.0 - fraction + 0.01)
+
+
+async def past_the_turn() -> None:
+    """Until the fast path's turn after the next whole second has run (and its calls are back)."""
+    await asyncio.sleep(1.0 - time.time() % 1.0 + TURN_DELAY_SECONDS + 0.3)
+
+
 @pytest.fixture
 async def fast(key_prefix: str):  # type: ignore[no-untyped-def]
     store = RedisStore(REDIS_URL, key_prefix=key_prefix)
@@ -38,6 +52,7 @@ async def fast(key_prefix: str):  # type: ignore[no-untyped-def]
 
 async def test_local_decisions_reach_the_store_on_flush_and_leases_come_back(fast) -> None:  # type: ignore[no-untyped-def]
     path, store = fast
+    await early_in_a_second()
     decisions = [await path.admit(request("acme")) for _ in range(50)]
     assert all(decision.admitted for decision in decisions)
     assert decisions[0].granted > 0  # the first went to the store and took a lease
@@ -63,7 +78,7 @@ async def test_idle_customers_are_forgotten(fast, monkeypatch: pytest.MonkeyPatc
         path._retire(lease_key, lease, lease.expires)
     await path.flush()  # sends what is pending; nothing is busy any more
     await path.flush()  # and now forgets the idle bookkeeping
-    assert path._settled == {} and path._sizes == {}
+    assert path._settled == {} and path._rates == {}
 
 
 class _Counting:
@@ -92,7 +107,8 @@ async def test_a_burst_waits_for_the_lease_already_asked_for(fast, monkeypatch: 
     monkeypatch.setattr(lease_module, "LEASE_WAIT_SECONDS", 10.0)
     counting = _Counting(store)
     path._store = counting
-    path._sizes[("acme", request("acme").period_id, request("acme").windows)] = 64
+    path._rates[("acme", request("acme").period_id, request("acme").windows)] = 1e6  # a lease of MAX_LEASE
+    await early_in_a_second()
     # 40 requests of one customer in the same tick, no lease yet: one asks the store for a lease,
     # the others wait for it and draw on it (before: 39 decisions of their own in the store).
     decisions = await asyncio.gather(*(path.admit(request("acme")) for _ in range(40)))
@@ -109,6 +125,7 @@ async def test_usage_rides_with_the_next_lease_request(fast, monkeypatch: pytest
     path._store = counting
     monkeypatch.setattr(lease_module, "FIRST_LEASE", 5)
     monkeypatch.setattr(lease_module, "MAX_LEASE", 5)
+    await early_in_a_second()
     # Leases of 5, the next asked for when a quarter is left: the 1st, 6th and 12th requests ask
     # (the unit left of a lease moves to the next one); the others draw on a lease.
     decisions = [await path.admit(request("acme")) for _ in range(13)]
@@ -165,6 +182,7 @@ async def test_the_next_lease_is_asked_for_while_the_last_one_still_serves(
 
     gated = Gated(store)
     path._store = gated
+    await early_in_a_second()
     assert (await path.admit(request("acme"))).granted == 8
     for _ in range(6):  # 8 -> 2 units: a quarter is left
         await path.admit(request("acme"))
@@ -181,3 +199,55 @@ async def test_the_next_lease_is_asked_for_while_the_last_one_still_serves(
     assert gated.exact == 0
     await path.aclose()
     assert (await store.usage("acme", request("acme").period_id)).calls == 10
+
+
+async def test_the_turn_asks_for_the_next_lease_and_takes_the_usage_along(fast) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    counting = _Counting(store)
+    path._store = counting
+    period = request("acme").period_id
+    await early_in_a_second()
+    for _ in range(3):  # the first asks for a lease, the others draw on it
+        assert (await path.admit(request("acme"))).admitted
+    path.settle(Settlement("acme", "key_a", "GET /v1/posts", True, period, request("acme").period_end, 7, "2026-11-29"))
+    assert (counting.leases, counting.exact, counting.flushes) == (1, 0, 0)
+    await past_the_turn()
+    # Just after the whole second, the lease that ended was followed by the next one, asked for
+    # without a request (lease-only: no call counted), with the usage riding along.
+    assert counting.leases == 2 and counting.exact == 0
+    usage = await store.usage("acme", period)
+    assert (usage.calls, usage.records) == (3, 7)
+    assert usage.by_key["key_a"].calls == 3
+    # A request after the turn finds that lease waiting: decided here, with no store call.
+    served = path.take(request("acme"))
+    assert served is not None and served.admitted
+    await path.aclose()
+    usage = await store.usage("acme", period)
+    assert (usage.calls, usage.records) == (4, 7)
+    # The lease-only admission wrote no usage line of its own (no row of 0 calls in the audit trail).
+    events = await store.range_events("acme", "0", 100)
+    rows = [cell for _, fields in events for cell in json.loads(fields["keys"]).values()]
+    assert rows and all(cell != [0, 0] for cell in rows)
+    # Nothing stays reserved: an exact admission sees the whole window but the 4 calls.
+    assert (await store.admit(request("acme"))).windows[0].remaining == 10_000 - 5
+
+
+async def test_a_customer_idle_for_a_second_is_not_leased_at_the_turn(fast) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    counting = _Counting(store)
+    path._store = counting
+    await early_in_a_second()
+    assert (await path.admit(request("acme"))).granted > 0  # its own call, and a lease nobody draws on
+    await past_the_turn()
+    assert counting.leases == 1 and path._leases == {}
+    # Its unused units went back at the turn: an exact admission sees the whole window but 1 call.
+    assert (await store.admit(request("acme"))).windows[0].remaining == 10_000 - 2
+
+
+async def test_a_lease_only_admission_counts_no_call_and_writes_no_usage_line(fast) -> None:  # type: ignore[no-untyped-def]
+    _, store = fast
+    decision = await store.admit(replace(request("acme"), weight=0, lease=5))
+    assert decision.admitted and decision.granted == 5 and decision.calls_used == 0
+    usage = await store.usage("acme", request("acme").period_id)
+    assert usage.calls == 0 and usage.by_key == {}
+    assert await store.range_events("acme", "0", 100) == []  # the audit trail has nothing to show for it

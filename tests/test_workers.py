@@ -21,7 +21,7 @@ import pytest
 
 from meterguard import parse_config
 from meterguard.customers import Directory
-from meterguard.lease import FLUSH_INTERVAL_SECONDS, FLUSH_TICK_SECONDS, LEASE_SECONDS
+from meterguard.lease import FLUSH_INTERVAL_SECONDS, LEASE_SECONDS, TURN_DELAY_SECONDS
 from meterguard.periods import period_for
 from meterguard.store import store_from_url
 
@@ -59,7 +59,7 @@ class Deployment:
         deadline, last = loop.time() + 15, None
         period = period_for(time.time()).id
         while loop.time() < deadline:
-            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + FLUSH_TICK_SECONDS + 0.2)
+            await asyncio.sleep(FLUSH_INTERVAL_SECONDS + TURN_DELAY_SECONDS + 0.2)
             usage = await self.directory.store.usage(customer, period)
             if (usage.calls, usage.records) == last:
                 return

@@ -3,20 +3,27 @@
 A process leases a small block of a customer's budget in the same atomic step that admits a
 request: the block is counted in every rate window at once and reserved against the calls
 quota, so the sum of every process's local decisions can never pass a limit. Requests then
-draw on the lease with no store round trip; their usage (and their records) goes to the store
-with the customer's next lease request (in the same batch, so Redis reads the customer's state
-once for both), or once it is FLUSH_INTERVAL_SECONDS old, and at least every second. Unused units
-go back when a lease expires, on idle and at shutdown. The next lease is asked for when a
-quarter of the current one is left (RENEW_BELOW), by one request, while the others keep drawing
-on the rest; requests that find no units while a lease is on its way wait for it (up to
-LEASE_WAIT_SECONDS) rather than each asking the store.
+draw on the lease with no store round trip.
 
-Lease sizes follow each customer's observed rate (about a second of traffic, from 1 up to
-MAX_LEASE units) and the store grants at most an eighth of what is left, so near a limit leases
-shrink to nothing and every decision is made in the store again. Plans that bill overage are
-never leased: every request of theirs is decided in the store, so the spend cap is exact.
-What a process killed with SIGKILL loses is its usage not yet flushed: at most the units of
-the leases it held, and at most one flush interval of its traffic (docs/deployment.md).
+Every lease ends at the next whole second of the store's clock (the *turn*): every window's
+slots start on a whole second, so no leased unit is ever used in a slot other than the one it
+was counted in. Just after each turn, one task here asks the store for the next lease of every
+customer that drew on its lease in the second that ended (a lease-only admission, no call
+counted), with that customer's usage and unused units riding in the same batch, where Redis
+reads the customer's state once for all of it; usage no lease request carries is flushed then
+too. So a steady customer costs one store call per second and its requests never wait for
+one. Requests still ask the store themselves when they find no lease (a new customer, a lease
+refused near a limit) or when a burst runs the lease low (the next is asked for when a quarter
+is left, RENEW_BELOW, by one request while the others keep drawing on the rest); requests that
+find no units while a lease is on its way wait for it (up to LEASE_WAIT_SECONDS) rather than
+each asking the store.
+
+Lease sizes follow each customer's observed rate (LEASE_MARGIN times its traffic until the
+turn, from 1 up to MAX_LEASE units) and the store grants at most an eighth of what is left, so
+near a limit leases shrink to nothing and every decision is made in the store again. Plans that
+bill overage are never leased: every request of theirs is decided in the store, so the spend
+cap is exact. What a process killed with SIGKILL loses is its usage not yet flushed: at most the
+units of the leases it held, and at most one second of its traffic (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -35,10 +42,11 @@ from .store.base import AdmitRequest, Alerting, Decision, Flush, Settlement, Sto
 
 log = logging.getLogger("meterguard.fast")
 
-FLUSH_INTERVAL_SECONDS = 0.5  # usage older than this is flushed: "at least every second", with room for a round trip
-FLUSH_TICK_SECONDS = FLUSH_INTERVAL_SECONDS / 2  # how often the flusher looks for usage that old
-LEASE_SECONDS = 1.0  # a lease lives at most this long, and never past the end of a window slot
-TARGET_LEASE_SECONDS = 1.0  # a lease should carry about this much of the customer's traffic
+LEASE_SECONDS = 1.0  # a lease lives at most this long: until the store's next whole second (the turn)
+TURN_DELAY_SECONDS = 0.02  # the turn runs this long after each whole second here, once the store's has passed too
+FLUSH_INTERVAL_SECONDS = LEASE_SECONDS  # usage is flushed at every turn: "at least every second"
+LEASE_MARGIN = 1.5  # a lease carries this many times the customer's expected traffic until the turn
+RATE_MEMORY_SECONDS = 1.0  # a lease this long replaces the rate estimate; a shorter one moves it in proportion
 RENEW_BELOW = 4  # the next lease is asked for once a quarter of this one is left
 LEASE_WAIT_SECONDS = 0.1  # a request waits this long at most for a lease already asked for
 FIRST_LEASE = 4
@@ -57,6 +65,7 @@ class Lease:
     started: float  # monotonic
     expires: float  # monotonic
     snapshot: Decision  # the store's decision that granted it
+    request: AdmitRequest  # the request that asked for it: the next lease is asked for on its terms
     used: int = 0
     period_end: int = 0
     day: str = ""
@@ -70,7 +79,6 @@ class _Pending:
     returned: int = 0
     windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
     alerting: Alerting | None = None  # the thresholds the store checks when this usage counts
-    since: float = 0.0  # monotonic: when the oldest usage here was counted
 
     def empty(self) -> bool:
         return not self.rows and not self.consumed and not self.returned and not self.windows
@@ -83,7 +91,7 @@ class FastPath:
         self._store = store
         self._monotonic = monotonic
         self._leases: dict[LeaseKey, Lease] = {}
-        self._sizes: dict[LeaseKey, int] = {}
+        self._rates: dict[LeaseKey, float] = {}  # units per second each key's leases were drawn on
         # Lease requests in flight, done when their reply is in: the customer's other requests wait
         # for it and draw on it, instead of each asking the store for a decision of its own.
         self._leasing: dict[LeaseKey, asyncio.Future[None]] = {}
@@ -93,9 +101,10 @@ class FastPath:
         self._settled: dict[tuple[str, str], int] = {}
         self._flushed: dict[tuple[str, str], int] = {}
         self._records_per_call: dict[tuple[str, str], float] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._turner: asyncio.Task[None] | None = None
         self._early: asyncio.Task[None] | None = None
         self._handing: set[asyncio.Task[None]] = set()  # usage handed over with a lease request
+        self._asking: set[asyncio.Task[Decision]] = set()  # the leases the turn asks for
 
     # admission -----------------------------------------------------------------------------------
 
@@ -103,8 +112,8 @@ class FastPath:
         """The decision from this process's lease: a local decrement, no I/O. None when the store
         must decide (:meth:`admit`): no lease, or one that is used up, expired or near a quota,
         or one running low, for the request that asks the store for the next lease."""
-        if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush_forever())
+        if self._turner is None:
+            self._turner = asyncio.ensure_future(self._turn_forever())
         key = (request.customer, request.period_id, request.windows)
         lease = self._leases.get(key)
         if lease is None or request.idempotency_key is not None or lease.units < request.weight:
@@ -143,18 +152,23 @@ class FastPath:
         # per request (each would hold units until it expires); the others wait for it, or are
         # decided exactly.
         wanted = 0
-        period = (request.customer, request.period_id)
-        flushed_mark = self._flushed.get(period, 0)
         if request.idempotency_key is None and key not in self._leasing:
             wanted = self._lease_size(key, request, lease)
         if not wanted:
             return await self._store.admit(request)
+        return await self._lease(key, replace(request, lease=wanted), request)
+
+    async def _lease(self, key: LeaseKey, asking: AdmitRequest, terms: AdmitRequest) -> Decision:
+        """Ask the store for a lease (``asking``: a request's admission, or the turn's lease-only
+        one) and keep what it grants; ``terms``: the request the next lease is asked for on."""
         self._leasing[key] = asked = asyncio.get_running_loop().create_future()
+        flushed_mark = self._flushed.get((asking.customer, asking.period_id), 0)
         # The customer's usage so far rides along: queued in this tick, it goes to the store in the
         # same batch as the lease request, where both share one read of the customer's state.
-        self._flush_now((request.customer, request.period_id, request.period_end, request.day))
+        self._flush_now((asking.customer, asking.period_id, asking.period_end, asking.day))
+        sent = self._monotonic()
         try:
-            decision = await self._store.admit(replace(request, lease=wanted))
+            decision = await self._store.admit(asking)
         finally:
             del self._leasing[key]
             asked.set_result(None)
@@ -168,23 +182,32 @@ class FastPath:
                 if previous.snapshot.slots == decision.slots and now < previous.expires:
                     # Reserved in the same window slots: what is left of it moves to the new lease.
                     carried, previous.units = previous.units, 0
-                self._retire(key, previous, now)  # sizes the next lease; gives back what did not move
-            slot_left = min((state.window.seconds - decision.now % state.window.seconds
+                self._retire(key, previous, now)  # gives back what did not move
+            # Until the store's next whole second, where every window's slot starts: measured from
+            # when the request left, which the store's clock can only be later than.
+            turn_left = min((state.window.seconds - decision.now % state.window.seconds
                              for state in decision.windows), default=LEASE_SECONDS)  # fmt: skip
             self._leases[key] = Lease(
                 units=decision.granted + carried,
                 granted=decision.granted + carried,
                 started=now,
-                expires=now + min(LEASE_SECONDS, slot_left),
+                expires=sent + min(LEASE_SECONDS, 1.0 - decision.now % 1.0, turn_left),
                 snapshot=decision,
-                period_end=request.period_end,
-                day=request.day,
+                request=terms,
+                period_end=asking.period_end,
+                day=asking.day,
                 flushed_mark=flushed_mark,
             )
         return decision
 
     def _lease_size(self, key: LeaseKey, request: AdmitRequest, last: Lease | None) -> int:
-        wanted = self._sizes.get(key, FIRST_LEASE)
+        """Units to ask for: LEASE_MARGIN times the key's traffic until the turn, at its rate so far."""
+        rate = self._rates.get(key)
+        if rate is None:
+            wanted = FIRST_LEASE
+        else:
+            until_turn = 1.0 - time.time() % 1.0  # this clock, not the store's: a size, not a bound
+            wanted = max(1, min(MAX_LEASE, math.ceil(rate * until_turn * LEASE_MARGIN)))
         records = request.records
         if records.included is not None and not records.billed and last is not None:
             # Records are known only after the response: lease no more calls than an eighth of the
@@ -239,12 +262,14 @@ class FastPath:
         )
 
     def _retire(self, key: LeaseKey, lease: Lease, now: float) -> None:
-        """End a lease: size the next one from its rate, and give its unused units back."""
+        """End a lease: learn the key's rate from it, and give its unused units back."""
         if self._leases.get(key) is lease:
             del self._leases[key]
         age = max(now - lease.started, 1e-3)
-        rate = lease.used / age
-        self._sizes[key] = max(1, min(MAX_LEASE, math.ceil(rate * TARGET_LEASE_SECONDS)))
+        rate, known = lease.used / age, self._rates.get(key)
+        # A lease cut short by a renewal or the turn says little about the rate: it moves the
+        # estimate in proportion to how long it lived.
+        self._rates[key] = rate if known is None else known + (rate - known) * min(1.0, age / RATE_MEMORY_SECONDS)
         if lease.units > 0:
             self.metrics.lease_returned += lease.units
             pending = self._pending_for(key[0], key[1], lease.period_end, lease.day)
@@ -282,7 +307,7 @@ class FastPath:
         key = (customer, period_id, period_end, day)
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(since=self._monotonic())
+            pending = self._pending[key] = _Pending()
         return pending
 
     def _flush_now(self, key: PendingKey) -> None:
@@ -304,9 +329,8 @@ class FastPath:
         period = (key[0], key[1])
         self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
 
-    async def flush(self, older_than: float | None = None) -> None:
-        """Hand pending usage and returned leases to the store: all of it, or what has waited at
-        least ``older_than`` seconds (a busy customer's usage usually rides with its next lease).
+    async def flush(self) -> None:
+        """Hand pending usage and returned leases to the store (at every turn, and at shutdown).
 
         The store keeps a flush until it has applied it, exactly once (store/_ledger.py), so
         nothing is kept here for a second try: a flush sent again after a lost reply was how
@@ -317,14 +341,7 @@ class FastPath:
             if now >= lease.expires:
                 self._retire(lease_key, lease, now)
         self._forget_idle()
-        if older_than is None:
-            batch, self._pending = self._pending, {}
-        else:
-            due = now - older_than
-            # Units given back are due at once: other processes may be waiting for them.
-            batch = {key: pending for key, pending in self._pending.items() if pending.since <= due or pending.returned}
-            for key in batch:
-                del self._pending[key]
+        batch, self._pending = self._pending, {}
         sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
         for key, pending in sent:
             self._sent(key, pending)
@@ -338,13 +355,13 @@ class FastPath:
     def _forget_idle(self) -> None:
         """Drop the bookkeeping of customers and periods with no lease and nothing pending, so
         that a long-running process does not keep an entry per customer and month forever."""
-        if len(self._sizes) + len(self._settled) < IDLE_PRUNE_AT:
+        if len(self._rates) + len(self._settled) < IDLE_PRUNE_AT:
             return
         busy = {(key[0], key[1]) for key in self._leases} | {(key[0], key[1]) for key in self._pending}
         for table in (self._settled, self._flushed, self._records_per_call):
             for period in [period for period in table if period not in busy]:
                 del table[period]
-        self._sizes = {key: size for key, size in self._sizes.items() if (key[0], key[1]) in busy}
+        self._rates = {key: rate for key, rate in self._rates.items() if (key[0], key[1]) in busy}
 
     async def _flush_early(self) -> None:
         try:
@@ -354,20 +371,54 @@ class FastPath:
         finally:
             self._early = None
 
-    async def _flush_forever(self) -> None:
+    async def _turn_forever(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_TICK_SECONDS)
+            await asyncio.sleep(1.0 - time.time() % 1.0 + TURN_DELAY_SECONDS)
             try:
-                await self.flush(older_than=FLUSH_INTERVAL_SECONDS)
+                await self._turn()
             except StoreError as exc:  # pragma: no cover - the store keeps flushes itself
                 log.warning("fast path: flush failed: %s", exc)
 
+    async def _turn(self) -> None:
+        """Just after a whole second, when every lease has ended: ask for the next lease of each
+        customer that drew on its lease in the second that ended, so that its requests find one
+        waiting, and flush all usage (what no lease request carries goes on its own)."""
+        now = self._monotonic()
+        for key, lease in list(self._leases.items()):
+            if now >= lease.expires:
+                self._retire(key, lease, now)
+                if lease.used and key not in self._leasing:
+                    self._ask_ahead(key, lease)
+        if self._asking:
+            await asyncio.sleep(0)  # the lease requests take their customers' usage along first
+        await self.flush()
+
+    def _ask_ahead(self, key: LeaseKey, ended: Lease) -> None:
+        """The next lease for a key whose lease just ended: a lease-only admission (weight 0, no
+        call counted) on the terms of the request that asked for the last one."""
+        terms = ended.request
+        wanted = self._lease_size(key, terms, ended)
+        if not wanted:
+            return
+        asking = replace(terms, weight=0, lease=wanted, idempotency_key=None, served_on_loss=False)
+        task = asyncio.ensure_future(self._lease(key, asking, terms))
+        self._asking.add(task)
+        task.add_done_callback(self._asked)
+
+    def _asked(self, task: asyncio.Task[Decision]) -> None:
+        self._asking.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The store is away: the customer's next request asks on its own, as after any failure.
+            log.debug("fast path: a lease asked for at the turn failed: %s", task.exception())
+
     async def aclose(self) -> None:
         """Give every lease back and flush everything (at shutdown)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
+        if self._turner is not None:
+            self._turner.cancel()
+            await asyncio.gather(self._turner, return_exceptions=True)
+            self._turner = None
+        if self._asking:
+            await asyncio.gather(*self._asking, return_exceptions=True)
         if self._early is not None:
             await asyncio.gather(self._early, return_exceptions=True)
         if self._handing:
