@@ -35,6 +35,17 @@ DEFAULT_MAX_CONNECTIONS = 64
 MAX_CACHED_TAGS = 100_000
 
 
+def socket_timeout(url: str) -> float:
+    """``socket_timeout`` of a Redis URL, else the default."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name == "socket_timeout":
+            try:
+                return float(value)
+            except ValueError:
+                break
+    return DEFAULT_TIMEOUT_SECONDS
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     name: str
@@ -150,27 +161,18 @@ class RedisBase:
 
     def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
         self.url = url
+        self.timeout = socket_timeout(url)  # also the budget of one admission; read per settlement
         self._prefix = key_prefix
         self._redis: Any = None
         self._thins: dict[str, ThinClient] = {}  # the hot script's connections (_hot_script), by server
         # The server of a URL the thin client serves (parsing only, no I/O); None: redis-py does.
-        self._thin_server = endpoint(url, timeout=self._timeout(), connect_timeout=DEFAULT_TIMEOUT_SECONDS)
+        self._thin_server = endpoint(url, timeout=self.timeout, connect_timeout=DEFAULT_TIMEOUT_SECONDS)
         self._tags: dict[str, str] = {}  # customer -> hash tag base, quoted once
         self._closed = False
         self._lookups = Lookups(self._client, self._drop_idle_connections)
         self.events_keep_exported = 86_400  # seconds an event outlives its export (configure_ledger)
 
     # connection -----------------------------------------------------------------------------------
-
-    def _timeout(self) -> float:
-        """``socket_timeout`` of the URL, else the default: also the budget of one admission."""
-        for name, value in parse_qsl(urlsplit(self.url).query):
-            if name == "socket_timeout":
-                try:
-                    return float(value)
-                except ValueError:
-                    break
-        return DEFAULT_TIMEOUT_SECONDS
 
     def _connect(self) -> Any:
         """Build the client (no I/O). The cluster store overrides only this."""
@@ -181,7 +183,7 @@ class RedisBase:
             socket_timeout=DEFAULT_TIMEOUT_SECONDS,
             socket_connect_timeout=DEFAULT_TIMEOUT_SECONDS,
             max_connections=DEFAULT_MAX_CONNECTIONS,
-            timeout=self._timeout(),  # the wait for a free connection
+            timeout=self.timeout,  # the wait for a free connection
         )  # URL query parameters override these
         return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 

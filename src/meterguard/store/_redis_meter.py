@@ -93,7 +93,7 @@ class RedisMeter(RedisBase):
             self.events_max_len,
             STATE_TTL_SECONDS,
         ]
-        self.ledger = Ledger(self._run_batch, self._group_of, admit_seconds=self._timeout())
+        self.ledger = Ledger(self._run_batch, self._group_of, admit_seconds=self.timeout)
         self._alert_sink: AlertSink | None = None
 
     def configure_ledger(self, settings: LedgerSettings) -> None:
@@ -112,7 +112,7 @@ class RedisMeter(RedisBase):
         self.ledger = Ledger(
             self._run_batch,
             self._group_of,
-            admit_seconds=self._timeout(),
+            admit_seconds=self.timeout,
             max_entries=settings.spool_max_events,
             writer=adopted.writer,
             first_seq=adopted.seq + 1,
@@ -204,7 +204,7 @@ class RedisMeter(RedisBase):
         """
         if waiter.done():
             return
-        timer = asyncio.get_running_loop().call_later(self._timeout(), _stop_waiting, waiter)
+        timer = asyncio.get_running_loop().call_later(self.timeout, _stop_waiting, waiter)
         try:
             await waiter
         finally:

@@ -134,7 +134,7 @@ class RedisClusterStore(RedisStore):
         if thin is None:
             user, password = options.get("username"), options.get("password")
             connect_timeout = float(options["socket_connect_timeout"])
-            server = Endpoint(node.host, node.port, 0, user, password, self._timeout(), connect_timeout)
+            server = Endpoint(node.host, node.port, 0, user, password, self.timeout, connect_timeout)
             thin = self._thins[node.name] = ThinClient(server)
         try:
             return await self._thin_script(thin, script, keys, args)

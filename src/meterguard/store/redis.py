@@ -76,7 +76,7 @@ class RedisStore(RedisMeter, RedisIdempotency, RedisDirectory, RedisEvents, Redi
             await self._client().ping()
 
     async def aclose(self) -> None:
-        if not await self.ledger.drain(self._timeout()):
+        if not await self.ledger.drain(self.timeout):
             log.error("store closed with %d metering writes unacknowledged", self.ledger.depth())
         await self.ledger.aclose()
         self._closed = True
