@@ -237,10 +237,12 @@ async def test_a_customer_idle_for_a_second_is_not_leased_at_the_turn(fast) -> N
     counting = _Counting(store)
     path._store = counting
     await early_in_a_second()
-    assert (await path.admit(request("acme"))).granted > 0  # its own call, and a lease nobody draws on
+    assert (await path.admit(request("acme"))).granted > 0  # its own call, and a lease
     await past_the_turn()
-    assert counting.leases == 1 and path._leases == {}
-    # Its unused units went back at the turn: an exact admission sees the whole window but 1 call.
+    assert counting.leases == 2  # it had a request in that second: its next lease waits for it
+    await past_the_turn()
+    assert counting.leases == 2 and path._leases == {}  # none in this one: no lease at this turn
+    # Its unused units went back: an exact admission sees the whole window but its 1 call.
     assert (await store.admit(request("acme"))).windows[0].remaining == 10_000 - 2
 
 
@@ -251,3 +253,32 @@ async def test_a_lease_only_admission_counts_no_call_and_writes_no_usage_line(fa
     usage = await store.usage("acme", request("acme").period_id)
     assert usage.calls == 0 and usage.by_key == {}
     assert await store.range_events("acme", "0", 100) == []  # the audit trail has nothing to show for it
+
+
+async def test_the_turn_asks_for_leases_a_few_per_script_call(fast, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast
+    monkeypatch.setattr(lease_module, "AHEAD_PER_CALL", 2)
+    in_flight, most, order = 0, 0, []
+
+    class Watching(_Counting):
+        async def admit(self, request: AdmitRequest) -> object:
+            nonlocal in_flight, most
+            if request.weight:
+                return await super().admit(request)
+            order.append(request.customer)
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await super().admit(request)
+            finally:
+                in_flight -= 1
+
+    path._store = Watching(store)
+    await early_in_a_second()
+    for index in range(5):
+        for _ in range(index + 2):
+            assert (await path.admit(request(f"customer-{index}"))).admitted
+    await past_the_turn()
+    # Every one of them has its next lease, asked for two at a time (a script call each).
+    assert sorted(order) == [f"customer-{index}" for index in range(5)] and most == 2
+    assert all(path.take(request(f"customer-{index}")) is not None for index in range(5))

@@ -43,7 +43,8 @@ from .store.base import AdmitRequest, Alerting, Decision, Flush, Settlement, Sto
 log = logging.getLogger("meterguard.fast")
 
 LEASE_SECONDS = 1.0  # a lease lives at most this long: until the store's next whole second (the turn)
-TURN_DELAY_SECONDS = 0.02  # the turn runs this long after each whole second here, once the store's has passed too
+TURN_DELAY_SECONDS = 0.02  # the turn runs this long after the store's whole second, as this process reckons it
+AHEAD_PER_CALL = 64  # lease requests the turn sends per script call (as store/_ledger.py's MAX_USAGES)
 FLUSH_INTERVAL_SECONDS = LEASE_SECONDS  # usage is flushed at every turn: "at least every second"
 LEASE_MARGIN = 1.5  # a lease carries this many times the customer's expected traffic until the turn
 RATE_MEMORY_SECONDS = 1.0  # a lease this long replaces the rate estimate; a shorter one moves it in proportion
@@ -66,6 +67,7 @@ class Lease:
     expires: float  # monotonic
     snapshot: Decision  # the store's decision that granted it
     request: AdmitRequest  # the request that asked for it: the next lease is asked for on its terms
+    asked: bool = False  # by a request (not by the turn): its customer was active in that second
     used: int = 0
     period_end: int = 0
     day: str = ""
@@ -105,6 +107,7 @@ class FastPath:
         self._early: asyncio.Task[None] | None = None
         self._handing: set[asyncio.Task[None]] = set()  # usage handed over with a lease request
         self._asking: set[asyncio.Task[Decision]] = set()  # the leases the turn asks for
+        self._skew = 0.0  # the store's clock minus this one, at the last lease (from its reply)
 
     # admission -----------------------------------------------------------------------------------
 
@@ -172,6 +175,7 @@ class FastPath:
         finally:
             del self._leasing[key]
             asked.set_result(None)
+        self._skew = decision.now - time.time()  # late by half a round trip: the turn waits TURN_DELAY_SECONDS
         if decision.granted > 0:
             self.metrics.leases += 1
             self.metrics.lease_units += decision.granted
@@ -194,6 +198,7 @@ class FastPath:
                 expires=sent + min(LEASE_SECONDS, 1.0 - decision.now % 1.0, turn_left),
                 snapshot=decision,
                 request=terms,
+                asked=asking.weight > 0,
                 period_end=asking.period_end,
                 day=asking.day,
                 flushed_mark=flushed_mark,
@@ -206,7 +211,7 @@ class FastPath:
         if rate is None:
             wanted = FIRST_LEASE
         else:
-            until_turn = 1.0 - time.time() % 1.0  # this clock, not the store's: a size, not a bound
+            until_turn = 1.0 - (time.time() + self._skew) % 1.0  # as this process reckons it: a size, not a bound
             wanted = max(1, min(MAX_LEASE, math.ceil(rate * until_turn * LEASE_MARGIN)))
         records = request.records
         if records.included is not None and not records.billed and last is not None:
@@ -329,8 +334,9 @@ class FastPath:
         period = (key[0], key[1])
         self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
 
-    async def flush(self) -> None:
-        """Hand pending usage and returned leases to the store (at every turn, and at shutdown).
+    async def flush(self, sparing: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Hand pending usage and returned leases to the store (at every turn, and at shutdown),
+        but that of the (customer, period)s ``sparing``: their next lease request takes it along.
 
         The store keeps a flush until it has applied it, exactly once (store/_ledger.py), so
         nothing is kept here for a second try: a flush sent again after a lost reply was how
@@ -341,7 +347,12 @@ class FastPath:
             if now >= lease.expires:
                 self._retire(lease_key, lease, now)
         self._forget_idle()
-        batch, self._pending = self._pending, {}
+        if sparing:
+            batch = {key: pending for key, pending in self._pending.items() if (key[0], key[1]) not in sparing}
+            for key in batch:
+                del self._pending[key]
+        else:
+            batch, self._pending = self._pending, {}
         sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
         for key, pending in sent:
             self._sent(key, pending)
@@ -373,7 +384,8 @@ class FastPath:
 
     async def _turn_forever(self) -> None:
         while True:
-            await asyncio.sleep(1.0 - time.time() % 1.0 + TURN_DELAY_SECONDS)
+            # On the store's clock, as this process last saw it: its whole second is the turn.
+            await asyncio.sleep(1.0 - (time.time() + self._skew) % 1.0 + TURN_DELAY_SECONDS)
             try:
                 await self._turn()
             except StoreError as exc:  # pragma: no cover - the store keeps flushes itself
@@ -381,29 +393,46 @@ class FastPath:
 
     async def _turn(self) -> None:
         """Just after a whole second, when every lease has ended: ask for the next lease of each
-        customer that drew on its lease in the second that ended, so that its requests find one
-        waiting, and flush all usage (what no lease request carries goes on its own)."""
+        customer that had requests in the second that ended, busiest first, so that its
+        requests find one waiting, with its usage riding along; the usage of every other
+        customer is flushed at once.
+
+        AHEAD_PER_CALL at a time, one round trip each: every lease request of a batch goes in
+        one script call, and a call for thousands of customers would hold Redis for seconds.
+        A customer whose request comes first asks on its own, as without the turn.
+        """
         now = self._monotonic()
+        ended: list[tuple[LeaseKey, Lease]] = []
         for key, lease in list(self._leases.items()):
             if now >= lease.expires:
                 self._retire(key, lease, now)
-                if lease.used and key not in self._leasing:
-                    self._ask_ahead(key, lease)
-        if self._asking:
-            await asyncio.sleep(0)  # the lease requests take their customers' usage along first
-        await self.flush()
+                if lease.used or lease.asked:  # the customer had requests in that second
+                    ended.append((key, lease))
+        ended.sort(key=lambda item: self._rates.get(item[0], 0.0), reverse=True)
+        flushing = None
+        for start in range(0, len(ended), AHEAD_PER_CALL):
+            asked = [self._ask_ahead(key, lease) for key, lease in ended[start : start + AHEAD_PER_CALL]]
+            if flushing is None:  # after the first lease requests: they take their usage first
+                flushing = asyncio.ensure_future(self.flush(sparing=frozenset((key[0], key[1]) for key, _ in ended)))
+            await asyncio.gather(*filter(None, asked), return_exceptions=True)
+        await (flushing or self.flush())
 
-    def _ask_ahead(self, key: LeaseKey, ended: Lease) -> None:
+    def _ask_ahead(self, key: LeaseKey, ended: Lease) -> asyncio.Task[Decision] | None:
         """The next lease for a key whose lease just ended: a lease-only admission (weight 0, no
-        call counted) on the terms of the request that asked for the last one."""
+        call counted) on the terms of the request that asked for the last one, with the
+        customer's usage riding along. None when a request of the customer has asked already."""
+        if key in self._leasing or key in self._leases:
+            return None
         terms = ended.request
         wanted = self._lease_size(key, terms, ended)
-        if not wanted:
-            return
+        if not wanted:  # near its records quota: no lease, but its usage goes all the same
+            self._flush_now((terms.customer, terms.period_id, terms.period_end, terms.day))
+            return None
         asking = replace(terms, weight=0, lease=wanted, idempotency_key=None, served_on_loss=False)
         task = asyncio.ensure_future(self._lease(key, asking, terms))
         self._asking.add(task)
         task.add_done_callback(self._asked)
+        return task
 
     def _asked(self, task: asyncio.Task[Decision]) -> None:
         self._asking.discard(task)
