@@ -44,6 +44,7 @@ from .base import (
 
 IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
 MAX_IDEMPOTENCY_KEYS = 100_000  # past this, expired keys are swept out
+MAX_CACHED_CELLS = 1024  # (route, key) entries of an account's cells; past this they are looked up anew
 
 
 @dataclass(slots=True)
@@ -58,19 +59,6 @@ class _Tally:
     unlisted: set[str] = field(default_factory=set)
 
 
-@dataclass(slots=True)
-class _Account:
-    """One customer's counters as a decision reaches them: its rate windows, and the tallies of
-    the period and the day it was last decided in (the same objects as in the store's tables,
-    which stay the record), so that a decision does one lookup by customer instead of three."""
-
-    windows: dict[str, dict[int, int]] = field(default_factory=dict)  # window counter -> slot -> units
-    period_id: str = ""
-    period: _Tally = field(default_factory=_Tally)
-    day_id: str = ""
-    day: _Tally = field(default_factory=_Tally)
-
-
 def _route_label(tally: _Tally, route: str, listed: bool) -> str:
     if listed or route in tally.unlisted:
         return route
@@ -78,6 +66,65 @@ def _route_label(tally: _Tally, route: str, listed: bool) -> str:
         return OTHER_ROUTE
     tally.unlisted.add(route)
     return route
+
+
+class _Cells:
+    """Where the usage of one (customer, period, day, route, key) is counted: the period's and
+    the day's tallies and their by-route and by-key cells, looked up once, so that counting a
+    call or records is a few additions instead of two label checks and four dict lookups.
+
+    The cells are the tallies' own lists (the tallies stay the record usage() and daily() read).
+    A route's label is fixed once looked up: a label a tally has taken stays in its ``unlisted``
+    set, and a tally that had no room left for it has none later (the set only grows).
+    """
+
+    __slots__ = ("period", "day", "label", "period_route", "period_key", "day_route", "day_key")
+
+    def __init__(self, period: _Tally, day: _Tally, route: str, listed: bool, key_id: str) -> None:
+        self.period = period
+        self.day = day
+        # unmatched routes' labels are bounded per period (and per day); the period's is the event's
+        self.label = _route_label(period, route, listed)
+        self.period_route = period.by_route[self.label]
+        self.period_key = period.by_key[key_id]
+        self.day_route = day.by_route[_route_label(day, route, listed)]
+        self.day_key = day.by_key[key_id]
+
+    def add(self, calls: int, records: int) -> None:
+        period, day = self.period, self.day
+        period.calls += calls
+        period.records += records
+        day.calls += calls
+        day.records += records
+        cell = self.period_route
+        cell[0] += calls
+        cell[1] += records
+        cell = self.period_key
+        cell[0] += calls
+        cell[1] += records
+        cell = self.day_route
+        cell[0] += calls
+        cell[1] += records
+        cell = self.day_key
+        cell[0] += calls
+        cell[1] += records
+
+
+@dataclass(slots=True)
+class _Account:
+    """One customer's counters as a decision reaches them: its rate windows, and the tallies of
+    the period and the day it was last decided in (the same objects as in the store's tables,
+    which stay the record), so that a decision does one lookup by customer instead of three.
+
+    ``cells``: the _Cells of that period and day by (route, listed, key id); they belong to those
+    two tallies, so they are dropped whenever the account moves to another period or day."""
+
+    windows: dict[str, dict[int, int]] = field(default_factory=dict)  # window counter -> slot -> units
+    period_id: str = ""
+    period: _Tally = field(default_factory=_Tally)
+    day_id: str = ""
+    day: _Tally = field(default_factory=_Tally)
+    cells: dict[tuple[str, bool, str], _Cells] = field(default_factory=dict)
 
 
 def _states(
@@ -180,9 +227,22 @@ class MemoryStore(MemoryDirectory):
             account = self._accounts[customer] = _Account()
         if account.period_id != period_id:
             account.period_id, account.period = period_id, self._periods[(customer, period_id)]
+            account.cells = {}
         if account.day_id != day:
             account.day_id, account.day = day, self._days[(customer, day)]
+            account.cells = {}
         return account
+
+    @staticmethod
+    def _cells(account: _Account, route: str, listed: bool, key_id: str) -> _Cells:
+        """The cells of a (route, key) in the account's period and day."""
+        cells = account.cells
+        found = cells.get((route, listed, key_id))
+        if found is None:
+            if len(cells) >= MAX_CACHED_CELLS:  # keyed by raw unmatched paths, which are unbounded
+                cells.clear()
+            found = cells[(route, listed, key_id)] = _Cells(account.period, account.day, route, listed, key_id)
+        return found
 
     def _decide(self, request: AdmitRequest) -> Decision:
         now = self._clock()
@@ -271,8 +331,9 @@ class MemoryStore(MemoryDirectory):
                 calls_used=tally.calls, records_used=tally.records, spend_cents=spend, now=now,
                 replay=True, slots=window_slots,
             )  # fmt: skip
-        label = self._count(tally, day, request.route, request.listed, request.key_id, weight, 0)
-        self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, label, request.key_id)
+        cells = self._cells(account, request.route, request.listed, request.key_id)
+        cells.add(weight, 0)
+        self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, request.key_id)
         if request.idempotency_key is not None:
             self._idempotency[(customer, request.idempotency_key)] = [
                 request.idempotency_fingerprint,
@@ -289,24 +350,6 @@ class MemoryStore(MemoryDirectory):
             records_used=tally.records, spend_cents=spend, now=now, slots=window_slots,
         )  # fmt: skip
 
-    def _count(
-        self, tally: _Tally, day: _Tally, route: str, listed: bool, key_id: str, calls: int, records: int
-    ) -> str:
-        """Add to the period's and the day's tallies; the route's label in the period's."""
-        label = day_label = route
-        if not listed:  # unmatched routes' labels are bounded per period (and per day)
-            label, day_label = _route_label(tally, route, False), _route_label(day, route, False)
-        for target, name in ((tally, label), (day, day_label)):
-            target.calls += calls
-            target.records += records
-            cell = target.by_route[name]
-            cell[0] += calls
-            cell[1] += records
-            cell = target.by_key[key_id]
-            cell[0] += calls
-            cell[1] += records
-        return label
-
     async def settle(self, settlement: Settlement) -> None:
         self.record(settlement)
 
@@ -316,16 +359,15 @@ class MemoryStore(MemoryDirectory):
             return
         customer, period_id = settlement.customer, settlement.period_id
         account = self._account(customer, period_id, settlement.day)
-        tally, day = account.period, account.day
         records = max(0, settlement.records)
         now = self._clock()
         if records or settlement.calls:
-            label = self._count(tally, day, settlement.route, settlement.listed, settlement.key_id,
-                                settlement.calls, records)  # fmt: skip
-            self._log.usage(customer, period_id, settlement.day, now, settlement.calls, records, 0, label,
+            cells = self._cells(account, settlement.route, settlement.listed, settlement.key_id)
+            cells.add(settlement.calls, records)
+            self._log.usage(customer, period_id, settlement.day, now, settlement.calls, records, 0, cells.label,
                             settlement.key_id)  # fmt: skip
         if settlement.uncounted > 0:
-            tally.uncounted += settlement.uncounted
+            account.period.uncounted += settlement.uncounted
             fields = fields_of((customer, period_id, settlement.day, now, 0, 0, 0, None, None))
             fields["uncounted"] = str(settlement.uncounted)
             self._log.append(customer, now, fields)
@@ -337,9 +379,10 @@ class MemoryStore(MemoryDirectory):
         tally = self._periods[(flush.customer, flush.period_id)]
         day = self._days[(flush.customer, flush.day)]
         for row in flush.rows:
-            label = self._count(tally, day, row.route, row.listed, row.key_id, row.calls, row.records)
+            cells = _Cells(tally, day, row.route, row.listed, row.key_id)
+            cells.add(row.calls, row.records)
             self._log.usage(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
-                            label, row.key_id)  # fmt: skip
+                            cells.label, row.key_id)  # fmt: skip
         if flush.alerting is not None:
             self._check_alerts(flush.customer, flush.period_id, flush.alerting)
 
