@@ -267,6 +267,11 @@ class MeterEngine:
             records = 0
         if records <= 0 and not refund and uncounted <= 0:
             return None
+        calls = -ticket.weight if refund else 0
+        if self._local is not None:  # the Settlement's fields, without building one
+            self._local.record_response(ticket.customer, ticket.key_id, ticket.route, ticket.listed, ticket.period.id,
+                                        ticket.day, calls, records, uncounted, ticket.alerting)  # fmt: skip
+            return None
         settlement = Settlement(
             ticket.customer,
             ticket.key_id,
@@ -276,13 +281,10 @@ class MeterEngine:
             ticket.period.end_ts,
             records,
             ticket.day,
-            -ticket.weight if refund else 0,
+            calls,
             uncounted,
             ticket.alerting,
         )
-        if self._local is not None:
-            self._local.record(settlement)
-            return None
         if self._fast is not None:
             self._fast.settle(settlement)
             if uncounted > 0:  # rare: straight to the store rather than a field in every flush

@@ -355,24 +355,33 @@ class MemoryStore(MemoryDirectory):
 
     def record(self, settlement: Settlement) -> None:
         """:meth:`settle` without the coroutine (see :func:`in_process`)."""
-        if settlement.empty:
+        self.record_response(
+            settlement.customer, settlement.key_id, settlement.route, settlement.listed, settlement.period_id,
+            settlement.day, settlement.calls, settlement.records, settlement.uncounted, settlement.alerting,
+        )  # fmt: skip
+
+    def record_response(
+        self, customer: str, key_id: str, route: str, listed: bool, period_id: str, day: str, calls: int,
+        records: int, uncounted: int, alerting: Alerting | None,
+    ) -> None:  # fmt: skip
+        """:meth:`record` of a Settlement with these fields, without building one: what
+        MeterEngine.settle_now calls for every response that adds something."""
+        if records <= 0 and calls == 0 and uncounted <= 0:
             return
-        customer, period_id = settlement.customer, settlement.period_id
-        account = self._account(customer, period_id, settlement.day)
-        records = max(0, settlement.records)
+        account = self._account(customer, period_id, day)
+        records = max(0, records)
         now = self._clock()
-        if records or settlement.calls:
-            cells = self._cells(account, settlement.route, settlement.listed, settlement.key_id)
-            cells.add(settlement.calls, records)
-            self._log.usage(customer, period_id, settlement.day, now, settlement.calls, records, 0, cells.label,
-                            settlement.key_id)  # fmt: skip
-        if settlement.uncounted > 0:
-            account.period.uncounted += settlement.uncounted
-            fields = fields_of((customer, period_id, settlement.day, now, 0, 0, 0, None, None))
-            fields["uncounted"] = str(settlement.uncounted)
+        if records or calls:
+            cells = self._cells(account, route, listed, key_id)
+            cells.add(calls, records)
+            self._log.usage(customer, period_id, day, now, calls, records, 0, cells.label, key_id)
+        if uncounted > 0:
+            account.period.uncounted += uncounted
+            fields = fields_of((customer, period_id, day, now, 0, 0, 0, None, None))
+            fields["uncounted"] = str(uncounted)
             self._log.append(customer, now, fields)
-        if settlement.alerting is not None:
-            self._check_alerts(customer, period_id, settlement.alerting)
+        if alerting is not None:
+            self._check_alerts(customer, period_id, alerting)
 
     async def flush(self, flush: Flush) -> None:
         # The memory store never leases (it decides in-process already): only usage comes back.
