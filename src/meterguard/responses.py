@@ -137,7 +137,7 @@ class MeteredHeaders:
                 tightest, tightest_left, tightest_limit = state, left, limit
         calls_used, records_used = decision.calls_used, decision.records_used
         if self._calls is not None or self._records is not None:
-            to_period_end = retry_seconds(period_end - decision.now)
+            to_period_end = max(1, math.ceil(period_end - decision.now - 1e-9))  # retry_seconds, inline
             if self._calls is not None:
                 items.append(f'"calls-period";r={max(0, self._calls - calls_used)};t={to_period_end}')
             if self._records is not None:

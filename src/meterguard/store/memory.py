@@ -222,6 +222,8 @@ class MemoryStore(MemoryDirectory):
         return None  # the sink heard them in this process: nothing waits here
 
     def _account(self, customer: str, period_id: str, day: str) -> _Account:
+        """The customer's account in this period and day. The request path looks in
+        ``_accounts`` itself first, and calls this for a new customer, period or day only."""
         account = self._accounts.get(customer)
         if account is None:
             account = self._accounts[customer] = _Account()
@@ -234,21 +236,23 @@ class MemoryStore(MemoryDirectory):
         return account
 
     @staticmethod
-    def _cells(account: _Account, route: str, listed: bool, key_id: str) -> _Cells:
-        """The cells of a (route, key) in the account's period and day."""
+    def _new_cells(account: _Account, route: str, listed: bool, key_id: str) -> _Cells:
+        """The cells of a (route, key) not counted yet in the account's period and day (the
+        request path looks in ``account.cells`` itself first)."""
         cells = account.cells
-        found = cells.get((route, listed, key_id))
-        if found is None:
-            if len(cells) >= MAX_CACHED_CELLS:  # keyed by raw unmatched paths, which are unbounded
-                cells.clear()
-            found = cells[(route, listed, key_id)] = _Cells(account.period, account.day, route, listed, key_id)
+        if len(cells) >= MAX_CACHED_CELLS:  # keyed by raw unmatched paths, which are unbounded
+            cells.clear()
+        found = cells[(route, listed, key_id)] = _Cells(account.period, account.day, route, listed, key_id)
         return found
 
     def _decide(self, request: AdmitRequest) -> Decision:
         now = self._clock()
         sliding = request.strategy == "sliding"
         customer, weight = request.customer, request.weight
-        account = self._account(customer, request.period_id, request.day)
+        # _account and _new_cells are called for what is new only: a call frame costs as much as the lookup
+        account = self._accounts.get(customer)
+        if account is None or account.period_id != request.period_id or account.day_id != request.day:
+            account = self._account(customer, request.period_id, request.day)
         tally = account.period
         # (window, previous, current, elapsed, estimate, its slots, slot index) before this request;
         # the states a client sees are built once the whole decision is known, so that a refused
@@ -280,7 +284,8 @@ class MemoryStore(MemoryDirectory):
 
         reason: Reason | None = None
         calls, records = request.calls, request.records
-        spend = spend_cents(tally.calls, tally.records, calls, records) if calls.billed or records.billed else 0
+        calls_billed, records_billed = calls.billed, records.billed
+        spend = spend_cents(tally.calls, tally.records, calls, records) if calls_billed or records_billed else 0
         replay = False
         if request.idempotency_key is not None:
             idempotency = (customer, request.idempotency_key)
@@ -299,9 +304,9 @@ class MemoryStore(MemoryDirectory):
         if violated:
             reason = "rate_limited"
         elif not replay:
-            if calls.included is not None and not calls.billed and tally.calls + weight > calls.included:
+            if calls.included is not None and not calls_billed and tally.calls + weight > calls.included:
                 violated.append("calls-period")
-            if records.included is not None and not records.billed and tally.records >= records.included:
+            if records.included is not None and not records_billed and tally.records >= records.included:
                 violated.append("records-period")
             if violated:
                 reason = "quota"
@@ -331,7 +336,8 @@ class MemoryStore(MemoryDirectory):
                 calls_used=tally.calls, records_used=tally.records, spend_cents=spend, now=now,
                 replay=True, slots=window_slots,
             )  # fmt: skip
-        cells = self._cells(account, request.route, request.listed, request.key_id)
+        route, listed, key_id = request.route, request.listed, request.key_id
+        cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
         cells.add(weight, 0)
         self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, request.key_id)
         if request.idempotency_key is not None:
@@ -368,11 +374,13 @@ class MemoryStore(MemoryDirectory):
         MeterEngine.settle_now calls for every response that adds something."""
         if records <= 0 and calls == 0 and uncounted <= 0:
             return
-        account = self._account(customer, period_id, day)
+        account = self._accounts.get(customer)  # as in _decide
+        if account is None or account.period_id != period_id or account.day_id != day:
+            account = self._account(customer, period_id, day)
         records = max(0, records)
         now = self._clock()
         if records or calls:
-            cells = self._cells(account, route, listed, key_id)
+            cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
             cells.add(calls, records)
             self._log.usage(customer, period_id, day, now, calls, records, 0, cells.label, key_id)
         if uncounted > 0:
