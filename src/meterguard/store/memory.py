@@ -130,16 +130,18 @@ class _Account:
 def _states(
     counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], added: int, weight: int, sliding: bool
 ) -> tuple[WindowState, ...]:
-    """What each window reads after a decision that added ``added`` units (0 when refused).
+    """What each window reads after a decision that added ``added`` units (0 when refused),
+    once they are added to each window's slot (here, in the same pass over the windows).
 
     windows.estimate, windows.remaining and windows.reset_after, written out (the same
     expressions, so the same floats), with the estimate before the decision (``used``) already
     known (the whole estimate, if the decision added nothing).
     """
     states = []
-    for window, previous, current, elapsed, used, _, _ in counted:
+    for window, previous, current, elapsed, used, counts, index in counted:
         limit, seconds = window.limit, window.seconds
         if added:
+            counts[index] = counts.get(index, 0) + added
             current += added
             used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
         if used + weight > limit:
@@ -322,10 +324,8 @@ class MemoryStore(MemoryDirectory):
                 records_used=tally.records, spend_cents=spend, now=now,
             )  # fmt: skip
 
-        for _, _, _, _, _, counts, index in counted:
-            counts[index] = counts.get(index, 0) + weight
         window_slots = tuple([entry[6] for entry in counted])
-        admitted = _states(counted, weight, weight, sliding)
+        admitted = _states(counted, weight, weight, sliding)  # adds the weight to every window
         day = account.day
         if replay:
             tally.replays += 1
