@@ -377,7 +377,8 @@ class MemoryStore(MemoryDirectory):
         account = self._accounts.get(customer)  # as in _decide
         if account is None or account.period_id != period_id or account.day_id != day:
             account = self._account(customer, period_id, day)
-        records = max(0, records)
+        if records < 0:  # max(0, records) without a builtin's call
+            records = 0
         now = self._clock()
         if records or calls:
             cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
