@@ -127,7 +127,8 @@ class MeteredHeaders:
             else:  # a decision on other windows than these terms': format it whole
                 name, limit = f'"{window.name}";r=', (b"x-ratelimit-limit", str(window.limit // weight).encode())
             # t: retry_seconds(state.reset_after), inline (this runs for every window of every request)
-            items.append(f"{name}{state.remaining};t={max(1, math.ceil(state.reset_after - 1e-9))}")
+            t = math.ceil(state.reset_after - 1e-9)
+            items.append(f"{name}{state.remaining};t={t if t > 1 else 1}")
             left = state.remaining // weight
             if (
                 tightest is None
@@ -137,11 +138,16 @@ class MeteredHeaders:
                 tightest, tightest_left, tightest_limit = state, left, limit
         calls_used, records_used = decision.calls_used, decision.records_used
         if self._calls is not None or self._records is not None:
-            to_period_end = retry_seconds(period_end - decision.now)
+            # retry_seconds, and max(0, ...) below, written out: a builtin's call costs more than the test
+            to_period_end = math.ceil(period_end - decision.now - 1e-9)
+            if to_period_end < 1:
+                to_period_end = 1
             if self._calls is not None:
-                items.append(f'"calls-period";r={max(0, self._calls - calls_used)};t={to_period_end}')
+                quota_left = self._calls - calls_used
+                items.append(f'"calls-period";r={quota_left if quota_left > 0 else 0};t={to_period_end}')
             if self._records is not None:
-                items.append(f'"records-period";r={max(0, self._records - records_used)};t={to_period_end}')
+                quota_left = self._records - records_used
+                items.append(f'"records-period";r={quota_left if quota_left > 0 else 0};t={to_period_end}')
         headers: Headers = []
         if self._policy is not None:
             headers.append(self._policy)

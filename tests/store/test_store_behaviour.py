@@ -326,6 +326,32 @@ async def test_periods_are_counted_apart(store: Store, customer: str) -> None:
     assert (await store.usage(customer, "2026-12")).calls == 1
 
 
+async def test_each_period_and_day_counts_apart_back_and_forth(store: Store, customer: str) -> None:
+    """One customer, key and route in two days, then in another period on the same day (its
+    anchor moved), and a response of the first day settled after the others (a request in
+    flight at midnight): each counts in its own. The memory store keeps a customer's counting
+    cells for one period and day: dropped at a change of either."""
+    nov = request(customer, key_id="k1")
+    tomorrow = replace(nov, day="2026-11-30")
+    moved = replace(tomorrow, period_id="2026-12")
+    for req in (nov, tomorrow, moved):
+        assert (await store.admit(req)).admitted
+    for req, records in ((nov, 3), (tomorrow, 5), (moved, 7), (nov, 1)):
+        await store.settle(settlement(req, records))
+
+    usage = await store.usage(customer, PERIOD)
+    assert (usage.calls, usage.records) == (2, 9)
+    assert usage.by_route == {nov.route: Counts(2, 9)} and usage.by_key == {"k1": Counts(2, 9)}
+    usage = await store.usage(customer, "2026-12")
+    assert (usage.calls, usage.records) == (1, 7)
+    assert usage.by_route == {nov.route: Counts(1, 7)} and usage.by_key == {"k1": Counts(1, 7)}
+    days = await store.daily(customer, [TODAY, "2026-11-30"])
+    assert [(day.calls, day.records, day.by_key) for day in days] == [
+        (1, 4, {"k1": Counts(1, 4)}),
+        (2, 12, {"k1": Counts(2, 12)}),
+    ]
+
+
 async def test_unlisted_route_labels_are_bounded_per_period(store: Store, customer: str) -> None:
     def unlisted(i: int) -> AdmitRequest:
         return request(customer, route=f"GET /unlisted/{i}", listed=False)

@@ -58,16 +58,26 @@ class EventLog:
         events = self._events[customer]
         events.append((ms, self._seq, raw))
         if len(events) > MAX_EVENTS:
-            drop = len(events) // 2
-            del events[:drop]
-            self._dropped[customer] += drop
+            self._trim(customer, events)
         return self._seq
+
+    def _trim(self, customer: str, events: list[_Entry]) -> None:
+        drop = len(events) // 2
+        del events[:drop]
+        self._dropped[customer] += drop
 
     def usage(
         self, customer: str, period_id: str, day: str, now: float, calls: int = 0, records: int = 0,
         replays: int = 0, route: str | None = None, key_id: str | None = None,
     ) -> None:  # fmt: skip
-        self._add(customer, int(now * 1000), (customer, period_id, day, now, calls, records, replays, route, key_id))
+        # _add, written out: this runs for every call and every response with records
+        self._seq += 1
+        events = self._events[customer]
+        events.append(
+            (int(now * 1000), self._seq, (customer, period_id, day, now, calls, records, replays, route, key_id))
+        )
+        if len(events) > MAX_EVENTS:
+            self._trim(customer, events)
 
     def append(self, customer: str, now: float, fields: Mapping[str, str]) -> str:
         """An event of any type; its id."""

@@ -44,6 +44,7 @@ from .base import (
 
 IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
 MAX_IDEMPOTENCY_KEYS = 100_000  # past this, expired keys are swept out
+MAX_CACHED_CELLS = 1024  # (route, key) entries of an account's cells; past this they are looked up anew
 
 
 @dataclass(slots=True)
@@ -58,19 +59,6 @@ class _Tally:
     unlisted: set[str] = field(default_factory=set)
 
 
-@dataclass(slots=True)
-class _Account:
-    """One customer's counters as a decision reaches them: its rate windows, and the tallies of
-    the period and the day it was last decided in (the same objects as in the store's tables,
-    which stay the record), so that a decision does one lookup by customer instead of three."""
-
-    windows: dict[str, dict[int, int]] = field(default_factory=dict)  # window counter -> slot -> units
-    period_id: str = ""
-    period: _Tally = field(default_factory=_Tally)
-    day_id: str = ""
-    day: _Tally = field(default_factory=_Tally)
-
-
 def _route_label(tally: _Tally, route: str, listed: bool) -> str:
     if listed or route in tally.unlisted:
         return route
@@ -80,19 +68,80 @@ def _route_label(tally: _Tally, route: str, listed: bool) -> str:
     return route
 
 
+class _Cells:
+    """Where the usage of one (customer, period, day, route, key) is counted: the period's and
+    the day's tallies and their by-route and by-key cells, looked up once, so that counting a
+    call or records is a few additions instead of two label checks and four dict lookups.
+
+    The cells are the tallies' own lists (the tallies stay the record usage() and daily() read).
+    A route's label is fixed once looked up: a label a tally has taken stays in its ``unlisted``
+    set, and a tally that had no room left for it has none later (the set only grows).
+    """
+
+    __slots__ = ("period", "day", "label", "period_route", "period_key", "day_route", "day_key")
+
+    def __init__(self, period: _Tally, day: _Tally, route: str, listed: bool, key_id: str) -> None:
+        self.period = period
+        self.day = day
+        # unmatched routes' labels are bounded per period (and per day); the period's is the event's
+        self.label = _route_label(period, route, listed)
+        self.period_route = period.by_route[self.label]
+        self.period_key = period.by_key[key_id]
+        self.day_route = day.by_route[_route_label(day, route, listed)]
+        self.day_key = day.by_key[key_id]
+
+    def add(self, calls: int, records: int) -> None:
+        period, day = self.period, self.day
+        period.calls += calls
+        period.records += records
+        day.calls += calls
+        day.records += records
+        cell = self.period_route
+        cell[0] += calls
+        cell[1] += records
+        cell = self.period_key
+        cell[0] += calls
+        cell[1] += records
+        cell = self.day_route
+        cell[0] += calls
+        cell[1] += records
+        cell = self.day_key
+        cell[0] += calls
+        cell[1] += records
+
+
+@dataclass(slots=True)
+class _Account:
+    """One customer's counters as a decision reaches them: its rate windows, and the tallies of
+    the period and the day it was last decided in (the same objects as in the store's tables,
+    which stay the record), so that a decision does one lookup by customer instead of three.
+
+    ``cells``: the _Cells of that period and day by (route, listed, key id); they belong to those
+    two tallies, so they are dropped whenever the account moves to another period or day."""
+
+    windows: dict[str, dict[int, int]] = field(default_factory=dict)  # window counter -> slot -> units
+    period_id: str = ""
+    period: _Tally = field(default_factory=_Tally)
+    day_id: str = ""
+    day: _Tally = field(default_factory=_Tally)
+    cells: dict[tuple[str, bool, str], _Cells] = field(default_factory=dict)
+
+
 def _states(
     counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], added: int, weight: int, sliding: bool
 ) -> tuple[WindowState, ...]:
-    """What each window reads after a decision that added ``added`` units (0 when refused).
+    """What each window reads after a decision that added ``added`` units (0 when refused),
+    once they are added to each window's slot (here, in the same pass over the windows).
 
     windows.estimate, windows.remaining and windows.reset_after, written out (the same
     expressions, so the same floats), with the estimate before the decision (``used``) already
     known (the whole estimate, if the decision added nothing).
     """
     states = []
-    for window, previous, current, elapsed, used, _, _ in counted:
+    for window, previous, current, elapsed, used, counts, index in counted:
         limit, seconds = window.limit, window.seconds
         if added:
+            counts[index] = counts.get(index, 0) + added
             current += added
             used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
         if used + weight > limit:
@@ -175,20 +224,37 @@ class MemoryStore(MemoryDirectory):
         return None  # the sink heard them in this process: nothing waits here
 
     def _account(self, customer: str, period_id: str, day: str) -> _Account:
+        """The customer's account in this period and day. The request path looks in
+        ``_accounts`` itself first, and calls this for a new customer, period or day only."""
         account = self._accounts.get(customer)
         if account is None:
             account = self._accounts[customer] = _Account()
         if account.period_id != period_id:
             account.period_id, account.period = period_id, self._periods[(customer, period_id)]
+            account.cells = {}
         if account.day_id != day:
             account.day_id, account.day = day, self._days[(customer, day)]
+            account.cells = {}
         return account
+
+    @staticmethod
+    def _new_cells(account: _Account, route: str, listed: bool, key_id: str) -> _Cells:
+        """The cells of a (route, key) not counted yet in the account's period and day (the
+        request path looks in ``account.cells`` itself first)."""
+        cells = account.cells
+        if len(cells) >= MAX_CACHED_CELLS:  # keyed by raw unmatched paths, which are unbounded
+            cells.clear()
+        found = cells[(route, listed, key_id)] = _Cells(account.period, account.day, route, listed, key_id)
+        return found
 
     def _decide(self, request: AdmitRequest) -> Decision:
         now = self._clock()
         sliding = request.strategy == "sliding"
         customer, weight = request.customer, request.weight
-        account = self._account(customer, request.period_id, request.day)
+        # _account and _new_cells are called for what is new only: a call frame costs as much as the lookup
+        account = self._accounts.get(customer)
+        if account is None or account.period_id != request.period_id or account.day_id != request.day:
+            account = self._account(customer, request.period_id, request.day)
         tally = account.period
         # (window, previous, current, elapsed, estimate, its slots, slot index) before this request;
         # the states a client sees are built once the whole decision is known, so that a refused
@@ -220,7 +286,8 @@ class MemoryStore(MemoryDirectory):
 
         reason: Reason | None = None
         calls, records = request.calls, request.records
-        spend = spend_cents(tally.calls, tally.records, calls, records) if calls.billed or records.billed else 0
+        calls_billed, records_billed = calls.billed, records.billed
+        spend = spend_cents(tally.calls, tally.records, calls, records) if calls_billed or records_billed else 0
         replay = False
         if request.idempotency_key is not None:
             idempotency = (customer, request.idempotency_key)
@@ -239,9 +306,9 @@ class MemoryStore(MemoryDirectory):
         if violated:
             reason = "rate_limited"
         elif not replay:
-            if calls.included is not None and not calls.billed and tally.calls + weight > calls.included:
+            if calls.included is not None and not calls_billed and tally.calls + weight > calls.included:
                 violated.append("calls-period")
-            if records.included is not None and not records.billed and tally.records >= records.included:
+            if records.included is not None and not records_billed and tally.records >= records.included:
                 violated.append("records-period")
             if violated:
                 reason = "quota"
@@ -257,10 +324,8 @@ class MemoryStore(MemoryDirectory):
                 records_used=tally.records, spend_cents=spend, now=now,
             )  # fmt: skip
 
-        for _, _, _, _, _, counts, index in counted:
-            counts[index] = counts.get(index, 0) + weight
         window_slots = tuple([entry[6] for entry in counted])
-        admitted = _states(counted, weight, weight, sliding)
+        admitted = _states(counted, weight, weight, sliding)  # adds the weight to every window
         day = account.day
         if replay:
             tally.replays += 1
@@ -271,8 +336,10 @@ class MemoryStore(MemoryDirectory):
                 calls_used=tally.calls, records_used=tally.records, spend_cents=spend, now=now,
                 replay=True, slots=window_slots,
             )  # fmt: skip
-        label = self._count(tally, day, request.route, request.listed, request.key_id, weight, 0)
-        self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, label, request.key_id)
+        route, listed, key_id = request.route, request.listed, request.key_id
+        cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
+        cells.add(weight, 0)
+        self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, request.key_id)
         if request.idempotency_key is not None:
             self._idempotency[(customer, request.idempotency_key)] = [
                 request.idempotency_fingerprint,
@@ -289,57 +356,51 @@ class MemoryStore(MemoryDirectory):
             records_used=tally.records, spend_cents=spend, now=now, slots=window_slots,
         )  # fmt: skip
 
-    def _count(
-        self, tally: _Tally, day: _Tally, route: str, listed: bool, key_id: str, calls: int, records: int
-    ) -> str:
-        """Add to the period's and the day's tallies; the route's label in the period's."""
-        label = day_label = route
-        if not listed:  # unmatched routes' labels are bounded per period (and per day)
-            label, day_label = _route_label(tally, route, False), _route_label(day, route, False)
-        for target, name in ((tally, label), (day, day_label)):
-            target.calls += calls
-            target.records += records
-            cell = target.by_route[name]
-            cell[0] += calls
-            cell[1] += records
-            cell = target.by_key[key_id]
-            cell[0] += calls
-            cell[1] += records
-        return label
-
     async def settle(self, settlement: Settlement) -> None:
         self.record(settlement)
 
     def record(self, settlement: Settlement) -> None:
         """:meth:`settle` without the coroutine (see :func:`in_process`)."""
-        if settlement.empty:
+        self.record_response(
+            settlement.customer, settlement.key_id, settlement.route, settlement.listed, settlement.period_id,
+            settlement.day, settlement.calls, settlement.records, settlement.uncounted, settlement.alerting,
+        )  # fmt: skip
+
+    def record_response(
+        self, customer: str, key_id: str, route: str, listed: bool, period_id: str, day: str, calls: int,
+        records: int, uncounted: int, alerting: Alerting | None,
+    ) -> None:  # fmt: skip
+        """:meth:`record` of a Settlement with these fields, without building one: what
+        MeterEngine.settle_now calls for every response that adds something."""
+        if records <= 0 and calls == 0 and uncounted <= 0:
             return
-        customer, period_id = settlement.customer, settlement.period_id
-        account = self._account(customer, period_id, settlement.day)
-        tally, day = account.period, account.day
-        records = max(0, settlement.records)
+        account = self._accounts.get(customer)  # as in _decide
+        if account is None or account.period_id != period_id or account.day_id != day:
+            account = self._account(customer, period_id, day)
+        if records < 0:  # max(0, records) without a builtin's call
+            records = 0
         now = self._clock()
-        if records or settlement.calls:
-            label = self._count(tally, day, settlement.route, settlement.listed, settlement.key_id,
-                                settlement.calls, records)  # fmt: skip
-            self._log.usage(customer, period_id, settlement.day, now, settlement.calls, records, 0, label,
-                            settlement.key_id)  # fmt: skip
-        if settlement.uncounted > 0:
-            tally.uncounted += settlement.uncounted
-            fields = fields_of((customer, period_id, settlement.day, now, 0, 0, 0, None, None))
-            fields["uncounted"] = str(settlement.uncounted)
+        if records or calls:
+            cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
+            cells.add(calls, records)
+            self._log.usage(customer, period_id, day, now, calls, records, 0, cells.label, key_id)
+        if uncounted > 0:
+            account.period.uncounted += uncounted
+            fields = fields_of((customer, period_id, day, now, 0, 0, 0, None, None))
+            fields["uncounted"] = str(uncounted)
             self._log.append(customer, now, fields)
-        if settlement.alerting is not None:
-            self._check_alerts(customer, period_id, settlement.alerting)
+        if alerting is not None:
+            self._check_alerts(customer, period_id, alerting)
 
     async def flush(self, flush: Flush) -> None:
         # The memory store never leases (it decides in-process already): only usage comes back.
         tally = self._periods[(flush.customer, flush.period_id)]
         day = self._days[(flush.customer, flush.day)]
         for row in flush.rows:
-            label = self._count(tally, day, row.route, row.listed, row.key_id, row.calls, row.records)
+            cells = _Cells(tally, day, row.route, row.listed, row.key_id)
+            cells.add(row.calls, row.records)
             self._log.usage(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
-                            label, row.key_id)  # fmt: skip
+                            cells.label, row.key_id)  # fmt: skip
         if flush.alerting is not None:
             self._check_alerts(flush.customer, flush.period_id, flush.alerting)
 
