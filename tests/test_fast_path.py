@@ -73,12 +73,12 @@ async def test_idle_customers_are_forgotten(fast, monkeypatch: pytest.MonkeyPatc
         await path.admit(request(f"customer-{index}"))
         path.settle(Settlement(f"customer-{index}", "key_a", "GET /v1/posts", True, request("x").period_id,
                                request("x").period_end, 1, "2026-11-29"))  # fmt: skip
-    assert len(path._settled) == 10
+    assert len(path._usage._settled) == 10
     for lease_key, lease in list(path._leases.items()):
         path._retire(lease_key, lease, lease.expires)
     await path.flush()  # sends what is pending; nothing is busy any more
     await path.flush()  # and now forgets the idle bookkeeping
-    assert path._settled == {} and path._rates == {}
+    assert path._usage._settled == {} and path._rates == {}
 
 
 class _Counting:

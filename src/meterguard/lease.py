@@ -33,12 +33,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
+from ._lease_usage import LeaseUsage, Period
 from .errors import StoreError
 from .metrics import DISCARD, Metrics
 from .plans import Window
-from .store.base import AdmitRequest, Alerting, Decision, Flush, Settlement, Store, UsageRow, WindowState
+from .store.base import AdmitRequest, Decision, Settlement, Store, WindowState
 
 log = logging.getLogger("meterguard.fast")
 
@@ -56,7 +57,6 @@ EARLY_FLUSH_UNITS = MAX_LEASE // 2  # consumed units of one customer that trigge
 IDLE_PRUNE_AT = 10_000  # bookkeeping entries before idle ones are dropped
 
 LeaseKey = tuple[str, str, tuple[Window, ...]]  # customer, period id, the windows the request touches
-PendingKey = tuple[str, str, int, str]  # customer, period id, period end, day
 
 
 @dataclass(slots=True)
@@ -74,18 +74,6 @@ class Lease:
     flushed_mark: int = 0  # records this process had flushed when the lease was asked for
 
 
-@dataclass(slots=True)
-class _Pending:
-    rows: dict[tuple[str, bool, str], list[int]] = field(default_factory=dict)  # (route, listed, key) -> [c, r]
-    consumed: int = 0
-    returned: int = 0
-    windows: dict[tuple[Window, int], int] = field(default_factory=dict)  # (window, slot) -> units back
-    alerting: Alerting | None = None  # the thresholds the store checks when this usage counts
-
-    def empty(self) -> bool:
-        return not self.rows and not self.consumed and not self.returned and not self.windows
-
-
 class FastPath:
     metrics: Metrics = DISCARD  # a MeterGuard gives it its own
 
@@ -97,15 +85,9 @@ class FastPath:
         # Lease requests in flight, done when their reply is in: the customer's other requests wait
         # for it and draw on it, instead of each asking the store for a decision of its own.
         self._leasing: dict[LeaseKey, asyncio.Future[None]] = {}
-        self._pending: dict[PendingKey, _Pending] = {}
-        # Records this process settled and flushed, per customer and period, so that a lease knows
-        # which of its own records its snapshot of the store cannot have seen yet.
-        self._settled: dict[tuple[str, str], int] = {}
-        self._flushed: dict[tuple[str, str], int] = {}
-        self._records_per_call: dict[tuple[str, str], float] = {}
+        self._usage = LeaseUsage(store)  # what is counted here and not yet in the store
         self._turner: asyncio.Task[None] | None = None
         self._early: asyncio.Task[None] | None = None
-        self._handing: set[asyncio.Task[None]] = set()  # usage handed over with a lease request
         self._asking: set[asyncio.Task[Decision]] = set()  # the leases the turn asks for
         self._skew = 0.0  # the store's clock minus this one, at the last lease (from its reply)
 
@@ -165,10 +147,10 @@ class FastPath:
         """Ask the store for a lease (``asking``: a request's admission, or the turn's lease-only
         one) and keep what it grants; ``terms``: the request the next lease is asked for on."""
         self._leasing[key] = asked = asyncio.get_running_loop().create_future()
-        flushed_mark = self._flushed.get((asking.customer, asking.period_id), 0)
+        flushed_mark = self._usage.flushed((asking.customer, asking.period_id))
         # The customer's usage so far rides along: queued in this tick, it goes to the store in the
         # same batch as the lease request, where both share one read of the customer's state.
-        self._flush_now((asking.customer, asking.period_id, asking.period_end, asking.day))
+        self._usage.hand_over((asking.customer, asking.period_id, asking.period_end, asking.day))
         sent = self._monotonic()
         try:
             decision = await self._store.admit(asking)
@@ -219,28 +201,18 @@ class FastPath:
             # records left could pay for at this customer's records per call, so that near the
             # records quota every request is decided in the store again.
             left = records.included - self._records_known(request, last)
-            per_call = self._records_per_call.get((request.customer, request.period_id), 1.0)
+            per_call = self._usage.records_per_call((request.customer, request.period_id))
             wanted = min(wanted, max(0, math.floor(left / 8 / max(per_call, 1e-9))))
         return wanted
 
     def _records_known(self, request: AdmitRequest, lease: Lease) -> int:
-        period = (request.customer, request.period_id)
-        return lease.snapshot.records_used + self._settled.get(period, 0) - lease.flushed_mark
+        settled_here = self._usage.settled((request.customer, request.period_id))
+        return lease.snapshot.records_used + settled_here - lease.flushed_mark
 
     def _take(self, lease: Lease, request: AdmitRequest, now: float, records_known: int) -> Decision:
-        weight = request.weight
-        lease.units -= weight
-        lease.used += weight
-        pending = self._pending_for(request.customer, request.period_id, request.period_end, request.day)
-        row = (request.route, request.listed, request.key_id)
-        counts = pending.rows.get(row)
-        if counts is None:
-            counts = pending.rows[row] = [0, 0]
-        counts[0] += weight
-        pending.consumed += weight
-        if request.alerting is not None:
-            pending.alerting = request.alerting
-        if pending.consumed >= EARLY_FLUSH_UNITS and self._early is None:
+        lease.units -= request.weight
+        lease.used += request.weight
+        if self._usage.draw(request) >= EARLY_FLUSH_UNITS and self._early is None:
             # A busy customer's usage goes to the store before the interval ends: what a SIGKILL
             # loses stays within MAX_LEASE units, however fast leases are used up.
             self._early = asyncio.ensure_future(self._flush_early())
@@ -277,64 +249,17 @@ class FastPath:
         self._rates[key] = rate if known is None else known + (rate - known) * min(1.0, age / RATE_MEMORY_SECONDS)
         if lease.units > 0:
             self.metrics.lease_returned += lease.units
-            pending = self._pending_for(key[0], key[1], lease.period_end, lease.day)
-            pending.returned += lease.units
-            for state, slot in zip(lease.snapshot.windows, lease.snapshot.slots, strict=False):
-                pending.windows[(state.window, slot)] = pending.windows.get((state.window, slot), 0) + lease.units
+            slots = zip((state.window for state in lease.snapshot.windows), lease.snapshot.slots, strict=False)
+            self._usage.give_back((key[0], key[1], lease.period_end, lease.day), lease.units, slots)
             lease.units = 0
 
     # settlement and flushing -----------------------------------------------------------------------
 
     def settle(self, settlement: Settlement) -> None:
-        """Records of a response (and a refunded call), counted locally and flushed with the next
-        batch. ``uncounted`` is not kept here: MeterEngine hands it to the store itself."""
-        if settlement.records <= 0 and settlement.calls == 0:
-            return
-        pending = self._pending_for(settlement.customer, settlement.period_id, settlement.period_end, settlement.day)
-        row = (settlement.route, settlement.listed, settlement.key_id)
-        counts = pending.rows.get(row)
-        if counts is None:
-            counts = pending.rows[row] = [0, 0]
-        counts[0] += settlement.calls  # a refund: the leased unit stays consumed, the call is not billed
-        if settlement.records <= 0:
-            return
-        counts[1] += settlement.records
-        if settlement.alerting is not None:
-            pending.alerting = settlement.alerting
-        period = (settlement.customer, settlement.period_id)
-        self._settled[period] = self._settled.get(period, 0) + settlement.records
-        average = self._records_per_call.get(period)
-        self._records_per_call[period] = (
-            settlement.records if average is None else 0.8 * average + 0.2 * settlement.records
-        )
+        """Records of a response (and a refunded call), counted here and flushed with the next batch."""
+        self._usage.settle(settlement)
 
-    def _pending_for(self, customer: str, period_id: str, period_end: int, day: str) -> _Pending:
-        key = (customer, period_id, period_end, day)
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = _Pending()
-        return pending
-
-    def _flush_now(self, key: PendingKey) -> None:
-        """Hand one customer's pending usage to the store now, without waiting for it."""
-        pending = self._pending.pop(key, None)
-        if pending is None or pending.empty():
-            return
-        self._sent(key, pending)
-        task = asyncio.ensure_future(self._store.flush(_as_flush(key, pending)))
-        self._handing.add(task)
-        task.add_done_callback(self._handed)
-
-    def _handed(self, task: asyncio.Task[None]) -> None:
-        self._handing.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # only a closed store raises here
-            log.error("fast path: usage could not be handed to the store: %s", task.exception())
-
-    def _sent(self, key: PendingKey, pending: _Pending) -> None:
-        period = (key[0], key[1])
-        self._flushed[period] = self._flushed.get(period, 0) + sum(c[1] for c in pending.rows.values())
-
-    async def flush(self, sparing: frozenset[tuple[str, str]] = frozenset()) -> None:
+    async def flush(self, sparing: frozenset[Period] = frozenset()) -> None:
         """Hand pending usage and returned leases to the store (at every turn, and at shutdown),
         but that of the (customer, period)s ``sparing``: their next lease request takes it along.
 
@@ -347,31 +272,15 @@ class FastPath:
             if now >= lease.expires:
                 self._retire(lease_key, lease, now)
         self._forget_idle()
-        if sparing:
-            batch = {key: pending for key, pending in self._pending.items() if (key[0], key[1]) not in sparing}
-            for key in batch:
-                del self._pending[key]
-        else:
-            batch, self._pending = self._pending, {}
-        sent = [(key, pending) for key, pending in batch.items() if not pending.empty()]
-        for key, pending in sent:
-            self._sent(key, pending)
-        results = await asyncio.gather(
-            *(self._store.flush(_as_flush(key, pending)) for key, pending in sent), return_exceptions=True
-        )
-        for (key, _), result in zip(sent, results, strict=True):
-            if isinstance(result, BaseException):  # only a closed store raises here
-                log.error("fast path: usage of %s could not be handed to the store: %s", key[0], result)
+        await self._usage.flush(sparing)
 
     def _forget_idle(self) -> None:
         """Drop the bookkeeping of customers and periods with no lease and nothing pending, so
         that a long-running process does not keep an entry per customer and month forever."""
-        if len(self._rates) + len(self._settled) < IDLE_PRUNE_AT:
+        if len(self._rates) + self._usage.periods() < IDLE_PRUNE_AT:
             return
-        busy = {(key[0], key[1]) for key in self._leases} | {(key[0], key[1]) for key in self._pending}
-        for table in (self._settled, self._flushed, self._records_per_call):
-            for period in [period for period in table if period not in busy]:
-                del table[period]
+        busy = {(key[0], key[1]) for key in self._leases} | self._usage.busy()
+        self._usage.forget(busy)
         self._rates = {key: rate for key, rate in self._rates.items() if (key[0], key[1]) in busy}
 
     async def _flush_early(self) -> None:
@@ -426,7 +335,7 @@ class FastPath:
         terms = ended.request
         wanted = self._lease_size(key, terms, ended)
         if not wanted:  # near its records quota: no lease, but its usage goes all the same
-            self._flush_now((terms.customer, terms.period_id, terms.period_end, terms.day))
+            self._usage.hand_over((terms.customer, terms.period_id, terms.period_end, terms.day))
             return None
         asking = replace(terms, weight=0, lease=wanted, idempotency_key=None, served_on_loss=False)
         task = asyncio.ensure_future(self._lease(key, asking, terms))
@@ -450,29 +359,7 @@ class FastPath:
             await asyncio.gather(*self._asking, return_exceptions=True)
         if self._early is not None:
             await asyncio.gather(self._early, return_exceptions=True)
-        if self._handing:
-            await asyncio.gather(*self._handing, return_exceptions=True)
         now = self._monotonic()
         for key, lease in list(self._leases.items()):
             self._retire(key, lease, now)
-        await self.flush()
-        if self._pending:
-            log.error("fast path: usage could not be flushed at shutdown: %s", sorted(k[0] for k in self._pending))
-
-
-def _as_flush(key: PendingKey, pending: _Pending) -> Flush:
-    customer, period_id, period_end, day = key
-    return Flush(
-        customer=customer,
-        period_id=period_id,
-        period_end=period_end,
-        day=day,
-        rows=tuple(
-            UsageRow(route, listed, key_id, calls, records)
-            for (route, listed, key_id), (calls, records) in pending.rows.items()
-        ),
-        consumed=pending.consumed,
-        returned=pending.returned,
-        windows=tuple((window, slot, units) for (window, slot), units in pending.windows.items()),
-        alerting=pending.alerting,
-    )
+        await self._usage.aclose()

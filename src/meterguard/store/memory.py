@@ -11,7 +11,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._types import Clock
@@ -21,16 +20,14 @@ from ..plans import Window
 from ..windows import wait
 from ._memory_directory import MemoryDirectory
 from ._memory_events import EventLog, fields_of
+from ._memory_tallies import MAX_CACHED_CELLS, Account, Cells, Tally, as_counts, window_states
 from .base import (
-    MAX_UNLISTED_ROUTES,
     METER_CALLS,
     METER_RECORDS,
     METER_SPEND,
-    OTHER_ROUTE,
     AdmitRequest,
     Alerting,
     AlertSink,
-    Counts,
     DayUsage,
     Decision,
     Fired,
@@ -39,123 +36,10 @@ from .base import (
     Settlement,
     StoredResponse,
     Usage,
-    WindowState,
 )
 
 IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
 MAX_IDEMPOTENCY_KEYS = 100_000  # past this, expired keys are swept out
-MAX_CACHED_CELLS = 1024  # (route, key) entries of an account's cells; past this they are looked up anew
-
-
-@dataclass(slots=True)
-class _Tally:
-    calls: int = 0
-    records: int = 0
-    replays: int = 0
-    uncounted: int = 0
-    rejected: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
-    by_route: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    by_key: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    unlisted: set[str] = field(default_factory=set)
-
-
-def _route_label(tally: _Tally, route: str, listed: bool) -> str:
-    if listed or route in tally.unlisted:
-        return route
-    if len(tally.unlisted) >= MAX_UNLISTED_ROUTES:
-        return OTHER_ROUTE
-    tally.unlisted.add(route)
-    return route
-
-
-class _Cells:
-    """Where the usage of one (customer, period, day, route, key) is counted: the period's and
-    the day's tallies and their by-route and by-key cells, looked up once, so that counting a
-    call or records is a few additions instead of two label checks and four dict lookups.
-
-    The cells are the tallies' own lists (the tallies stay the record usage() and daily() read).
-    A route's label is fixed once looked up: a label a tally has taken stays in its ``unlisted``
-    set, and a tally that had no room left for it has none later (the set only grows).
-    """
-
-    __slots__ = ("period", "day", "label", "period_route", "period_key", "day_route", "day_key")
-
-    def __init__(self, period: _Tally, day: _Tally, route: str, listed: bool, key_id: str) -> None:
-        self.period = period
-        self.day = day
-        # unmatched routes' labels are bounded per period (and per day); the period's is the event's
-        self.label = _route_label(period, route, listed)
-        self.period_route = period.by_route[self.label]
-        self.period_key = period.by_key[key_id]
-        self.day_route = day.by_route[_route_label(day, route, listed)]
-        self.day_key = day.by_key[key_id]
-
-    def add(self, calls: int, records: int) -> None:
-        period, day = self.period, self.day
-        period.calls += calls
-        period.records += records
-        day.calls += calls
-        day.records += records
-        cell = self.period_route
-        cell[0] += calls
-        cell[1] += records
-        cell = self.period_key
-        cell[0] += calls
-        cell[1] += records
-        cell = self.day_route
-        cell[0] += calls
-        cell[1] += records
-        cell = self.day_key
-        cell[0] += calls
-        cell[1] += records
-
-
-@dataclass(slots=True)
-class _Account:
-    """One customer's counters as a decision reaches them: its rate windows, and the tallies of
-    the period and the day it was last decided in (the same objects as in the store's tables,
-    which stay the record), so that a decision does one lookup by customer instead of three.
-
-    ``cells``: the _Cells of that period and day by (route, listed, key id); they belong to those
-    two tallies, so they are dropped whenever the account moves to another period or day."""
-
-    windows: dict[str, dict[int, int]] = field(default_factory=dict)  # window counter -> slot -> units
-    period_id: str = ""
-    period: _Tally = field(default_factory=_Tally)
-    day_id: str = ""
-    day: _Tally = field(default_factory=_Tally)
-    cells: dict[tuple[str, bool, str], _Cells] = field(default_factory=dict)
-
-
-def _states(
-    counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], added: int, weight: int, sliding: bool
-) -> tuple[WindowState, ...]:
-    """What each window reads after a decision that added ``added`` units (0 when refused),
-    once they are added to each window's slot (here, in the same pass over the windows).
-
-    windows.estimate, windows.remaining and windows.reset_after, written out (the same
-    expressions, so the same floats), with the estimate before the decision (``used``) already
-    known (the whole estimate, if the decision added nothing).
-    """
-    states = []
-    for window, previous, current, elapsed, used, counts, index in counted:
-        limit, seconds = window.limit, window.seconds
-        if added:
-            counts[index] = counts.get(index, 0) + added
-            current += added
-            used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
-        if used + weight > limit:
-            reset = wait(previous, current, elapsed, seconds, limit, weight, sliding)
-        else:
-            reset = seconds - elapsed
-        left = math.floor(limit - used + 1e-9)
-        states.append(WindowState(window, left if left > 0 else 0, reset))
-    return tuple(states)
-
-
-def _counts(table: dict[str, list[int]]) -> dict[str, Counts]:
-    # a cell back at zero (a refunded call) is as if it never was, as on Redis
-    return {name: Counts(calls, records) for name, (calls, records) in table.items() if calls or records}
 
 
 def in_process(store: object) -> MemoryStore | None:
@@ -177,9 +61,9 @@ class MemoryStore(MemoryDirectory):
         super().__init__()
         self.url = url
         self._clock = clock
-        self._accounts: dict[str, _Account] = {}
-        self._periods: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
-        self._days: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
+        self._accounts: dict[str, Account] = {}
+        self._periods: dict[tuple[str, str], Tally] = defaultdict(Tally)
+        self._days: dict[tuple[str, str], Tally] = defaultdict(Tally)
         self._log = EventLog()
         # (customer, key) -> [fingerprint, "run" | "done", expiry, stored response]
         self._idempotency: dict[tuple[str, str], list[Any]] = {}
@@ -223,12 +107,12 @@ class MemoryStore(MemoryDirectory):
     async def ack_alerts(self, customer: str, period_id: str, names: Sequence[str]) -> None:
         return None  # the sink heard them in this process: nothing waits here
 
-    def _account(self, customer: str, period_id: str, day: str) -> _Account:
+    def _account(self, customer: str, period_id: str, day: str) -> Account:
         """The customer's account in this period and day. The request path looks in
         ``_accounts`` itself first, and calls this for a new customer, period or day only."""
         account = self._accounts.get(customer)
         if account is None:
-            account = self._accounts[customer] = _Account()
+            account = self._accounts[customer] = Account()
         if account.period_id != period_id:
             account.period_id, account.period = period_id, self._periods[(customer, period_id)]
             account.cells = {}
@@ -238,13 +122,13 @@ class MemoryStore(MemoryDirectory):
         return account
 
     @staticmethod
-    def _new_cells(account: _Account, route: str, listed: bool, key_id: str) -> _Cells:
+    def _new_cells(account: Account, route: str, listed: bool, key_id: str) -> Cells:
         """The cells of a (route, key) not counted yet in the account's period and day (the
         request path looks in ``account.cells`` itself first)."""
         cells = account.cells
         if len(cells) >= MAX_CACHED_CELLS:  # keyed by raw unmatched paths, which are unbounded
             cells.clear()
-        found = cells[(route, listed, key_id)] = _Cells(account.period, account.day, route, listed, key_id)
+        found = cells[(route, listed, key_id)] = Cells(account.period, account.day, route, listed, key_id)
         return found
 
     def _decide(self, request: AdmitRequest) -> Decision:
@@ -300,7 +184,7 @@ class MemoryStore(MemoryDirectory):
                 state = "mismatch" if held[0] != request.idempotency_fingerprint else "in_flight"
                 return Decision(
                     admitted=False, reason=None, violated=(), retry_after=0.0,
-                    windows=_states(counted, 0, weight, sliding), calls_used=tally.calls,
+                    windows=window_states(counted, 0, weight, sliding), calls_used=tally.calls,
                     records_used=tally.records, spend_cents=spend, now=now, idempotency=state,  # type: ignore[arg-type]
                 )  # fmt: skip
         if violated:
@@ -320,12 +204,12 @@ class MemoryStore(MemoryDirectory):
             tally.rejected[reason] += 1
             return Decision(
                 admitted=False, reason=reason, violated=tuple(violated), retry_after=retry_after,
-                windows=_states(counted, 0, weight, sliding), calls_used=tally.calls,
+                windows=window_states(counted, 0, weight, sliding), calls_used=tally.calls,
                 records_used=tally.records, spend_cents=spend, now=now,
             )  # fmt: skip
 
         window_slots = tuple([entry[6] for entry in counted])
-        admitted = _states(counted, weight, weight, sliding)  # adds the weight to every window
+        admitted = window_states(counted, weight, weight, sliding)  # adds the weight to every window
         day = account.day
         if replay:
             tally.replays += 1
@@ -397,7 +281,7 @@ class MemoryStore(MemoryDirectory):
         tally = self._periods[(flush.customer, flush.period_id)]
         day = self._days[(flush.customer, flush.day)]
         for row in flush.rows:
-            cells = _Cells(tally, day, row.route, row.listed, row.key_id)
+            cells = Cells(tally, day, row.route, row.listed, row.key_id)
             cells.add(row.calls, row.records)
             self._log.usage(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
                             cells.label, row.key_id)  # fmt: skip
@@ -409,7 +293,7 @@ class MemoryStore(MemoryDirectory):
         if tally is None:
             return Usage()
         return Usage(
-            tally.calls, tally.records, dict(tally.rejected), _counts(tally.by_route), _counts(tally.by_key),
+            tally.calls, tally.records, dict(tally.rejected), as_counts(tally.by_route), as_counts(tally.by_key),
             tally.replays, uncounted=tally.uncounted,
         )  # fmt: skip
 
@@ -435,7 +319,8 @@ class MemoryStore(MemoryDirectory):
             if tally is None:
                 result.append(DayUsage(day))
             else:
-                result.append(DayUsage(day, tally.calls, tally.records, _counts(tally.by_route), _counts(tally.by_key)))
+                by_route, by_key = as_counts(tally.by_route), as_counts(tally.by_key)
+                result.append(DayUsage(day, tally.calls, tally.records, by_route, by_key))
         return result
 
     # audit log --------------------------------------------------------------------------------------

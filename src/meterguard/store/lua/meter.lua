@@ -421,7 +421,7 @@ local function event(period_id, day)
   return e
 end
 
--- memory._route_label: unmatched "METHOD /path" labels are bounded per period.
+-- _memory_tallies.route_label: unmatched "METHOD /path" labels are bounded per period.
 local function label(p, route, listed)
   if listed == 1 or p.vals['u:' .. route] then return route end
   if get(p, 'un') >= MAX_UNLISTED then return OTHER end
