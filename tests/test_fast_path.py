@@ -16,7 +16,7 @@ from meterguard.plans import Window
 from meterguard.store.base import AdmitRequest, Meter, Settlement
 from meterguard.store.redis import RedisStore
 
-from .conftest import REDIS_URL, drop_keys
+from .conftest import REDIS_URL, StoreFactory, drop_keys
 
 
 def request(customer: str) -> AdmitRequest:
@@ -26,6 +26,11 @@ def request(customer: str) -> AdmitRequest:
         windows=(Window("1h", 10_000, 3600),), strategy="sliding", period_id=period.id, period_end=period.end_ts,
         calls=Meter(100_000), records=Meter(None), spend_cap_cents=None, day="2026-11-29",
     )  # fmt: skip
+
+
+def use_store(path: FastPath, store: object) -> None:
+    """Put a test's wrapper between the fast path (its leases and its local usage) and the store."""
+    path._store = path._usage._store = store  # type: ignore[assignment]
 
 
 async def early_in_a_second() -> None:
@@ -48,6 +53,16 @@ async def fast(key_prefix: str):  # type: ignore[no-untyped-def]
     await path.aclose()
     await store.aclose()
     await drop_keys(REDIS_URL, key_prefix)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def fast_anywhere(request: pytest.FixtureRequest, store_factory: StoreFactory):  # type: ignore[no-untyped-def]
+    """The fast path on a single Redis and on a Redis Cluster (where the turn's lease requests,
+    grouped per customer, go to each customer's slot)."""
+    store = await store_factory(request.param)
+    path = FastPath(store)
+    yield path, store
+    await path.aclose()
 
 
 async def test_local_decisions_reach_the_store_on_flush_and_leases_come_back(fast) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +121,7 @@ async def test_a_burst_waits_for_the_lease_already_asked_for(fast, monkeypatch: 
     # took longer than LEASE_WAIT_SECONDS once, and the waiters rightly gave up.
     monkeypatch.setattr(lease_module, "LEASE_WAIT_SECONDS", 10.0)
     counting = _Counting(store)
-    path._store = counting
+    use_store(path, counting)
     path._rates[("acme", request("acme").period_id, request("acme").windows)] = 1e6  # a lease of MAX_LEASE
     await early_in_a_second()
     # 40 requests of one customer in the same tick, no lease yet: one asks the store for a lease,
@@ -122,7 +137,7 @@ async def test_a_burst_waits_for_the_lease_already_asked_for(fast, monkeypatch: 
 async def test_usage_rides_with_the_next_lease_request(fast, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     path, store = fast
     counting = _Counting(store)
-    path._store = counting
+    use_store(path, counting)
     monkeypatch.setattr(lease_module, "FIRST_LEASE", 5)
     monkeypatch.setattr(lease_module, "MAX_LEASE", 5)
     await early_in_a_second()
@@ -152,7 +167,7 @@ async def test_a_waiter_decides_on_its_own_when_the_lease_does_not_come(fast, mo
             return await super().admit(request)
 
     slow = Slow(store)
-    path._store = slow
+    use_store(path, slow)
     asker = asyncio.ensure_future(path.admit(request("acme")))
     await asyncio.sleep(0)
     started = time.monotonic()
@@ -181,7 +196,7 @@ async def test_the_next_lease_is_asked_for_while_the_last_one_still_serves(
             return await self.store.admit(request)
 
     gated = Gated(store)
-    path._store = gated
+    use_store(path, gated)
     await early_in_a_second()
     assert (await path.admit(request("acme"))).granted == 8
     for _ in range(6):  # 8 -> 2 units: a quarter is left
@@ -201,10 +216,10 @@ async def test_the_next_lease_is_asked_for_while_the_last_one_still_serves(
     assert (await store.usage("acme", request("acme").period_id)).calls == 10
 
 
-async def test_the_turn_asks_for_the_next_lease_and_takes_the_usage_along(fast) -> None:  # type: ignore[no-untyped-def]
-    path, store = fast
+async def test_the_turn_asks_for_the_next_lease_and_takes_the_usage_along(fast_anywhere) -> None:  # type: ignore[no-untyped-def]
+    path, store = fast_anywhere
     counting = _Counting(store)
-    path._store = counting
+    use_store(path, counting)
     period = request("acme").period_id
     await early_in_a_second()
     for _ in range(3):  # the first asks for a lease, the others draw on it
@@ -235,7 +250,7 @@ async def test_the_turn_asks_for_the_next_lease_and_takes_the_usage_along(fast) 
 async def test_a_customer_idle_for_a_second_is_not_leased_at_the_turn(fast) -> None:  # type: ignore[no-untyped-def]
     path, store = fast
     counting = _Counting(store)
-    path._store = counting
+    use_store(path, counting)
     await early_in_a_second()
     assert (await path.admit(request("acme"))).granted > 0  # its own call, and a lease
     await past_the_turn()
@@ -246,8 +261,8 @@ async def test_a_customer_idle_for_a_second_is_not_leased_at_the_turn(fast) -> N
     assert (await store.admit(request("acme"))).windows[0].remaining == 10_000 - 2
 
 
-async def test_a_lease_only_admission_counts_no_call_and_writes_no_usage_line(fast) -> None:  # type: ignore[no-untyped-def]
-    _, store = fast
+async def test_a_lease_only_admission_counts_no_call_and_writes_no_usage_line(fast_anywhere) -> None:  # type: ignore[no-untyped-def]
+    _, store = fast_anywhere
     decision = await store.admit(replace(request("acme"), weight=0, lease=5))
     assert decision.admitted and decision.granted == 5 and decision.calls_used == 0
     usage = await store.usage("acme", request("acme").period_id)
@@ -273,7 +288,7 @@ async def test_the_turn_asks_for_leases_a_few_per_script_call(fast, monkeypatch:
             finally:
                 in_flight -= 1
 
-    path._store = Watching(store)
+    use_store(path, Watching(store))
     await early_in_a_second()
     for index in range(5):
         for _ in range(index + 2):
