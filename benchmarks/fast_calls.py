@@ -67,7 +67,7 @@ async def _run(rate: float, seconds: float) -> None:
     store = fast._store
     counts: Counter[str] = Counter()
     riding: set[object] = set()  # flushes handed over in the tick of a lease request
-    admit, flush, flush_now = store.admit, store.flush, fast._usage.hand_over
+    admit, flush, flush_now = store.admit, store.flush, fast.usage.hand_over
 
     async def counted_admit(request: Any) -> Any:
         counts["lease requests" if request.lease else "admissions without a lease"] += 1
@@ -82,7 +82,7 @@ async def _run(rate: float, seconds: float) -> None:
         asyncio.get_running_loop().call_soon(riding.discard, key)
         flush_now(key)
 
-    store.admit, store.flush, fast._usage.hand_over = counted_admit, counted_flush, counted_flush_now
+    store.admit, store.flush, fast.usage.hand_over = counted_admit, counted_flush, counted_flush_now
     try:
         await _paced(arm.app, arm.keys, rate, 2.0)  # warm-up: every customer has a lease and a rate
         counts.clear()

@@ -30,7 +30,7 @@ def request(customer: str) -> AdmitRequest:
 
 def use_store(path: FastPath, store: object) -> None:
     """Put a test's wrapper between the fast path (its leases and its local usage) and the store."""
-    path._store = path._usage._store = store  # type: ignore[assignment]
+    path._store = path.usage._store = store  # type: ignore[assignment]
 
 
 async def early_in_a_second() -> None:
@@ -88,12 +88,12 @@ async def test_idle_customers_are_forgotten(fast, monkeypatch: pytest.MonkeyPatc
         await path.admit(request(f"customer-{index}"))
         path.settle(Settlement(f"customer-{index}", "key_a", "GET /v1/posts", True, request("x").period_id,
                                request("x").period_end, 1, "2026-11-29"))  # fmt: skip
-    assert len(path._usage._settled) == 10
+    assert len(path.usage._settled) == 10
     for lease_key, lease in list(path._leases.items()):
         path._retire(lease_key, lease, lease.expires)
     await path.flush()  # sends what is pending; nothing is busy any more
     await path.flush()  # and now forgets the idle bookkeeping
-    assert path._usage._settled == {} and path._rates == {}
+    assert path.usage._settled == {} and path._rates == {}
 
 
 class _Counting:

@@ -54,7 +54,10 @@ class LeaseUsage:
 
     def draw(self, request: AdmitRequest) -> int:
         """Count a request admitted from a lease; the customer's units consumed since its last flush."""
-        pending = self._pending_for(request.customer, request.period_id, request.period_end, request.day)
+        key = (request.customer, request.period_id, request.period_end, request.day)
+        pending = self._pending.get(key)  # _pending_for, written out: this runs per request
+        if pending is None:
+            pending = self._pending[key] = _Pending()
         row = (request.route, request.listed, request.key_id)
         counts = pending.rows.get(row)
         if counts is None:
@@ -74,27 +77,39 @@ class LeaseUsage:
             pending.windows[window_slot] = pending.windows.get(window_slot, 0) + units
 
     def settle(self, settlement: Settlement) -> None:
-        """Records of a response (and a refunded call). ``uncounted`` is not kept here:
-        MeterEngine hands it to the store itself."""
-        if settlement.records <= 0 and settlement.calls == 0:
+        """:meth:`record` of a Settlement."""
+        self.record(
+            settlement.customer, settlement.period_id, settlement.period_end, settlement.day, settlement.route,
+            settlement.listed, settlement.key_id, settlement.calls, settlement.records, settlement.alerting,
+        )  # fmt: skip
+
+    def record(
+        self, customer: str, period_id: str, period_end: int, day: str, route: str, listed: bool, key_id: str,
+        calls: int, records: int, alerting: Alerting | None,
+    ) -> None:  # fmt: skip
+        """Records of a response (and ``calls``: -weight for a refunded call), without building a
+        Settlement: what MeterEngine.settle_now calls for every response that adds something.
+        ``uncounted`` is not kept here: MeterEngine hands it to the store itself."""
+        if records <= 0 and calls == 0:
             return
-        pending = self._pending_for(settlement.customer, settlement.period_id, settlement.period_end, settlement.day)
-        row = (settlement.route, settlement.listed, settlement.key_id)
+        key = (customer, period_id, period_end, day)
+        pending = self._pending.get(key)  # _pending_for, written out: this runs per response
+        if pending is None:
+            pending = self._pending[key] = _Pending()
+        row = (route, listed, key_id)
         counts = pending.rows.get(row)
         if counts is None:
             counts = pending.rows[row] = [0, 0]
-        counts[0] += settlement.calls  # a refund: the leased unit stays consumed, the call is not billed
-        if settlement.records <= 0:
+        counts[0] += calls  # a refund: the leased unit stays consumed, the call is not billed
+        if records <= 0:
             return
-        counts[1] += settlement.records
-        if settlement.alerting is not None:
-            pending.alerting = settlement.alerting
-        period = (settlement.customer, settlement.period_id)
-        self._settled[period] = self._settled.get(period, 0) + settlement.records
+        counts[1] += records
+        if alerting is not None:
+            pending.alerting = alerting
+        period = (customer, period_id)
+        self._settled[period] = self._settled.get(period, 0) + records
         average = self._records_per_call.get(period)
-        self._records_per_call[period] = (
-            settlement.records if average is None else 0.8 * average + 0.2 * settlement.records
-        )
+        self._records_per_call[period] = records if average is None else 0.8 * average + 0.2 * records
 
     def _pending_for(self, customer: str, period_id: str, period_end: int, day: str) -> _Pending:
         key = (customer, period_id, period_end, day)

@@ -85,7 +85,7 @@ class FastPath:
         # Lease requests in flight, done when their reply is in: the customer's other requests wait
         # for it and draw on it, instead of each asking the store for a decision of its own.
         self._leasing: dict[LeaseKey, asyncio.Future[None]] = {}
-        self._usage = LeaseUsage(store)  # what is counted here and not yet in the store
+        self.usage = LeaseUsage(store)  # what is counted here and not yet in the store
         self._turner: asyncio.Task[None] | None = None
         self._early: asyncio.Task[None] | None = None
         self._asking: set[asyncio.Task[Decision]] = set()  # the leases the turn asks for
@@ -101,20 +101,48 @@ class FastPath:
             self._turner = asyncio.ensure_future(self._turn_forever())
         key = (request.customer, request.period_id, request.windows)
         lease = self._leases.get(key)
-        if lease is None or request.idempotency_key is not None or lease.units < request.weight:
+        weight = request.weight
+        if lease is None or request.idempotency_key is not None or lease.units < weight:
             return None
         now = self._monotonic()
         if now >= lease.expires:
             return None
-        records_known = self._records_known(request, lease)
+        # _records_known, written out: this and the rest run for nearly every request
+        records_known = lease.snapshot.records_used + self.usage.settled((key[0], key[1])) - lease.flushed_mark
         records = request.records
         if records.included is not None and not records.billed and records_known >= records.included:
             return None
-        if lease.units - request.weight < lease.granted // RENEW_BELOW and key not in self._leasing:
+        units = lease.units - weight
+        if units < lease.granted // RENEW_BELOW and key not in self._leasing:
             # Running low: this request asks the store for the next lease while the customer's
             # other requests go on drawing on what is left, so that they never wait for it.
             return None
-        return self._take(lease, request, now, records_known)
+        lease.units = units
+        lease.used += weight
+        if self.usage.draw(request) >= EARLY_FLUSH_UNITS and self._early is None:
+            # A busy customer's usage goes to the store before the interval ends: what a SIGKILL
+            # loses stays within MAX_LEASE units, however fast leases are used up.
+            self._early = asyncio.ensure_future(self._flush_early())
+        snapshot = lease.snapshot
+        age = now - lease.started
+        return Decision(
+            admitted=True,
+            reason=None,
+            violated=(),
+            retry_after=0.0,
+            # The leased units still here are this customer's to use: the store counted them already.
+            windows=tuple(
+                [
+                    WindowState(state.window, state.remaining + units, max(state.reset_after - age, 0.0))
+                    for state in snapshot.windows
+                ]
+            ),
+            calls_used=snapshot.calls_used + lease.used,
+            records_used=records_known,
+            spend_cents=snapshot.spend_cents,
+            now=snapshot.now + age,
+            slots=snapshot.slots,
+        )
 
     async def admit(self, request: AdmitRequest) -> Decision:
         decision = self.take(request)
@@ -147,10 +175,10 @@ class FastPath:
         """Ask the store for a lease (``asking``: a request's admission, or the turn's lease-only
         one) and keep what it grants; ``terms``: the request the next lease is asked for on."""
         self._leasing[key] = asked = asyncio.get_running_loop().create_future()
-        flushed_mark = self._usage.flushed((asking.customer, asking.period_id))
+        flushed_mark = self.usage.flushed((asking.customer, asking.period_id))
         # The customer's usage so far rides along: queued in this tick, it goes to the store in the
         # same batch as the lease request, where both share one read of the customer's state.
-        self._usage.hand_over((asking.customer, asking.period_id, asking.period_end, asking.day))
+        self.usage.hand_over((asking.customer, asking.period_id, asking.period_end, asking.day))
         sent = self._monotonic()
         try:
             decision = await self._store.admit(asking)
@@ -201,42 +229,13 @@ class FastPath:
             # records left could pay for at this customer's records per call, so that near the
             # records quota every request is decided in the store again.
             left = records.included - self._records_known(request, last)
-            per_call = self._usage.records_per_call((request.customer, request.period_id))
+            per_call = self.usage.records_per_call((request.customer, request.period_id))
             wanted = min(wanted, max(0, math.floor(left / 8 / max(per_call, 1e-9))))
         return wanted
 
     def _records_known(self, request: AdmitRequest, lease: Lease) -> int:
-        settled_here = self._usage.settled((request.customer, request.period_id))
+        settled_here = self.usage.settled((request.customer, request.period_id))
         return lease.snapshot.records_used + settled_here - lease.flushed_mark
-
-    def _take(self, lease: Lease, request: AdmitRequest, now: float, records_known: int) -> Decision:
-        lease.units -= request.weight
-        lease.used += request.weight
-        if self._usage.draw(request) >= EARLY_FLUSH_UNITS and self._early is None:
-            # A busy customer's usage goes to the store before the interval ends: what a SIGKILL
-            # loses stays within MAX_LEASE units, however fast leases are used up.
-            self._early = asyncio.ensure_future(self._flush_early())
-        snapshot = lease.snapshot
-        age = now - lease.started
-        units = lease.units
-        return Decision(
-            admitted=True,
-            reason=None,
-            violated=(),
-            retry_after=0.0,
-            # The leased units still here are this customer's to use: the store counted them already.
-            windows=tuple(
-                [
-                    WindowState(state.window, state.remaining + units, max(state.reset_after - age, 0.0))
-                    for state in snapshot.windows
-                ]
-            ),
-            calls_used=snapshot.calls_used + lease.used,
-            records_used=records_known,
-            spend_cents=snapshot.spend_cents,
-            now=snapshot.now + age,
-            slots=snapshot.slots,
-        )
 
     def _retire(self, key: LeaseKey, lease: Lease, now: float) -> None:
         """End a lease: learn the key's rate from it, and give its unused units back."""
@@ -250,14 +249,14 @@ class FastPath:
         if lease.units > 0:
             self.metrics.lease_returned += lease.units
             slots = zip((state.window for state in lease.snapshot.windows), lease.snapshot.slots, strict=False)
-            self._usage.give_back((key[0], key[1], lease.period_end, lease.day), lease.units, slots)
+            self.usage.give_back((key[0], key[1], lease.period_end, lease.day), lease.units, slots)
             lease.units = 0
 
     # settlement and flushing -----------------------------------------------------------------------
 
     def settle(self, settlement: Settlement) -> None:
         """Records of a response (and a refunded call), counted here and flushed with the next batch."""
-        self._usage.settle(settlement)
+        self.usage.settle(settlement)
 
     async def flush(self, sparing: frozenset[Period] = frozenset()) -> None:
         """Hand pending usage and returned leases to the store (at every turn, and at shutdown),
@@ -272,15 +271,15 @@ class FastPath:
             if now >= lease.expires:
                 self._retire(lease_key, lease, now)
         self._forget_idle()
-        await self._usage.flush(sparing)
+        await self.usage.flush(sparing)
 
     def _forget_idle(self) -> None:
         """Drop the bookkeeping of customers and periods with no lease and nothing pending, so
         that a long-running process does not keep an entry per customer and month forever."""
-        if len(self._rates) + self._usage.periods() < IDLE_PRUNE_AT:
+        if len(self._rates) + self.usage.periods() < IDLE_PRUNE_AT:
             return
-        busy = {(key[0], key[1]) for key in self._leases} | self._usage.busy()
-        self._usage.forget(busy)
+        busy = {(key[0], key[1]) for key in self._leases} | self.usage.busy()
+        self.usage.forget(busy)
         self._rates = {key: rate for key, rate in self._rates.items() if (key[0], key[1]) in busy}
 
     async def _flush_early(self) -> None:
@@ -335,7 +334,7 @@ class FastPath:
         terms = ended.request
         wanted = self._lease_size(key, terms, ended)
         if not wanted:  # near its records quota: no lease, but its usage goes all the same
-            self._usage.hand_over((terms.customer, terms.period_id, terms.period_end, terms.day))
+            self.usage.hand_over((terms.customer, terms.period_id, terms.period_end, terms.day))
             return None
         asking = replace(terms, weight=0, lease=wanted, idempotency_key=None, served_on_loss=False)
         task = asyncio.ensure_future(self._lease(key, asking, terms))
@@ -362,4 +361,4 @@ class FastPath:
         now = self._monotonic()
         for key, lease in list(self._leases.items()):
             self._retire(key, lease, now)
-        await self._usage.aclose()
+        await self.usage.aclose()
