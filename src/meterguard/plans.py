@@ -199,6 +199,9 @@ class RouteTable:
                 self._static.setdefault((route.method, path), (index, route))
 
     def match(self, method: str, path: str) -> Route | None:
+        found = self._static.get((method, path))
+        if found is not None and (not self._patterns or found[0] < self._patterns[0][0]):
+            return found[1]  # a static route before every pattern: _match's answer, without its call
         route = self._match(method, path)
         if route is None and method == "HEAD":
             # Starlette and most frameworks answer HEAD with the GET route: so does the table, or a
