@@ -145,6 +145,7 @@ class MemoryStore(MemoryDirectory):
         # request adds to no window's count in the headers either (as the Redis store reports them).
         # The window arithmetic is windows.estimate's, written out: this runs per window and request.
         counted: list[tuple[Window, int, int, float, float, dict[int, int], int]] = []
+        slots: list[int] = []  # each window's slot index, for Decision.slots
         violated: list[str] = []
         retry_after = 0.0
         windows = account.windows
@@ -167,6 +168,7 @@ class MemoryStore(MemoryDirectory):
                 violated.append(window.name)
                 retry_after = max(retry_after, wait(previous, current, elapsed, seconds, window.limit, weight, sliding))
             counted.append((window, previous, current, elapsed, used, counts, index))
+            slots.append(index)
 
         reason: Reason | None = None
         calls, records = request.calls, request.records
@@ -208,17 +210,18 @@ class MemoryStore(MemoryDirectory):
                 records_used=tally.records, spend_cents=spend, now=now,
             )  # fmt: skip
 
-        window_slots = tuple([entry[6] for entry in counted])
+        window_slots = tuple(slots)
         admitted = window_states(counted, weight, weight, sliding)  # adds the weight to every window
         day = account.day
         if replay:
             tally.replays += 1
             day.replays += 1
             self._log.usage(customer, request.period_id, request.day, now, replays=1)
+            # Decision's fields in order, positionally: a keyword call costs more (this is per request)
+            # admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents, now,
+            # granted, replay, slots
             return Decision(
-                admitted=True, reason=None, violated=(), retry_after=0.0, windows=admitted,
-                calls_used=tally.calls, records_used=tally.records, spend_cents=spend, now=now,
-                replay=True, slots=window_slots,
+                True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now, 0, True, window_slots
             )  # fmt: skip
         route, listed, key_id = request.route, request.listed, request.key_id
         cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
@@ -235,10 +238,9 @@ class MemoryStore(MemoryDirectory):
                 self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
         if request.key_id in self._key_ids:
             self._last_used[request.key_id] = now
-        return Decision(
-            admitted=True, reason=None, violated=(), retry_after=0.0, windows=admitted, calls_used=tally.calls,
-            records_used=tally.records, spend_cents=spend, now=now, slots=window_slots,
-        )  # fmt: skip
+        # as above: admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents,
+        # now, granted, replay, slots
+        return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now, 0, False, window_slots)
 
     async def settle(self, settlement: Settlement) -> None:
         self.record(settlement)
