@@ -172,7 +172,8 @@ class MemoryStore(MemoryDirectory):
 
         reason: Reason | None = None
         calls, records = request.calls, request.records
-        calls_billed, records_billed = calls.billed, records.billed
+        # Meter.billed, read from its field: the property would cost a call each, per request
+        calls_billed, records_billed = calls.unit > 0, records.unit > 0
         spend = spend_cents(tally.calls, tally.records, calls, records) if calls_billed or records_billed else 0
         replay = False
         if request.idempotency_key is not None:
