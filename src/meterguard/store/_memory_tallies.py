@@ -97,22 +97,17 @@ class Account:
 
 
 def window_states(
-    counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], added: int, weight: int, sliding: bool
+    counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], weight: int, sliding: bool
 ) -> tuple[WindowState, ...]:
-    """What each window reads after a decision that added ``added`` units (0 when refused),
-    once they are added to each window's slot (here, in the same pass over the windows).
+    """What each window reads after a refused decision: the counts as they were.
 
-    windows.estimate, windows.remaining and windows.reset_after, written out (the same
-    expressions, so the same floats), with the estimate before the decision (``used``) already
-    known (the whole estimate, if the decision added nothing).
+    windows.remaining and windows.reset_after, written out (the same expressions, so the same
+    floats), with the estimate (``used``) already known. An admission builds its states as it
+    reads the windows (MemoryStore._decide).
     """
     states = []
-    for window, previous, current, elapsed, used, counts, index in counted:
+    for window, previous, current, elapsed, used, _, _ in counted:
         limit, seconds = window.limit, window.seconds
-        if added:
-            counts[index] = counts.get(index, 0) + added
-            current += added
-            used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
         if used + weight > limit:
             reset = wait(previous, current, elapsed, seconds, limit, weight, sliding)
         else:

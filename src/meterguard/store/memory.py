@@ -36,6 +36,7 @@ from .base import (
     Settlement,
     StoredResponse,
     Usage,
+    WindowState,
 )
 
 IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
@@ -140,17 +141,20 @@ class MemoryStore(MemoryDirectory):
         if account is None or account.period_id != request.period_id or account.day_id != request.day:
             account = self._account(customer, request.period_id, request.day)
         tally = account.period
-        # (window, previous, current, elapsed, estimate, its slots, slot index) before this request;
-        # the states a client sees are built once the whole decision is known, so that a refused
-        # request adds to no window's count in the headers either (as the Redis store reports them).
-        # The window arithmetic is windows.estimate's, written out: this runs per window and request.
+        # (window, previous, current, elapsed, estimate, its slots, slot index) before this request,
+        # for a refusal's states: a refused request adds to no window's count in the headers either
+        # (as the Redis store reports them). ``admitted``: the states as this request leaves the
+        # windows if it is admitted, built in the same pass (admission is the common case; a refusal
+        # drops them). The arithmetic is windows.estimate's, remaining's and reset_after's, written
+        # out (the same expressions, so the same floats): this runs per window and request.
         counted: list[tuple[Window, int, int, float, float, dict[int, int], int]] = []
+        admitted: list[WindowState] = []
         slots: list[int] = []  # each window's slot index, for Decision.slots
         violated: list[str] = []
         retry_after = 0.0
         windows = account.windows
         for window in request.windows:
-            seconds = window.seconds
+            seconds, limit = window.seconds, window.limit
             index = math.floor(now / seconds)
             elapsed = now - index * seconds
             counts = windows.get(window.counter)
@@ -163,11 +167,21 @@ class MemoryStore(MemoryDirectory):
                     del counts[old]
                 current = 0
             previous = counts.get(index - 1, 0)
-            used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
-            if used + weight > window.limit:
+            if sliding:  # the previous slot's share is the same before and after this request
+                decayed = previous * (seconds - elapsed) / seconds
+                used, after = decayed + current, decayed + (current + weight)
+            else:
+                used, after = float(current), float(current + weight)
+            if used + weight > limit:
                 violated.append(window.name)
-                retry_after = max(retry_after, wait(previous, current, elapsed, seconds, window.limit, weight, sliding))
+                retry_after = max(retry_after, wait(previous, current, elapsed, seconds, limit, weight, sliding))
             counted.append((window, previous, current, elapsed, used, counts, index))
+            if after + weight > limit:
+                reset = wait(previous, current + weight, elapsed, seconds, limit, weight, sliding)
+            else:
+                reset = seconds - elapsed
+            left = math.floor(limit - after + 1e-9)
+            admitted.append(WindowState(window, left if left > 0 else 0, reset))
             slots.append(index)
 
         reason: Reason | None = None
@@ -187,7 +201,7 @@ class MemoryStore(MemoryDirectory):
                 state = "mismatch" if held[0] != request.idempotency_fingerprint else "in_flight"
                 return Decision(
                     admitted=False, reason=None, violated=(), retry_after=0.0,
-                    windows=window_states(counted, 0, weight, sliding), calls_used=tally.calls,
+                    windows=window_states(counted, weight, sliding), calls_used=tally.calls,
                     records_used=tally.records, spend_cents=spend, now=now, idempotency=state,  # type: ignore[arg-type]
                 )  # fmt: skip
         if violated:
@@ -207,12 +221,13 @@ class MemoryStore(MemoryDirectory):
             tally.rejected[reason] += 1
             return Decision(
                 admitted=False, reason=reason, violated=tuple(violated), retry_after=retry_after,
-                windows=window_states(counted, 0, weight, sliding), calls_used=tally.calls,
+                windows=window_states(counted, weight, sliding), calls_used=tally.calls,
                 records_used=tally.records, spend_cents=spend, now=now,
             )  # fmt: skip
 
-        window_slots = tuple(slots)
-        admitted = window_states(counted, weight, weight, sliding)  # adds the weight to every window
+        for _, _, _, _, _, counts, index in counted:  # the weight, added to every window
+            counts[index] = counts.get(index, 0) + weight
+        states, window_slots = tuple(admitted), tuple(slots)
         day = account.day
         if replay:
             tally.replays += 1
@@ -222,7 +237,7 @@ class MemoryStore(MemoryDirectory):
             # admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents, now,
             # granted, replay, slots
             return Decision(
-                True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now, 0, True, window_slots
+                True, None, (), 0.0, states, tally.calls, tally.records, spend, now, 0, True, window_slots
             )  # fmt: skip
         route, listed, key_id = request.route, request.listed, request.key_id
         cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
@@ -241,7 +256,7 @@ class MemoryStore(MemoryDirectory):
             self._last_used[request.key_id] = now
         # as above: admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents,
         # now, granted, replay, slots
-        return Decision(True, None, (), 0.0, admitted, tally.calls, tally.records, spend, now, 0, False, window_slots)
+        return Decision(True, None, (), 0.0, states, tally.calls, tally.records, spend, now, 0, False, window_slots)
 
     async def settle(self, settlement: Settlement) -> None:
         self.record(settlement)
