@@ -228,35 +228,30 @@ class MemoryStore(MemoryDirectory):
         for _, _, _, _, _, counts, index in counted:  # the weight, added to every window
             counts[index] = counts.get(index, 0) + weight
         states, window_slots = tuple(admitted), tuple(slots)
-        day = account.day
         if replay:
             tally.replays += 1
-            day.replays += 1
+            account.day.replays += 1
             self._log.usage(customer, request.period_id, request.day, now, replays=1)
-            # Decision's fields in order, positionally: a keyword call costs more (this is per request)
-            # admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents, now,
-            # granted, replay, slots
-            return Decision(
-                True, None, (), 0.0, states, tally.calls, tally.records, spend, now, 0, True, window_slots
-            )  # fmt: skip
-        route, listed, key_id = request.route, request.listed, request.key_id
-        cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
-        cells.add(weight, 0)
-        self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, request.key_id)
-        if request.idempotency_key is not None:
-            self._idempotency[(customer, request.idempotency_key)] = [
-                request.idempotency_fingerprint,
-                "run",
-                now + IDEMPOTENCY_LOCK_SECONDS,
-                None,
-            ]
-            if len(self._idempotency) > MAX_IDEMPOTENCY_KEYS:
-                self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
-        if request.key_id in self._key_ids:
-            self._last_used[request.key_id] = now
-        # as above: admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents,
-        # now, granted, replay, slots
-        return Decision(True, None, (), 0.0, states, tally.calls, tally.records, spend, now, 0, False, window_slots)
+        else:
+            route, listed, key_id = request.route, request.listed, request.key_id
+            cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
+            cells.add(weight, 0)
+            self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, key_id)
+            if request.idempotency_key is not None:
+                self._idempotency[(customer, request.idempotency_key)] = [
+                    request.idempotency_fingerprint,
+                    "run",
+                    now + IDEMPOTENCY_LOCK_SECONDS,
+                    None,
+                ]
+                if len(self._idempotency) > MAX_IDEMPOTENCY_KEYS:
+                    self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
+            if key_id in self._key_ids:
+                self._last_used[key_id] = now
+        # Decision's fields in order, positionally: a keyword call costs more (this is per request)
+        # admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents, now,
+        # granted, replay, slots
+        return Decision(True, None, (), 0.0, states, tally.calls, tally.records, spend, now, 0, replay, window_slots)
 
     async def settle(self, settlement: Settlement) -> None:
         self.record(settlement)
