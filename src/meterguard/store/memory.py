@@ -235,7 +235,7 @@ class MemoryStore(MemoryDirectory):
         else:
             route, listed, key_id = request.route, request.listed, request.key_id
             cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
-            cells.add(weight, 0)
+            cells.add_calls(weight)
             self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, key_id)
             if request.idempotency_key is not None:
                 self._idempotency[(customer, request.idempotency_key)] = [
@@ -279,7 +279,10 @@ class MemoryStore(MemoryDirectory):
         now = self._clock()
         if records or calls:
             cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
-            cells.add(calls, records)
+            if calls:  # a refund (of a call whose records are not billed)
+                cells.add_calls(calls)
+            if records:
+                cells.add_records(records)
             self._log.usage(customer, period_id, day, now, calls, records, 0, cells.label, key_id)
         if uncounted > 0:
             account.period.uncounted += uncounted
@@ -295,7 +298,8 @@ class MemoryStore(MemoryDirectory):
         day = self._days[(flush.customer, flush.day)]
         for row in flush.rows:
             cells = Cells(tally, day, row.route, row.listed, row.key_id)
-            cells.add(row.calls, row.records)
+            cells.add_calls(row.calls)
+            cells.add_records(row.records)
             self._log.usage(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
                             cells.label, row.key_id)  # fmt: skip
         if flush.alerting is not None:
