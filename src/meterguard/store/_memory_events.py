@@ -3,8 +3,8 @@
 Usage events are kept raw (a tuple) and turned into stream fields only when read, and their ids
 (``<ms>-<seq>``, ordered as Redis orders stream ids) are formatted then too, their milliseconds
 included (an entry keeps the clock's reading): the request path pays an append, not a JSON
-encoding. At most MAX_EVENTS per customer are kept (the oldest go
-first): the memory store is for one process, not for audits.
+encoding. At most MAX_EVENTS per customer are kept (the oldest go first): the memory store is
+for one process, not for audits.
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ from .base import EVENT_VERSION
 
 MAX_EVENTS = 10_000
 
-#: customer, period, day, ts, calls, records, replays, route, key id
-RawEvent = tuple[str, str, str, float, int, int, int, str | None, str | None] | dict[str, str]
-_Entry = tuple[float, int, RawEvent]  # clock reading (epoch seconds), sequence, event
+#: An event of any type: clock reading (epoch seconds), sequence, its fields.
+_FieldsEntry = tuple[float, int, dict[str, str]]
+#: A usage event, flat (every call and every response with records appends one, and a tuple
+#: holding the event's own tuple would cost an allocation and a collection more each): clock
+#: reading, sequence, customer, period, day, calls, records, replays, route, key id.
+_UsageEntry = tuple[float, int, str, str, str, int, int, int, str | None, str | None]
+_Entry = _FieldsEntry | _UsageEntry
 
 
-def fields_of(raw: RawEvent) -> dict[str, str]:
-    """Stream fields of an event (store.base EVENT_VERSION), as Redis keeps them."""
-    if isinstance(raw, dict):
-        return raw
-    customer, period_id, day, now, calls, records, replays, route, key_id = raw
+def usage_fields(
+    customer: str, period_id: str, day: str, now: float, calls: int, records: int, replays: int,
+    route: str | None, key_id: str | None,
+) -> dict[str, str]:  # fmt: skip
+    """Stream fields of a usage event (store.base EVENT_VERSION), as Redis keeps them."""
     return {
         "v": EVENT_VERSION, "type": "usage", "customer": customer, "period": period_id, "day": day,
         "ts": repr(now), "calls": str(calls), "records": str(records), "replays": str(replays),
@@ -47,8 +51,11 @@ def _position(event_id: str) -> tuple[int, int]:
 
 
 def _read(entry: _Entry) -> tuple[str, dict[str, str]]:
-    now, seq, raw = entry
-    return f"{_ms(now)}-{seq}", fields_of(raw)
+    if len(entry) == 3:
+        now, seq, fields = entry
+        return f"{_ms(now)}-{seq}", fields
+    now, seq, customer, period_id, day, calls, records, replays, route, key_id = entry
+    return f"{_ms(now)}-{seq}", usage_fields(customer, period_id, day, now, calls, records, replays, route, key_id)
 
 
 class EventLog:
@@ -59,10 +66,10 @@ class EventLog:
         self._pending: defaultdict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(dict)
         self._seq = 0
 
-    def _add(self, customer: str, now: float, raw: RawEvent) -> int:
+    def _add(self, customer: str, now: float, fields: dict[str, str]) -> int:
         self._seq += 1
         events = self._events[customer]
-        events.append((now, self._seq, raw))
+        events.append((now, self._seq, fields))
         if len(events) > MAX_EVENTS:
             self._trim(customer, events)
         return self._seq
@@ -79,7 +86,7 @@ class EventLog:
         # _add, written out: this runs for every call and every response with records
         self._seq += 1
         events = self._events[customer]
-        events.append((now, self._seq, (customer, period_id, day, now, calls, records, replays, route, key_id)))
+        events.append((now, self._seq, customer, period_id, day, calls, records, replays, route, key_id))
         if len(events) > MAX_EVENTS:
             self._trim(customer, events)
 

@@ -19,7 +19,7 @@ from ..config import LedgerSettings
 from ..plans import Window
 from ..windows import wait
 from ._memory_directory import MemoryDirectory
-from ._memory_events import EventLog, fields_of
+from ._memory_events import EventLog, usage_fields
 from ._memory_tallies import MAX_CACHED_CELLS, Account, Cells, Tally, as_counts, window_states
 from .base import (
     METER_CALLS,
@@ -286,7 +286,7 @@ class MemoryStore(MemoryDirectory):
             self._log.usage(customer, period_id, day, now, calls, records, 0, cells.label, key_id)
         if uncounted > 0:
             account.period.uncounted += uncounted
-            fields = fields_of((customer, period_id, day, now, 0, 0, 0, None, None))
+            fields = usage_fields(customer, period_id, day, now, 0, 0, 0, None, None)
             fields["uncounted"] = str(uncounted)
             self._log.append(customer, now, fields)
         if alerting is not None:
