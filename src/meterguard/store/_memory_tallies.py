@@ -39,8 +39,8 @@ def route_label(tally: Tally, route: str, listed: bool) -> str:
 
 class Cells:
     """Where the usage of one (customer, period, day, route, key) is counted: the period's and
-    the day's tallies and their by-route and by-key cells, looked up once, so that counting a
-    call or records is a few additions instead of two label checks and four dict lookups.
+    the day's tallies and their by-route and by-key cells, looked up once, so that counting
+    calls or records is a few additions instead of two label checks and four dict lookups.
 
     The cells are the tallies' own lists (the tallies stay the record usage() and daily() read).
     A route's label is fixed once looked up: a label a tally has taken stays in its ``unlisted``
@@ -59,24 +59,23 @@ class Cells:
         self.day_route = day.by_route[route_label(day, route, listed)]
         self.day_key = day.by_key[key_id]
 
-    def add(self, calls: int, records: int) -> None:
-        period, day = self.period, self.day
-        period.calls += calls
-        period.records += records
-        day.calls += calls
-        day.records += records
-        cell = self.period_route
-        cell[0] += calls
-        cell[1] += records
-        cell = self.period_key
-        cell[0] += calls
-        cell[1] += records
-        cell = self.day_route
-        cell[0] += calls
-        cell[1] += records
-        cell = self.day_key
-        cell[0] += calls
-        cell[1] += records
+    # Calls and records are added apart: an admission counts calls only and a response records
+    # only, and an addition of 0 to each cell would cost as much as a useful one.
+    def add_calls(self, calls: int) -> None:
+        self.period.calls += calls
+        self.day.calls += calls
+        self.period_route[0] += calls
+        self.period_key[0] += calls
+        self.day_route[0] += calls
+        self.day_key[0] += calls
+
+    def add_records(self, records: int) -> None:
+        self.period.records += records
+        self.day.records += records
+        self.period_route[1] += records
+        self.period_key[1] += records
+        self.day_route[1] += records
+        self.day_key[1] += records
 
 
 @dataclass(slots=True)
@@ -97,22 +96,17 @@ class Account:
 
 
 def window_states(
-    counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], added: int, weight: int, sliding: bool
+    counted: list[tuple[Window, int, int, float, float, dict[int, int], int]], weight: int, sliding: bool
 ) -> tuple[WindowState, ...]:
-    """What each window reads after a decision that added ``added`` units (0 when refused),
-    once they are added to each window's slot (here, in the same pass over the windows).
+    """What each window reads after a refused decision: the counts as they were.
 
-    windows.estimate, windows.remaining and windows.reset_after, written out (the same
-    expressions, so the same floats), with the estimate before the decision (``used``) already
-    known (the whole estimate, if the decision added nothing).
+    windows.remaining and windows.reset_after, written out (the same expressions, so the same
+    floats), with the estimate (``used``) already known. An admission builds its states as it
+    reads the windows (MemoryStore._decide).
     """
     states = []
-    for window, previous, current, elapsed, used, counts, index in counted:
+    for window, previous, current, elapsed, used, _, _ in counted:
         limit, seconds = window.limit, window.seconds
-        if added:
-            counts[index] = counts.get(index, 0) + added
-            current += added
-            used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
         if used + weight > limit:
             reset = wait(previous, current, elapsed, seconds, limit, weight, sliding)
         else:

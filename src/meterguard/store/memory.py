@@ -19,7 +19,7 @@ from ..config import LedgerSettings
 from ..plans import Window
 from ..windows import wait
 from ._memory_directory import MemoryDirectory
-from ._memory_events import EventLog, fields_of
+from ._memory_events import EventLog, usage_fields
 from ._memory_tallies import MAX_CACHED_CELLS, Account, Cells, Tally, as_counts, window_states
 from .base import (
     METER_CALLS,
@@ -36,6 +36,7 @@ from .base import (
     Settlement,
     StoredResponse,
     Usage,
+    WindowState,
 )
 
 IDEMPOTENCY_LOCK_SECONDS = 300  # a key whose first request never finished frees after this
@@ -140,16 +141,20 @@ class MemoryStore(MemoryDirectory):
         if account is None or account.period_id != request.period_id or account.day_id != request.day:
             account = self._account(customer, request.period_id, request.day)
         tally = account.period
-        # (window, previous, current, elapsed, estimate, its slots, slot index) before this request;
-        # the states a client sees are built once the whole decision is known, so that a refused
-        # request adds to no window's count in the headers either (as the Redis store reports them).
-        # The window arithmetic is windows.estimate's, written out: this runs per window and request.
+        # (window, previous, current, elapsed, estimate, its slots, slot index) before this request,
+        # for a refusal's states: a refused request adds to no window's count in the headers either
+        # (as the Redis store reports them). ``admitted``: the states as this request leaves the
+        # windows if it is admitted, built in the same pass (admission is the common case; a refusal
+        # drops them). The arithmetic is windows.estimate's, remaining's and reset_after's, written
+        # out (the same expressions, so the same floats): this runs per window and request.
         counted: list[tuple[Window, int, int, float, float, dict[int, int], int]] = []
+        admitted: list[WindowState] = []
+        slots: list[int] = []  # each window's slot index, for Decision.slots
         violated: list[str] = []
         retry_after = 0.0
         windows = account.windows
         for window in request.windows:
-            seconds = window.seconds
+            seconds, limit = window.seconds, window.limit
             index = math.floor(now / seconds)
             elapsed = now - index * seconds
             counts = windows.get(window.counter)
@@ -162,15 +167,27 @@ class MemoryStore(MemoryDirectory):
                     del counts[old]
                 current = 0
             previous = counts.get(index - 1, 0)
-            used = previous * (seconds - elapsed) / seconds + current if sliding else float(current)
-            if used + weight > window.limit:
+            if sliding:  # the previous slot's share is the same before and after this request
+                decayed = previous * (seconds - elapsed) / seconds
+                used, after = decayed + current, decayed + (current + weight)
+            else:
+                used, after = float(current), float(current + weight)
+            if used + weight > limit:
                 violated.append(window.name)
-                retry_after = max(retry_after, wait(previous, current, elapsed, seconds, window.limit, weight, sliding))
+                retry_after = max(retry_after, wait(previous, current, elapsed, seconds, limit, weight, sliding))
             counted.append((window, previous, current, elapsed, used, counts, index))
+            if after + weight > limit:
+                reset = wait(previous, current + weight, elapsed, seconds, limit, weight, sliding)
+            else:
+                reset = seconds - elapsed
+            left = math.floor(limit - after + 1e-9)
+            admitted.append(WindowState(window, left if left > 0 else 0, reset))
+            slots.append(index)
 
         reason: Reason | None = None
         calls, records = request.calls, request.records
-        calls_billed, records_billed = calls.billed, records.billed
+        # Meter.billed, read from its field: the property would cost a call each, per request
+        calls_billed, records_billed = calls.unit > 0, records.unit > 0
         spend = spend_cents(tally.calls, tally.records, calls, records) if calls_billed or records_billed else 0
         replay = False
         if request.idempotency_key is not None:
@@ -184,7 +201,7 @@ class MemoryStore(MemoryDirectory):
                 state = "mismatch" if held[0] != request.idempotency_fingerprint else "in_flight"
                 return Decision(
                     admitted=False, reason=None, violated=(), retry_after=0.0,
-                    windows=window_states(counted, 0, weight, sliding), calls_used=tally.calls,
+                    windows=window_states(counted, weight, sliding), calls_used=tally.calls,
                     records_used=tally.records, spend_cents=spend, now=now, idempotency=state,  # type: ignore[arg-type]
                 )  # fmt: skip
         if violated:
@@ -204,41 +221,37 @@ class MemoryStore(MemoryDirectory):
             tally.rejected[reason] += 1
             return Decision(
                 admitted=False, reason=reason, violated=tuple(violated), retry_after=retry_after,
-                windows=window_states(counted, 0, weight, sliding), calls_used=tally.calls,
+                windows=window_states(counted, weight, sliding), calls_used=tally.calls,
                 records_used=tally.records, spend_cents=spend, now=now,
             )  # fmt: skip
 
-        window_slots = tuple([entry[6] for entry in counted])
-        admitted = window_states(counted, weight, weight, sliding)  # adds the weight to every window
-        day = account.day
+        for _, _, _, _, _, counts, index in counted:  # the weight, added to every window
+            counts[index] = counts.get(index, 0) + weight
+        states, window_slots = tuple(admitted), tuple(slots)
         if replay:
             tally.replays += 1
-            day.replays += 1
+            account.day.replays += 1
             self._log.usage(customer, request.period_id, request.day, now, replays=1)
-            return Decision(
-                admitted=True, reason=None, violated=(), retry_after=0.0, windows=admitted,
-                calls_used=tally.calls, records_used=tally.records, spend_cents=spend, now=now,
-                replay=True, slots=window_slots,
-            )  # fmt: skip
-        route, listed, key_id = request.route, request.listed, request.key_id
-        cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
-        cells.add(weight, 0)
-        self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, request.key_id)
-        if request.idempotency_key is not None:
-            self._idempotency[(customer, request.idempotency_key)] = [
-                request.idempotency_fingerprint,
-                "run",
-                now + IDEMPOTENCY_LOCK_SECONDS,
-                None,
-            ]
-            if len(self._idempotency) > MAX_IDEMPOTENCY_KEYS:
-                self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
-        if request.key_id in self._key_ids:
-            self._last_used[request.key_id] = now
-        return Decision(
-            admitted=True, reason=None, violated=(), retry_after=0.0, windows=admitted, calls_used=tally.calls,
-            records_used=tally.records, spend_cents=spend, now=now, slots=window_slots,
-        )  # fmt: skip
+        else:
+            route, listed, key_id = request.route, request.listed, request.key_id
+            cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
+            cells.add_calls(weight)
+            self._log.usage(customer, request.period_id, request.day, now, weight, 0, 0, cells.label, key_id)
+            if request.idempotency_key is not None:
+                self._idempotency[(customer, request.idempotency_key)] = [
+                    request.idempotency_fingerprint,
+                    "run",
+                    now + IDEMPOTENCY_LOCK_SECONDS,
+                    None,
+                ]
+                if len(self._idempotency) > MAX_IDEMPOTENCY_KEYS:
+                    self._idempotency = {k: v for k, v in self._idempotency.items() if v[2] > now}
+            if key_id in self._key_ids:
+                self._last_used[key_id] = now
+        # Decision's fields in order, positionally: a keyword call costs more (this is per request)
+        # admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents, now,
+        # granted, replay, slots
+        return Decision(True, None, (), 0.0, states, tally.calls, tally.records, spend, now, 0, replay, window_slots)
 
     async def settle(self, settlement: Settlement) -> None:
         self.record(settlement)
@@ -266,11 +279,14 @@ class MemoryStore(MemoryDirectory):
         now = self._clock()
         if records or calls:
             cells = account.cells.get((route, listed, key_id)) or self._new_cells(account, route, listed, key_id)
-            cells.add(calls, records)
+            if calls:  # a refund (of a call whose records are not billed)
+                cells.add_calls(calls)
+            if records:
+                cells.add_records(records)
             self._log.usage(customer, period_id, day, now, calls, records, 0, cells.label, key_id)
         if uncounted > 0:
             account.period.uncounted += uncounted
-            fields = fields_of((customer, period_id, day, now, 0, 0, 0, None, None))
+            fields = usage_fields(customer, period_id, day, now, 0, 0, 0, None, None)
             fields["uncounted"] = str(uncounted)
             self._log.append(customer, now, fields)
         if alerting is not None:
@@ -282,7 +298,8 @@ class MemoryStore(MemoryDirectory):
         day = self._days[(flush.customer, flush.day)]
         for row in flush.rows:
             cells = Cells(tally, day, row.route, row.listed, row.key_id)
-            cells.add(row.calls, row.records)
+            cells.add_calls(row.calls)
+            cells.add_records(row.records)
             self._log.usage(flush.customer, flush.period_id, flush.day, self._clock(), row.calls, row.records, 0,
                             cells.label, row.key_id)  # fmt: skip
         if flush.alerting is not None:
