@@ -77,14 +77,14 @@ class LeaseUsage:
             pending.windows[window_slot] = pending.windows.get(window_slot, 0) + units
 
     def settle(self, settlement: Settlement) -> None:
-        """:meth:`record` of a Settlement."""
-        self.record(
-            settlement.customer, settlement.period_id, settlement.period_end, settlement.day, settlement.route,
-            settlement.listed, settlement.key_id, settlement.calls, settlement.records, settlement.alerting,
+        """:meth:`record_response` of a Settlement."""
+        self.record_response(
+            settlement.customer, settlement.key_id, settlement.route, settlement.listed, settlement.period_id,
+            settlement.period_end, settlement.day, settlement.calls, settlement.records, settlement.alerting,
         )  # fmt: skip
 
-    def record(
-        self, customer: str, period_id: str, period_end: int, day: str, route: str, listed: bool, key_id: str,
+    def record_response(
+        self, customer: str, key_id: str, route: str, listed: bool, period_id: str, period_end: int, day: str,
         calls: int, records: int, alerting: Alerting | None,
     ) -> None:  # fmt: skip
         """Records of a response (and ``calls``: -weight for a refunded call), without building a

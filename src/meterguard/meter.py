@@ -278,8 +278,8 @@ class MeterEngine:
             return None
         if self._fast is not None and uncounted <= 0:  # likewise
             period = ticket.period
-            self._fast.usage.record(ticket.customer, period.id, period.end_ts, ticket.day, ticket.route,
-                                    ticket.listed, ticket.key_id, calls, records, ticket.alerting)  # fmt: skip
+            self._fast.usage.record_response(ticket.customer, ticket.key_id, ticket.route, ticket.listed, period.id,
+                                             period.end_ts, ticket.day, calls, records, ticket.alerting)  # fmt: skip
             return None
         settlement = Settlement(
             ticket.customer,
