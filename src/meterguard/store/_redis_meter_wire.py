@@ -217,7 +217,8 @@ def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
     """A Decision from an admission's reply: the script returns counts, the rest is windows.py.
 
     Once per admission, so the window arithmetic of windows.estimate/remaining/reset_after is
-    written out here (the same expressions, so the same floats) and computed once per window.
+    written out here (the same expressions, so the same floats) and computed once per window,
+    and ``max()`` is written as a test (a builtin's call costs more than the comparison).
     """
     code, calls_used, records_used, spend, granted, flags = reply[:6]
     sliding = request.strategy == "sliding"
@@ -230,20 +231,33 @@ def decision(request: AdmitRequest, reply: list[Any], now: float) -> Decision:
     known = len(reply) >= 6 + 2 * len(request.windows)
     for i, window in enumerate(request.windows):
         seconds, limit = window.seconds, window.limit
-        previous, current = (reply[6 + 2 * i], reply[7 + 2 * i]) if known else (0, limit)
+        if known:
+            previous, current = reply[6 + 2 * i], reply[7 + 2 * i]
+        else:
+            previous, current = 0, limit
         index = int(now // seconds)
         elapsed = now - index * seconds
         if flags & (FLAG_WINDOW << i):
             violated.append(window.name)
             before = current - weight - granted if admitted else current
-            retry_after = max(retry_after, wait(previous, before, elapsed, seconds, limit, weight, sliding))
+            waited = wait(previous, before, elapsed, seconds, limit, weight, sliding)
+            if waited > retry_after:
+                retry_after = waited
         used = previous * (seconds - elapsed) / seconds + current if sliding else current
         if used + weight > limit:  # windows.reset_after
             reset = wait(previous, current, elapsed, seconds, limit, weight, sliding)
         else:
             reset = seconds - elapsed
-        states.append(WindowState(window, max(0, math.floor(limit - used + 1e-9)), reset))
+        left = math.floor(limit - used + 1e-9)
+        states.append(WindowState(window, left if left > 0 else 0, reset))
         slots.append(index)
+    if admitted and not violated:
+        # The common case, built positionally (a keyword call costs more): admitted, reason,
+        # violated, retry_after, windows, calls_used, records_used, spend_cents, now, granted,
+        # replay, slots
+        replay = bool(flags & FLAG_REPLAY)
+        return Decision(True, None, (), 0.0, tuple(states), calls_used, records_used, spend, now, granted, replay,
+                        tuple(slots))  # fmt: skip
     if code == CODE_QUOTA:
         if flags & FLAG_CALLS:
             violated.append("calls-period")
