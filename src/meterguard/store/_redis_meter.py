@@ -138,17 +138,18 @@ class RedisMeter(RedisBase):
         started = time.perf_counter()
         sec, usec, *replies = await self._hot_script(METER, batch.keys, [payload])
         self.metrics.store_call("batch", time.perf_counter() - started, len(works))
+        sec, usec = int(sec), int(usec)  # the script's run, once for every group of the batch
         out = []
         fired: list[Fired] = []
         for work, reply in zip(works, replies, strict=True):
             status = str(reply[0])
             if status == "stale":
-                out.append(Reply(status, [], int(sec), int(usec)))
+                out.append(Reply(status, [], sec, usec))
                 continue
             if status == "dup":  # a repeat: the decisions recorded when it ran, and when that was
                 out.append(Reply(status, [recorded_reply(entry) for entry in reply[3]], int(reply[1]), int(reply[2])))
                 continue
-            out.append(Reply(status, list(reply[1]), int(sec), int(usec)))
+            out.append(Reply(status, list(reply[1]), sec, usec))
             if len(reply) > 2:  # alerts fired and not yet acknowledged: {period id, "name=level,...", ...}
                 pending = reply[2]
                 for period_id, entries in zip(pending[::2], pending[1::2], strict=True):
@@ -157,7 +158,7 @@ class RedisMeter(RedisBase):
                         fired.append(Fired(work.customer, str(period_id), name, int(level)))
         if fired and self._alert_sink is not None:
             self._alert_sink(fired)
-        return int(sec), int(usec), out
+        return sec, usec, out
 
     # the Store protocol ---------------------------------------------------------------------------
 
