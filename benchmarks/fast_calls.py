@@ -7,7 +7,8 @@ requests (asked by a request or, at the turn, ahead of one), admissions without 
 flushes, split into those that rode with a lease request in the same tick and those sent on
 their own. Each store call of a customer is a group in a script call, so this is what Redis
 pays per second for each customer (docs/benchmarks.md). Needs a Redis (MG_BENCH_REDIS,
-default redis://127.0.0.1:6379/0).
+default redis://127.0.0.1:6379/0), where the run writes under a prefix of its own and deletes
+those keys at the end.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import argparse
 import asyncio
 import itertools
 import os
-import secrets
 import time
 from collections import Counter
 from typing import Any
 
+from ._common import delete_prefix, new_prefix
 from .arms import PATH, build
 from .inprocess import _headers
 
@@ -62,7 +63,8 @@ async def _paced(app: Any, keys: list[str], rate: float, seconds: float) -> tupl
 
 async def _run(rate: float, seconds: float) -> None:
     url = os.environ.get("MG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-    arm = await build("mg-fast", redis_url=url, prefix=f"bench-{secrets.token_hex(4)}", keys=400)
+    prefix = new_prefix()
+    arm = await build("mg-fast", redis_url=url, prefix=prefix, keys=400)
     fast = arm.app.engine.fast_path
     store = fast._store
     counts: Counter[str] = Counter()
@@ -89,6 +91,9 @@ async def _run(rate: float, seconds: float) -> None:
         done, elapsed = await _paced(arm.app, arm.keys, rate, seconds)
     finally:
         await arm.aclose()
+        import redis
+
+        delete_prefix(redis.Redis.from_url(url, decode_responses=True), prefix)  # this run's keys only
     customers = max(1, len(arm.keys) // 2)  # benchmarks.arms.provision: two keys per customer
     print(f"mg-fast: {done} requests in {elapsed:.1f} s ({done / elapsed:.0f}/s), {customers} customers")
     counts["store calls (groups)"] = sum(
