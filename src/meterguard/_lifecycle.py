@@ -16,6 +16,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
+from ._gc import tune_for_serving
 from ._responder import Counting
 from ._types import ASGIApp, Clock, Message, Receive, Scope, Send
 from .alerts import Alerts, Deliverer
@@ -47,6 +48,7 @@ class Lifecycle:
     _background: set[asyncio.Task[None]]
     _watcher: asyncio.Future[None] | None  # started by the first request, in its loop
     _deliverer: Deliverer | None
+    _tune_gc: bool
 
     def _use(self, runtime: Runtime) -> None:
         """Swap in a version of plans.yaml. Synchronous: no request runs while the references change."""
@@ -113,8 +115,11 @@ class Lifecycle:
         return ReloadResult(result.ok, {**result.summary, "notified": result.ok}, result.errors)
 
     def _started(self) -> None:
-        """In the serving loop (lifespan startup or the first request): SIGHUP, the metrics sync."""
+        """In the serving loop (lifespan startup or the first request): SIGHUP, the metrics sync,
+        the garbage collector's settings (_gc.py)."""
         self.metrics.start()
+        if self._tune_gc:
+            tune_for_serving()
         if self._sighup or threading.current_thread() is not threading.main_thread():
             return
         # Only where nobody else handles SIGHUP: its default action ends the process, never what

@@ -17,6 +17,7 @@ import uuid
 from os import PathLike
 
 from . import idempotency
+from ._gc import gc_tuning_wanted
 from ._lifecycle import Lifecycle, answer_lifespan
 from ._refusals import idempotency_refusal, refusal, store_unavailable, unauthenticated
 from ._responder import Responder
@@ -64,6 +65,7 @@ class MeterGuard(Lifecycle):
         clock: Clock | None = None,
     ) -> None:
         configure_from_env()
+        self._tune_gc = gc_tuning_wanted()
         self.app = app
         loaded = config if isinstance(config, Config) else load_config(config)
         self.clock: Clock = clock or time.time
