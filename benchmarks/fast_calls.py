@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import time
 from collections import Counter
 from typing import Any
 
-from ._common import delete_prefix, new_prefix
+from ._common import delete_prefix, new_prefix, redis_client, redis_url
 from .arms import PATH, build
 from .inprocess import _headers
 
@@ -62,9 +61,8 @@ async def _paced(app: Any, keys: list[str], rate: float, seconds: float) -> tupl
 
 
 async def _run(rate: float, seconds: float) -> None:
-    url = os.environ.get("MG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
     prefix = new_prefix()
-    arm = await build("mg-fast", redis_url=url, prefix=prefix, keys=400)
+    arm = await build("mg-fast", redis_url=redis_url(), prefix=prefix, keys=400)
     fast = arm.app.engine.fast_path
     store = fast._store
     counts: Counter[str] = Counter()
@@ -91,9 +89,7 @@ async def _run(rate: float, seconds: float) -> None:
         done, elapsed = await _paced(arm.app, arm.keys, rate, seconds)
     finally:
         await arm.aclose()
-        import redis
-
-        delete_prefix(redis.Redis.from_url(url, decode_responses=True), prefix)  # this run's keys only
+        delete_prefix(redis_client(), prefix)  # this run's keys only
     customers = max(1, len(arm.keys) // 2)  # benchmarks.arms.provision: two keys per customer
     print(f"mg-fast: {done} requests in {elapsed:.1f} s ({done / elapsed:.0f}/s), {customers} customers")
     counts["store calls (groups)"] = sum(

@@ -16,16 +16,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import statistics
 import time
 from typing import Any
 
-from ._common import delete_prefix, new_prefix
+from meterguard import _gc
+
+from ._common import delete_prefix, new_prefix, redis_client, redis_url
 from .arms import build
 from .inprocess import drive
 
-DEFAULT_THRESHOLD = (700, 10, 10)
+# CPython's settings: the older generations' thresholds as this interpreter started with them
+DEFAULT_THRESHOLD = (_gc.CPYTHON_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class _CollectorClock:
@@ -46,11 +48,7 @@ def _use(setting: str) -> None:
     gc.unfreeze()
     gc.set_threshold(*DEFAULT_THRESHOLD)
     if setting == "tuned":
-        from meterguard import _gc
-
-        gc.set_threshold(_gc.YOUNG_THRESHOLD, *DEFAULT_THRESHOLD[1:])
-        gc.collect()
-        gc.freeze()
+        _gc.apply_serving_settings()  # what the middleware applies once the app has started
 
 
 async def _arm(name: str, url: str, rounds: int, requests: int) -> None:
@@ -76,9 +74,7 @@ async def _arm(name: str, url: str, rounds: int, requests: int) -> None:
         _use("tuned")
         await built.aclose()
         if name != "mg-memory":
-            import redis
-
-            delete_prefix(redis.Redis.from_url(url, decode_responses=True), prefix)  # this run's keys only
+            delete_prefix(redis_client(), prefix)  # this run's keys only
     for setting, rows in figures.items():
         cpu = statistics.median(row[0] for row in rows)
         collector = statistics.median(row[1] for row in rows)
@@ -87,9 +83,8 @@ async def _arm(name: str, url: str, rounds: int, requests: int) -> None:
 
 
 async def _run(arms: list[str], rounds: int, requests: int) -> None:
-    url = os.environ.get("MG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
     for name in arms:
-        await _arm(name, url, rounds, requests)
+        await _arm(name, redis_url(), rounds, requests)
 
 
 def main() -> None:

@@ -16,25 +16,20 @@ and deletes those keys at the end.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
 import tempfile
 
-from ._common import delete_prefix, new_prefix
+from ._common import delete_prefix, new_prefix, redis_client, redis_url
 from .arms import IN_PROCESS_ARMS, build
 from .inprocess import drive
 
 WARM_UP = 1000
 
 
-def _url() -> str:
-    return os.environ.get("MG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-
-
 async def _drive(arm: str, requests: int, prefix: str) -> None:
-    built = await build(arm, redis_url=_url(), prefix=prefix, keys=400)
+    built = await build(arm, redis_url=redis_url(), prefix=prefix, keys=400)
     try:
         await drive(built, WARM_UP)
         if requests:
@@ -71,9 +66,7 @@ def main(argv: list[str]) -> int:
         per_request = (_collected(arm, requests, prefix + "-n") - _collected(arm, 0, prefix + "-0")) / requests
     finally:
         if arm not in ("bare", "noop", "mg-memory"):  # the others wrote keys to MG_BENCH_REDIS: this run's only
-            import redis
-
-            delete_prefix(redis.Redis.from_url(_url(), decode_responses=True), prefix)
+            delete_prefix(redis_client(), prefix)
     print(f"{arm}: {per_request / 1000:.1f}k instructions per request (in-process, {requests} requests)")
     return 0
 

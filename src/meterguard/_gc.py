@@ -52,8 +52,12 @@ def tune_for_serving() -> None:
     if _done:
         return
     _done = True
-    if not gc.isenabled():
-        return  # the application turned the collector off: its call
+    if gc.isenabled():  # an application that turned the collector off made its call
+        apply_serving_settings()
+
+
+def apply_serving_settings() -> None:
+    """The settings themselves, each time it is called (benchmarks.gc_policy switches them)."""
     young, older, oldest = gc.get_threshold()
     raised = young == CPYTHON_YOUNG_THRESHOLD
     if raised:
