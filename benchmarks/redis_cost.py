@@ -56,7 +56,8 @@ def _capturing(path: str | None) -> Iterator[list[tuple[list[str], Any]]]:
 
     from meterguard.store import _redis_meter
 
-    original = _redis_meter.RedisMeter._script
+    # the METER call goes through the thin client's entry (_hot_script), not redis-py's _script
+    original = _redis_meter.RedisMeter._hot_script
 
     async def spy(self: Any, script: Any, keys: Any, args: Any) -> Any:
         if script is _redis_meter.METER:
@@ -65,11 +66,11 @@ def _capturing(path: str | None) -> Iterator[list[tuple[list[str], Any]]]:
             captured.append((list(keys), decode(payload)))
         return await original(self, script, keys, args)
 
-    _redis_meter.RedisMeter._script = spy  # type: ignore[method-assign]
+    _redis_meter.RedisMeter._hot_script = spy  # type: ignore[method-assign]
     try:
         yield captured
     finally:
-        _redis_meter.RedisMeter._script = original  # type: ignore[method-assign]
+        _redis_meter.RedisMeter._hot_script = original  # type: ignore[method-assign]
         Path(path).write_bytes(msgspec.msgpack.encode(captured))
 
 
