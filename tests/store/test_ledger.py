@@ -161,6 +161,41 @@ async def test_writers_are_independent(store: RedisStore) -> None:
     assert await counts(store) == (2, 0)
 
 
+async def test_customers_sharing_a_batch_are_counted_each_on_their_own(store_factory: StoreFactory) -> None:
+    """meter.lua reuses its views of the hashes from one customer's group to the next: nothing
+    the first group read or wrote may leak into the counts, windows or replies of the others."""
+    store = await store_factory("redis")  # one server: every customer fits one script call
+    assert isinstance(store, RedisStore)
+    batches = [
+        [
+            Work("ann", [admission("ann"), admission("ann")], [records("ann", 5)]),
+            Work("bob", [admission("bob")], [records("bob", 7)]),
+            Work("cid", [], [records("cid", 3)]),  # usage only
+            Work("dee", [admission("dee", key_id="kid9", route="GET /other", listed=False)]),
+        ],
+        [
+            Work("dee", [admission("dee")], [records("dee", 2)]),
+            Work("cid", [admission("cid"), admission("cid"), admission("cid")]),
+            Work("bob", [], [records("bob", 1)]),
+            Work("ann", [admission("ann")]),
+        ],
+    ]
+    replies = [await send(store, seq, *works) for seq, works in enumerate(batches, 1)]
+    # calls used, as each admission's reply counts them: only its own customer's
+    assert [[r[1] for r in admitted] for _, admitted in replies[0]] == [[1, 2], [1], [], [1]]
+    assert [[r[1] for r in admitted] for _, admitted in replies[1]] == [[2], [1, 2, 3], [], [3]]
+    previous, current = replies[1][3][1][0][6:8]  # ann's hour window (both slots: an hour may turn)
+    assert previous + current == 3  # her three calls, nobody else's
+    assert {c: await counts(store, c) for c in ("ann", "bob", "cid", "dee")} == {
+        "ann": (3, 5),
+        "bob": (1, 8),
+        "cid": (3, 3),
+        "dee": (2, 2),
+    }
+    dee = await store.usage("dee", PERIOD)
+    assert dee.by_key == {"key1": Counts(1, 0), "kid1": Counts(0, 2), "kid9": Counts(1, 0)}
+
+
 async def test_an_admission_ends_at_its_budget_while_a_usage_batch_waits_for_redis(
     private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy]
 ) -> None:

@@ -41,7 +41,9 @@
 -- turned into text) and to each redis.call more than to the commands themselves. So: one HMGET
 -- and one HSET per hash and group, numbers handed to redis.call as numbers (Redis prints them
 -- in C), window fields named once per batch, replies returned as Lua arrays (turned into RESP
--- in C), events written as one field.
+-- in C), events written as one field. Past those, most of the time went to building Lua tables
+-- one key at a time (every new key, every resize of a growing table): so the hashes' views are
+-- reused from group to group, replies are built in one go, and an event's rows are one string each.
 --
 -- ARGV[1] = MessagePack or JSON {s = settings, w = writer, q = seq, d = deadline ms (0: none), t = terms, g = groups}
 --   settings = {period audit seconds, max unmatched labels, "other" label, idempotency lock
@@ -186,19 +188,35 @@ end
 
 -- A hash as a group sees it: the fields it needs, read with one HMGET; the ones it changed,
 -- written with one HSET. Values are read as text and become numbers when first used as such.
-local function view(key)
-  return {key = key, names = {}, vals = {}, dirty = {}, n = 0}
+-- Views are reused from group to group (reset empties them): tables grown one field at a time
+-- cost Redis more than anything else in this script (each new key, each resize).
+local function new_view()
+  return {key = false, names = {}, count = 0, vals = {}, dirty = {}, order = {}, n = 0,
+          period_end = 0, id = false, reserved = false, alerts = false, touched = false}
+end
+local function reset(v, key)
+  local vals, dirty, names, order = v.vals, v.dirty, v.names, v.order
+  for i = 1, v.count do vals[names[i]] = nil end
+  for i = 1, v.n do
+    local field = order[i]
+    vals[field] = nil
+    dirty[field] = nil
+  end
+  v.key, v.count, v.n = key, 0, 0
+  v.period_end, v.id, v.reserved, v.alerts, v.touched = 0, false, false, false, false
+  return v
 end
 local function want(v, field) -- a field asked twice is read twice: cheaper than remembering
-  local names = v.names
-  names[#names + 1] = field
+  local count = v.count + 1
+  v.count = count
+  v.names[count] = field
 end
 local function load(v)
-  local names = v.names
-  if #names == 0 then return end
-  local got = redis.call('HMGET', v.key, unpack(names))
+  local names, count = v.names, v.count
+  if count == 0 then return end
+  local got = redis.call('HMGET', v.key, unpack(names, 1, count))
   local vals = v.vals
-  for i = 1, #names do vals[names[i]] = got[i] end
+  for i = 1, count do vals[names[i]] = got[i] end
 end
 local function get(v, field)
   local value = v.vals[field]
@@ -211,10 +229,12 @@ local function get(v, field)
 end
 local function put(v, field, value)
   v.vals[field] = value
-  if not v.dirty[field] then
-    v.dirty[field] = true
-    v.n = v.n + 1
-    v.dirty[v.n] = field
+  local dirty = v.dirty
+  if not dirty[field] then
+    dirty[field] = true
+    local n = v.n + 1
+    v.n = n
+    v.order[n] = field
   end
 end
 -- Only a field the group read (wanted) can be added to: one not read would read 0, and the
@@ -231,20 +251,25 @@ local function add(v, field, amount) -- get and put, written out: the commonest 
     dirty[field] = true
     local n = v.n + 1
     v.n = n
-    dirty[n] = field
+    v.order[n] = field
   end
 end
 
+local hset_args = {} -- reused: HSET's arguments, the first 2n of them
 local function store(v)
-  if v.n == 0 then return end
-  local args, dirty, vals = {}, v.dirty, v.vals
-  for i = 1, v.n do
-    local field = dirty[i]
+  local n = v.n
+  if n == 0 then return end
+  local args, order, vals = hset_args, v.order, v.vals
+  for i = 1, n do
+    local field = order[i]
     args[2 * i - 1] = field
     args[2 * i] = vals[field] -- a number is printed by Redis (%.17g), in C: integers exactly
   end
-  redis.call('HSET', v.key, unpack(args))
+  redis.call('HSET', v.key, unpack(args, 1, 2 * n))
 end
+
+local state_view = new_view()
+local period_views, periods_used = {}, 0 -- the period views, used by this group: the first periods_used
 
 -- The group being run: its hashes, the events it writes, the windows whose current slot it
 -- writes first (rolled), and what the record keeps of each admission (code, granted, flags).
@@ -258,12 +283,10 @@ local function want_windows(t)
   -- a customer's requests in one batch nearly always share their terms: their fields once
   if windows_wanted[t] == group_number then return end
   windows_wanted[t] = group_number
-  local names = state.names
   for _, w in ipairs(terms[t][2]) do
-    local n = #names
-    names[n + 1] = w[4][3]
-    names[n + 2] = w[4][4]
-    names[n + 3] = w[1] -- the slot it last wrote, for rolling
+    want(state, w[4][3])
+    want(state, w[4][4])
+    want(state, w[1]) -- the slot it last wrote, for rolling
   end
 end
 
@@ -287,8 +310,13 @@ end
 local function period(index, period_end, period_id)
   local p = periods[index]
   if p == nil then
-    p = view(KEYS[index])
-    p.period_end = 0
+    periods_used = periods_used + 1
+    p = period_views[periods_used]
+    if p == nil then
+      p = new_view()
+      period_views[periods_used] = p
+    end
+    reset(p, KEYS[index])
     p.id = period_id
     want(p, '_')
     want(p, 'calls')
@@ -452,15 +480,7 @@ local function count(p, period_id, day, route, listed, key_id, calls, records, c
   end
   -- one line per count; an export adds up lines of the same route and key
   local rows = e.rows
-  local n = #rows
-  rows[n + 1] = '\n'
-  rows[n + 2] = name
-  rows[n + 3] = '\t'
-  rows[n + 4] = key_id
-  rows[n + 5] = '\t'
-  rows[n + 6] = text(calls)
-  rows[n + 7] = '\t'
-  rows[n + 8] = text(records)
+  rows[#rows + 1] = '\n' .. name .. '\t' .. key_id .. '\t' .. text(calls) .. '\t' .. text(records)
 end
 
 local function apply_usage(u)
@@ -498,6 +518,7 @@ local function apply_usage(u)
   end
 end
 
+local window_counts = {} -- an admission's {previous, current} per window, reused
 local function admit(a)
   local t = terms[a[1]]
   local sliding, windows, calls_meter, records_meter = t[1] == 1, t[2], t[3], t[4]
@@ -518,7 +539,7 @@ local function admit(a)
   end
   local replay = flags == FLAG_REPLAY
 
-  local reply = {code, 0, 0, 0, 0, 0}
+  local counts = window_counts
   local window_flags, bit = 0, FLAG_WINDOW
   local room = math.huge -- units every window could still take after this request
   local vals = state.vals
@@ -537,7 +558,7 @@ local function admit(a)
     end
     local used = current -- windows.estimate, written out: once per window and admission
     if sliding then used = previous * (seconds - s[2]) / seconds + current end
-    reply[5 + 2 * i], reply[6 + 2 * i] = previous, current
+    counts[2 * i - 1], counts[2 * i] = previous, current
     if used + weight > limit then
       window_flags = window_flags + bit
     elseif lease_wanted > 0 then
@@ -577,8 +598,8 @@ local function admit(a)
 
   if code == CODE_ADMITTED then
     for i, w in ipairs(windows) do
-      local current = reply[6 + 2 * i] + weight + granted
-      reply[6 + 2 * i] = current
+      local current = counts[2 * i] + weight + granted
+      counts[2 * i] = current
       local name = w[4][3]
       if not vals[name] then rolled[#rolled + 1] = {w[1], w[4][1]} end -- the slot's first write
       put(state, name, current)
@@ -602,7 +623,7 @@ local function admit(a)
     redis.call('HINCRBY', p.key, 'x:' .. REASONS[code], 1) -- refusals: rare, never in the view
     p.touched = true
   end
-  reply[1], reply[2], reply[3], reply[4], reply[5], reply[6] = code, calls_used, records_used, spend, granted, flags
+  local reply = {code, calls_used, records_used, spend, granted, flags, unpack(counts, 1, 2 * #windows)}
   if code == CODE_ADMITTED and granted == 0 and flags == 0 then -- most admissions, made once
     recorded_now[#recorded_now + 1] = '0,0,0'
   else
@@ -655,7 +676,8 @@ end
 -- One customer's group of work.
 local function run_group(group)
   local customer = group[1]
-  state = view(KEYS[group[2]])
+  state = reset(state_view, KEYS[group[2]])
+  periods_used = 0
   periods, events, event_order, rolled, recorded_now = {}, {}, {}, {}, {}
   group_number = group_number + 1
   local stream = KEYS[group[3]]
