@@ -216,6 +216,38 @@ async def test_an_admission_ends_at_its_budget_while_a_usage_batch_waits_for_red
         await store.aclose()
 
 
+async def test_a_settlement_waits_no_longer_than_its_budget_and_lands_once_redis_is_back(
+    private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy]
+) -> None:
+    """Exact mode waits for a settlement to be applied, but only as long as an admission may
+    wait: the response goes on, the ledger keeps the records and applies them when it can."""
+    proxy = fault_proxy(private_redis.port)
+    store = RedisStore(f"{proxy.url}?socket_timeout=0.3", key_prefix="settle-budget")
+    try:
+        for _ in range(3):
+            assert (await store.admit(request("acme"))).admitted
+        proxy.blackhole()
+        started = time.monotonic()
+        settlements = (
+            store.settle(Settlement("acme", f"key{i}", "GET /v1/posts/search", True, PERIOD, 2_000_000_000, 5, TODAY))
+            for i in range(3)
+        )
+        await asyncio.wait_for(asyncio.gather(*settlements), 5.0)  # without a budget: until Redis is back
+        assert 0.25 <= time.monotonic() - started < 1.0
+        proxy.heal()
+        deadline = time.monotonic() + 15
+        while await counts(store) != (3, 15) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await counts(store) == (3, 15)
+        started = time.monotonic()
+        await store.settle(Settlement("acme", "key1", "GET /v1/posts/search", True, PERIOD, 2_000_000_000, 1, TODAY))
+        assert time.monotonic() - started < 0.25  # applied, not timed out
+        assert await counts(store) == (3, 16)
+    finally:
+        proxy.heal()
+        await store.aclose()
+
+
 async def test_admissions_never_queue_behind_a_flood_of_usage(store_factory: StoreFactory) -> None:
     """Every queued admission goes in the next batch, ahead of usage rows, which travel at most
     MAX_USAGES at a time: a request waits for the batch in flight and its own, never for the
