@@ -191,8 +191,7 @@ end
 -- Views are reused from group to group (reset empties them): tables grown one field at a time
 -- cost Redis more than anything else in this script (each new key, each resize).
 local function new_view()
-  return {key = false, names = {}, count = 0, vals = {}, dirty = {}, order = {}, n = 0,
-          period_end = 0, id = false, reserved = false, alerts = false, touched = false}
+  return {key = false, names = {}, count = 0, vals = {}, dirty = {}, order = {}, n = 0}
 end
 local function reset(v, key)
   local vals, dirty, names, order = v.vals, v.dirty, v.names, v.order
@@ -203,7 +202,6 @@ local function reset(v, key)
     dirty[field] = nil
   end
   v.key, v.count, v.n = key, 0, 0
-  v.period_end, v.id, v.reserved, v.alerts, v.touched = 0, false, false, false, false
   return v
 end
 local function want(v, field) -- a field asked twice is read twice: cheaper than remembering
@@ -317,7 +315,9 @@ local function period(index, period_end, period_id)
       period_views[periods_used] = p
     end
     reset(p, KEYS[index])
-    p.id = period_id
+    -- what a period's view keeps besides its fields: its id, the latest period end its entries
+    -- name, and which optional fields it asked for (rs, alerts) or wrote outside HSET (refusals)
+    p.id, p.period_end, p.reserved, p.alerts, p.touched = period_id, 0, false, false, false
     want(p, '_')
     want(p, 'calls')
     want(p, 'records')
