@@ -19,7 +19,7 @@ import pytest
 from meterguard.errors import StoreUnavailable
 from meterguard.plans import Window
 from meterguard.store._ledger import MAX_USAGES, Admission, Carry, Reply, Usage, Work
-from meterguard.store.base import Counts, Meter, Settlement
+from meterguard.store.base import Counts, Decision, Meter, Settlement
 from meterguard.store.redis import RedisStore
 
 from ..conftest import StoreFactory
@@ -269,3 +269,49 @@ async def test_admissions_never_queue_behind_a_flood_of_usage(store_factory: Sto
     # the first batch (usage only) was in flight when the admissions came: they all took the next
     assert [sum(len(work.admissions) for work in works) for works in sent] == [0, 2 * MAX_USAGES, 0]
     assert [sum(len(work.usages) for work in works) for works in sent] == [MAX_USAGES] * 3
+
+
+async def test_a_reply_wakes_its_requests_and_sends_the_next_batch_without_extra_loop_turns(
+    store_factory: StoreFactory,
+) -> None:
+    """Exact mode's requests wait on batch round trips, so every turn of the event loop between a
+    reply and the requests it answers (or the batch that goes out next) is latency under load:
+    the sender awaits the store itself, not a task of its own through asyncio.wait (three turns
+    more, about 10% of mg-exact's throughput, docs/benchmarks.md)."""
+    store = await store_factory("redis")
+    assert isinstance(store, RedisStore)
+    turns = 0
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)  # once per turn of the loop
+
+    replied: list[int] = []  # the turn each batch's reply reached the ledger
+    sent: list[int] = []  # the turn each batch left
+    run = store._run_batch
+    second: asyncio.Future[Decision] | None = None
+
+    async def spy(seq: int, deadline_ms: int, works: Sequence[Work]) -> tuple[int, int, list[Reply]]:
+        nonlocal second
+        sent.append(turns)
+        if second is None:  # queued while the first batch is in flight: it goes in the next
+            second = asyncio.ensure_future(store.admit(request("acme", windows=(HOUR,))))
+            await asyncio.sleep(0)
+        result = await run(seq, deadline_ms, works)
+        replied.append(turns)
+        return result
+
+    store.ledger._run = spy
+    ticker = asyncio.ensure_future(tick())
+    try:
+        async with asyncio.timeout(5):  # not wait_for: its task would add turns of its own
+            first = await store.admit(request("acme", windows=(HOUR,)))
+            woke = turns
+            assert second is not None
+            assert first.admitted and (await second).admitted
+    finally:
+        ticker.cancel()
+    assert woke - replied[0] <= 1  # the request runs in the turn after its reply
+    assert sent[1] == replied[0]  # the next batch leaves in the turn the reply came
