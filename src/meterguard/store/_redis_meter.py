@@ -15,7 +15,7 @@ from ..config import LedgerSettings
 from ._ledger import Ledger
 from ._ledger_entries import Reply, Usage, Work
 from ._redis_client import RedisBase, load_script, translated
-from ._redis_meter_wire import Batch, batch_payload, decision, recorded_reply
+from ._redis_meter_wire import Batch, Encoded, batch_payload, decision, recorded_reply
 from ._spool import Spool
 from .base import (
     MAX_UNLISTED_ROUTES,
@@ -95,6 +95,7 @@ class RedisMeter(RedisBase):
         ]
         self.ledger = Ledger(self._run_batch, self._group_of, admit_seconds=self.timeout)
         self._alert_sink: AlertSink | None = None
+        self._encoded = Encoded()  # what one batch's encoding leaves for the next (Batch)
 
     def configure_ledger(self, settings: LedgerSettings) -> None:
         """Bounds and the disk spool; adopts a spool an ended process left (store/_spool.py)."""
@@ -129,7 +130,7 @@ class RedisMeter(RedisBase):
 
     async def _run_batch(self, seq: int, deadline_ms: int, works: Sequence[Work]) -> tuple[int, int, list[Reply]]:
         self.metrics.spool_depth.set(self.ledger.depth())
-        batch = Batch(self._tag)
+        batch = Batch(self._tag, self._encoded)
         groups = [batch.work(work) for work in works]
         self._settings[4] = self.events_max_len
         payload = batch_payload(

@@ -42,11 +42,32 @@ def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+MAX_ENCODED = 100_000  # requests (and customers) whose encoding is kept, as MeterEngine keeps requests
+
+
+class Encoded:
+    """What one batch's encoding leaves for the next (the store keeps one): per customer, the
+    names of its state hash and events stream; per terms (by their objects' identity), their
+    entry in a batch's terms; per request object (the gateway reuses one
+    AdmitRequest for every call of a customer, key and route within a day), what its admission's
+    encoding owes that request alone: the request itself (which keeps its id from being reused),
+    its period hash's name, and its fields after the first two, the only ones that depend on the
+    batch (indices into its terms and KEYS)."""
+
+    __slots__ = ("admissions", "customers", "terms")
+
+    def __init__(self) -> None:
+        self.admissions: dict[int, tuple[AdmitRequest, str, list[Any]]] = {}
+        self.customers: dict[str, tuple[str, str]] = {}
+        self.terms: dict[tuple[int, str, int, int], tuple[tuple[Window, ...], Meter, Meter, list[Any]]] = {}
+
+
 class Batch:
     """KEYS and the argument of one METER call, built up work by work."""
 
-    def __init__(self, tag: Callable[[str], str]) -> None:
+    def __init__(self, tag: Callable[[str], str], encoded: Encoded | None = None) -> None:
         self.tag = tag  # a customer's key prefix (RedisBase._tag)
+        self.encoded = Encoded() if encoded is None else encoded
         self.keys: list[str] = []
         self.key_index: dict[str, int] = {}
         self.terms: list[Any] = []
@@ -65,30 +86,45 @@ class Batch:
     def _term(self, windows: tuple[Window, ...], strategy: str, calls: Meter, records: Meter) -> int:
         # By identity: the requests of one plan and route share these objects, and hashing the
         # frozen dataclasses (Python-level __hash__) cost more than the rest of the encoding.
-        # Equal terms in distinct objects only repeat an entry. The batch keeps them alive.
+        # Equal terms in distinct objects only repeat an entry. The batch keeps them alive, and
+        # the entry kept for later batches keeps its own objects, whose ids it checks.
         ident = (id(windows), strategy, id(calls), id(records))
         index = self.terms_index.get(ident)
         if index is None:
-            self.terms.append(
-                [
+            known = self.encoded.terms.get(ident)
+            if known is None or known[0] is not windows or known[1] is not calls or known[2] is not records:
+                entry = [
                     1 if strategy == "sliding" else 0,
                     [[_field(w), w.limit, w.seconds] for w in windows],
                     _meter(calls),
                     _meter(records),
                 ]
-            )
+                terms = self.encoded.terms
+                if len(terms) >= MAX_ENCODED:
+                    terms.clear()
+                known = terms[ident] = (windows, calls, records, entry)
+            self.terms.append(known[3])
             index = self.terms_index[ident] = len(self.terms)
         return index
 
     def admission(self, admission: Admission) -> list[Any]:
         request = admission.request
+        # Only the first two fields depend on the batch (indices into its terms and KEYS), and
+        # the Idempotency-Key's index; ``served`` is the admission's, not the request's. The rest
+        # is reused for the common admission. (A leased one is a new request object every time.)
+        plain = request.idempotency_key is None and not request.lease and not admission.served
+        if plain:
+            known = self.encoded.admissions.get(id(request))
+            if known is not None and known[0] is request:
+                return [self.term(request), self.key(known[1]), *known[2]]
         tag = self.tag(request.customer)
         idem = 0
         if request.idempotency_key is not None:
             idem = self.key(f"{tag}:i:{idempotency_digest(request.idempotency_key)}")
+        period_key = f"{tag}:p:{request.period_id}"
         fields = [
             self.term(request),
-            self.key(f"{tag}:p:{request.period_id}"),
+            self.key(period_key),
             request.period_id,
             request.day,
             request.weight,
@@ -103,7 +139,13 @@ class Batch:
             1 if admission.served else 0,
             *_alerts(request.alerting),
         ]
-        return _trimmed(fields, _ADMISSION_DEFAULTS)
+        _trimmed(fields, _ADMISSION_DEFAULTS)
+        if plain:
+            admissions = self.encoded.admissions
+            if len(admissions) >= MAX_ENCODED:
+                admissions.clear()
+            admissions[id(request)] = (request, period_key, fields[2:])
+        return fields
 
     def usage(self, usage: Usage) -> list[Any]:
         customer, period_id, period_end, day = usage.key
@@ -138,16 +180,25 @@ class Batch:
         return [carry.seq, [self.admission(a) for a in carry.admissions], [self.usage(u) for u in carry.usages]]
 
     def work(self, work: Work) -> list[Any]:
-        tag = self.tag(work.customer)
-        fields = [
-            work.customer,
-            self.key(f"{tag}:s"),
-            self.key(f"{tag}:events"),
-            [self.admission(a) for a in work.admissions],
-            [self.usage(u) for u in work.usages],
-            [self.carry(c) for c in work.carries],
-        ]
-        return _trimmed(fields, _GROUP_DEFAULTS)
+        customer = work.customer
+        names = self.encoded.customers.get(customer)
+        if names is None:
+            customers = self.encoded.customers
+            if len(customers) >= MAX_ENCODED:
+                customers.clear()
+            tag = self.tag(customer)
+            names = customers[customer] = (f"{tag}:s", f"{tag}:events")
+        fields = [customer, self.key(names[0]), self.key(names[1])]
+        # Trailing empty lists left out (_GROUP_DEFAULTS), without building them first: a group
+        # is most often one admission, or one customer's usage.
+        carries, usages = work.carries, work.usages
+        if work.admissions or usages or carries:
+            fields.append([self.admission(a) for a in work.admissions])
+            if usages or carries:
+                fields.append([self.usage(u) for u in usages])
+                if carries:
+                    fields.append([self.carry(c) for c in carries])
+        return fields
 
 
 # The defaults of each field of an admission, a usage entry and a group (None: always sent).
