@@ -131,18 +131,11 @@ class FastPath:
         for state in snapshot.windows:
             reset = state.reset_after - age
             windows.append(WindowState(state.window, state.remaining + units, reset if reset > 0.0 else 0.0))
-        return Decision(
-            admitted=True,
-            reason=None,
-            violated=(),
-            retry_after=0.0,
-            windows=tuple(windows),
-            calls_used=snapshot.calls_used + lease.used,
-            records_used=records_known,
-            spend_cents=snapshot.spend_cents,
-            now=snapshot.now + age,
-            slots=snapshot.slots,
-        )
+        # Decision's fields in order, positionally (a keyword call costs 0.2 us more, per request):
+        # admitted, reason, violated, retry_after, windows, calls_used, records_used, spend_cents,
+        # now, granted, replay, slots
+        return Decision(True, None, (), 0.0, tuple(windows), snapshot.calls_used + lease.used, records_known,
+                        snapshot.spend_cents, snapshot.now + age, 0, False, snapshot.slots)  # fmt: skip
 
     async def admit(self, request: AdmitRequest) -> Decision:
         decision = self.take(request)
