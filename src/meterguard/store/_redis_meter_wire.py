@@ -189,8 +189,8 @@ class Batch:
             tag = self.tag(customer)
             names = customers[customer] = (f"{tag}:s", f"{tag}:events")
         fields = [customer, self.key(names[0]), self.key(names[1])]
-        # Trailing empty lists left out (_GROUP_DEFAULTS), without building them first: a group
-        # is most often one admission, or one customer's usage.
+        # Trailing empty lists left out, as meter.lua reads a missing list as empty, without
+        # building them first: a group is most often one admission, or one customer's usage.
         carries, usages = work.carries, work.usages
         if work.admissions or usages or carries:
             fields.append([self.admission(a) for a in work.admissions])
@@ -201,12 +201,12 @@ class Batch:
         return fields
 
 
-# The defaults of each field of an admission, a usage entry and a group (None: always sent).
-# Trailing fields at their default are left out, meter.lua reads them back as the default:
-# Redis spends most of a microsecond decoding each value, and most of these are defaults.
+# The defaults of each field of an admission and a usage entry (None: always sent); a group's
+# are empty lists after its first three fields (Batch.work). Trailing fields at their default
+# are left out, meter.lua reads them back as the default: Redis spends most of a microsecond
+# decoding each value, and most of these are defaults.
 _ADMISSION_DEFAULTS: tuple[Any, ...] = (None,) * 9 + (-1, 0, 0, "", 0, 0, 0)
 _USAGE_DEFAULTS: tuple[Any, ...] = (None,) * 5 + (0, 0, [], 0, 0, 0, 0, 0)
-_GROUP_DEFAULTS: tuple[Any, ...] = (None, None, None, [], [], [])
 
 
 def _trimmed(fields: list[Any], defaults: tuple[Any, ...]) -> list[Any]:
