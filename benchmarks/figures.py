@@ -121,6 +121,12 @@ def aggregate(arms: list[str], per_round: dict[str, list[Sample]], errors: dict[
             commands=_mean_table(samples, "commands"),
             sent=_mean_table(samples, "sent"),
         )
+        base, _, revision = arm.partition("@")
+        if revision:  # ARM served by an earlier revision of meterguard (MG_BENCH_BASELINE): ARM against it
+            current = per_round.get(base, [])
+            res["current_vs_baseline"] = paired(current, samples, _ratio("rps"))
+            res["current_cpu_vs_baseline_us"] = paired(current, samples, _difference("gateway_cpu_us"))
+            res["current_redis_vs_baseline_us"] = paired(current, samples, _difference("redis_cpu_admitted_us"))
         if arm == "mg-serve":  # the same gateway as mg-exact, started by `meterguard serve`
             exact = per_round.get("mg-exact", [])
             res["vs_mg_exact"] = paired(samples, exact, _ratio("rps"))

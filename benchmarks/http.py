@@ -48,7 +48,7 @@ from ._common import (
     selected_arms,
 )
 from ._proc import tree_cpu_seconds
-from .arms import PATH, build, plans_yaml, provision_store
+from .arms import MG_ARMS, PATH, build, plans_yaml, provision_store
 from .figures import aggregate, window_figures
 from .serve_target import COUNT_FILE_ENV
 
@@ -131,6 +131,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def baseline_arms(arms: list[str], revision: str) -> list[str]:
+    """``arms`` with, after each of meterguard's own, the same arm served by ``revision``'s
+    meterguard (``mg-exact@<rev>``): a change measured against the code before it, side by side in
+    one run. mg-serve has none (it starts the installed ``meterguard`` command)."""
+    out: list[str] = []
+    for arm in arms:
+        out.append(arm)
+        if arm in MG_ARMS:
+            out.append(f"{arm}@{revision}")
+    return out
+
+
+def baseline_source(revision: str, workdir: Path) -> tuple[str, Path]:
+    """``revision``'s short commit id and its ``src`` directory, extracted under ``workdir``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", f"{revision}^{{commit}}"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"MG_BENCH_BASELINE={revision}: not a commit of this repository ({exc})") from exc
+    tree = workdir / f"baseline-{commit}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return commit, tree / "src"
+
+
 class _Server:
     def __init__(self, arm: str, prefix: str, keys: int, workdir: Path) -> None:
         self.arm = arm
@@ -142,9 +168,15 @@ class _Server:
         if arm == "mg-serve":
             command, env = self._meterguard_serve(prefix, keys, workdir)
         else:
-            command = [sys.executable, "-m", "benchmarks", "serve", arm, "--port", str(self.port),
+            base, _, revision = arm.partition("@")
+            if revision:  # keys of its own: the arm it is compared with writes the same names
+                prefix = f"{prefix}-{revision}"
+            command = [sys.executable, "-m", "benchmarks", "serve", base, "--port", str(self.port),
                        "--prefix", prefix, "--keys-file", str(self.keys_file), "--keys", str(keys)]  # fmt: skip
             env = dict(os.environ)
+            if revision:  # this harness, that revision's meterguard (run() extracted it)
+                source = workdir / f"baseline-{revision}" / "src"
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def _meterguard_serve(self, prefix: str, keys: int, workdir: Path) -> tuple[list[str], dict[str, str]]:
@@ -258,6 +290,7 @@ def run(arms: list[str] | None = None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (make bench does it)")
     arms = arms or selected_arms()
+    revision = os.environ.get("MG_BENCH_BASELINE", "").strip()
     seconds = env_float("MG_BENCH_SECONDS", 10.0)
     warmup = env_float("MG_BENCH_WARMUP", 2.0)
     rounds = env_int("MG_BENCH_ROUNDS", 3)
@@ -268,6 +301,10 @@ def run(arms: list[str] | None = None) -> dict[str, Any]:
     errors: dict[str, str] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="mg-bench-") as tmp:
+            if revision:
+                commit, _ = baseline_source(revision, Path(tmp))
+                arms = baseline_arms(arms, commit)
+                per_round.update({arm: [] for arm in arms if arm not in per_round})
             for round_no in range(rounds):
                 order = arms if round_no % 2 == 0 else list(reversed(arms))
                 for arm in order:

@@ -194,6 +194,16 @@ def _http_section(http: dict[str, Any]) -> list[str]:
             f"{_fmt(serve.get('cpu_vs_mg_exact_us'), '+.0f', ' µs')} per request."
         )
         out.append("")
+    for arm, res in http["arms"].items():
+        base, _, revision = arm.partition("@")
+        if revision and isinstance(res.get("current_vs_baseline"), int | float):
+            out.append(
+                f"{base} against {arm} (the same arm served by meterguard at commit {revision}, MG_BENCH_BASELINE): "
+                f"{res['current_vs_baseline']:.2f} of its requests/s, gateway CPU "
+                f"{_fmt(res.get('current_cpu_vs_baseline_us'), '+.0f', ' µs')} per request, Redis CPU "
+                f"{_fmt(res.get('current_redis_vs_baseline_us'), '+.1f', ' µs')} per admitted request."
+            )
+            out.append("")
     for field, title in (
         ("commands", "Redis operations per request by command, server side (commands inside scripts included):"),
         ("sent", "Redis commands sent per request by command, gateway side:"),

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from benchmarks import figures, report
+from benchmarks import figures, http, report
 from benchmarks._common import RedisWindow, command_calls, redis_cpu_seconds
 from benchmarks._proc import process_cpu_seconds, tree_cpu_seconds
 
@@ -195,6 +195,46 @@ def test_comparisons_are_taken_within_a_round_before_the_median() -> None:
     assert results["bare"]["gateway_cpu_added_us"] == 0.0
     assert results["slowapi"]["redis_cpu_us"] == pytest.approx(52)
     assert memory["rounds"] == 3 and memory["requests"] == 14_000
+
+
+def test_a_baseline_arm_is_its_arm_at_an_earlier_commit_compared_within_rounds() -> None:
+    """MG_BENCH_BASELINE=REV: each of meterguard's arms runs again on REV's meterguard, side by
+    side with the current one in the same rounds, and the report compares the two."""
+    assert http.baseline_arms(["bare", "mg-exact", "slowapi", "mg-serve"], "abc1234") == [
+        "bare", "mg-exact", "mg-exact@abc1234", "slowapi", "mg-serve",
+    ]  # fmt: skip
+    per_round = _rounds(
+        {
+            "bare": [(10_000, 60, 0), (9_000, 62, 0), (10_000, 60, 0)],
+            # 1.25, 1.10, 1.40 of the baseline's req/s: median 1.25; CPU -10, -5, -20: median -10
+            "mg-exact": [(5_000, 100, 30), (4_400, 105, 31), (4_200, 100, 29)],
+            "mg-exact@abc1234": [(4_000, 110, 33), (4_000, 110, 33), (3_000, 120, 35)],
+        }
+    )
+    arms = ["bare", "mg-exact", "mg-exact@abc1234"]
+    results = figures.aggregate(arms, per_round, {})
+    baseline = results["mg-exact@abc1234"]
+    assert baseline["current_vs_baseline"] == pytest.approx(1.25)
+    assert baseline["current_cpu_vs_baseline_us"] == pytest.approx(-10)
+    assert baseline["current_redis_vs_baseline_us"] == pytest.approx(-3)
+    assert "current_vs_baseline" not in results["mg-exact"]
+    http_results = {"concurrency": 32, "warmup": 1.0, "seconds": 3.0, "rounds": 3, "keys": 400, "arms": results}
+    block = report.render(ENV, None, http_results)
+    assert "| mg-exact@abc1234 | 4000 | 0.40 |" in block
+    assert (
+        "mg-exact against mg-exact@abc1234 (the same arm served by meterguard at commit abc1234, "
+        "MG_BENCH_BASELINE): 1.25 of its requests/s, gateway CPU -10 µs per request, Redis CPU -3.0 µs "
+        "per admitted request." in block
+    )
+
+
+def test_a_baseline_is_a_commit_of_this_repository_extracted_for_the_run(tmp_path: Path) -> None:
+    commit, source = http.baseline_source("HEAD", tmp_path)
+    assert (source / "meterguard" / "__init__.py").is_file()
+    assert (source / "meterguard" / "store" / "lua" / "meter.lua").is_file()
+    assert source == tmp_path / f"baseline-{commit}" / "src"
+    with pytest.raises(SystemExit, match="not a commit of this repository"):
+        http.baseline_source("no-such-revision", tmp_path)
 
 
 def test_an_arm_missing_a_round_is_compared_over_the_rounds_it_ran() -> None:
