@@ -51,6 +51,9 @@ def window_figures(
         "p50_ms": wrk["p50_us"] / 1000,
         "p99_ms": wrk["p99_us"] / 1000,
         "gateway_cpu_us": per(gateway_cpu, scale=1e6),
+        # CPUs the server kept busy over the window: near 1.0 (one worker) it is bound by its own
+        # CPU; well below, by waiting (on Redis round trips, or on a core wrk or Redis holds)
+        "gateway_busy": gateway_cpu / (wrk["duration_us"] / 1e6) if wrk["duration_us"] else None,
         "redis_cpu_us": per(redis_cpu, scale=1e6),
         "redis_cpu_admitted_us": per(redis_cpu, admitted, 1e6),
         "server_ops_per_req": per(sum(calls.values())),
@@ -94,7 +97,7 @@ def _mean_table(samples: list[Sample], field: str) -> dict[str, float]:
 
 
 MEDIANS = ("rps", "p50_ms", "p99_ms", "gateway_cpu_us", "redis_cpu_us", "redis_cpu_admitted_us",
-           "server_ops_per_req", "cmds_per_req")  # fmt: skip
+           "server_ops_per_req", "cmds_per_req", "gateway_busy")  # fmt: skip
 
 
 def aggregate(arms: list[str], per_round: dict[str, list[Sample]], errors: dict[str, str]) -> dict[str, Any]:

@@ -166,15 +166,16 @@ def _http_section(http: dict[str, Any]) -> list[str]:
         "*Redis CPU* is `used_cpu_user + used_cpu_sys` of `INFO cpu`, per request and per admitted (2xx) "
         "request; *Redis ops* the sum of `INFO commandstats` after `CONFIG RESETSTAT`, which counts each "
         "`redis.call` inside a script; *cmds sent* the commands the gateway sent, counted in redis-py (a "
-        "pipeline counts each command).",
+        "pipeline counts each command); *gateway busy* the CPUs the server kept busy (its CPU over the "
+        "window's wall time: near 1.00, one worker is bound by its own CPU; below, it waited).",
         "",
         "| arm | req/s | ratio to bare | p50 | p99 | gateway CPU/req | added over bare | Redis CPU/req "
-        "| Redis CPU/admitted | Redis ops/req | cmds sent/req | non-2xx | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Redis CPU/admitted | Redis ops/req | cmds sent/req | gateway busy | non-2xx | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, res in http["arms"].items():
         if "rps" not in res:
-            out.append(f"| {arm} | failed: {res.get('error', '?')} |||||||||||||")
+            out.append(f"| {arm} | failed: {res.get('error', '?')} ||||||||||||||")
             continue
         added = "" if arm == "bare" else _fmt(res["gateway_cpu_added_us"], "+.0f", " µs")
         out.append(
@@ -183,7 +184,7 @@ def _http_section(http: dict[str, Any]) -> list[str]:
             f"| {_fmt(res['gateway_cpu_us'], '.0f', ' µs')} | {added} "
             f"| {_fmt(res['redis_cpu_us'], '.1f', ' µs')} | {_fmt(res['redis_cpu_admitted_us'], '.1f', ' µs')} "
             f"| {_fmt(res['server_ops_per_req'], '.2f')} | {_fmt(res['cmds_per_req'], '.3f')} "
-            f"| {res['non_2xx']} | {res['errors']} |"
+            f"| {_fmt(res.get('gateway_busy'), '.2f')} | {res['non_2xx']} | {res['errors']} |"
         )
     out.append("")
     serve = http["arms"].get("mg-serve", {})

@@ -155,6 +155,7 @@ def test_a_window_becomes_figures_per_request_and_per_admitted_request() -> None
     assert sample["commands"] == {"evalsha": pytest.approx(0.01), "hincrby": pytest.approx(0.14)}
     assert sample["cmds_per_req"] == pytest.approx(0.015)
     assert sample["p50_ms"] == 2.0 and sample["p99_ms"] == 5.0
+    assert sample["gateway_busy"] == pytest.approx(0.25)  # 0.5 s of CPU over a 2 s window
 
 
 def _sample(round_no: int, rps: float, gateway_us: float, redis_us: float = 0.0) -> figures.Sample:
@@ -324,6 +325,7 @@ def test_the_report_shows_every_arm_and_the_targets_as_measured(tmp_path: Path) 
     block = report.render(ENV, None, http)
     assert "| noop | 9700 | 0.97 |" in block
     assert "| mg-memory | 6000 | 0.60 | 2.00 ms | 5.00 ms | 100 µs | +40 µs | 0.0 µs | 0.0 µs |" in block
+    assert "| 0.00 | 0.000 | 0.60 | 0 | 3 |" in block  # ops, cmds sent, busy (6000/s x 100 µs), non-2xx, errors
     assert "| mg-memory, HTTP ratio to bare | 0.60 | >= 0.65 | **not met** |" in block
     assert "| mg-fast, gateway CPU added per request | 60.0 µs | <= 45.0 µs | **not met** |" in block
     assert "| mg-fast vs slowapi, requests/s | 3.33x | >= 3.00x | met |" in block
