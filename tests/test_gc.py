@@ -140,7 +140,7 @@ async def test_exact_mode_with_requests_in_flight_runs_no_collection_once_tuned(
     try:
         seen = _run(EXACT, REDIS_URL, key_prefix, str(requests), env={"MG_GC_TUNING": tuning}, timeout=120)
     finally:
-        await drop_keys(REDIS_URL, key_prefix)
+        await drop_keys(REDIS_URL, f"{key_prefix}-mg-exact")  # the arm's store prefix (benchmarks/arms.py)
     assert seen["statuses"] == {"200": requests}
     young, full = seen["collections"]["0"], seen["collections"]["2"]
     if tuning == "on":
