@@ -27,7 +27,7 @@ from meterguard.keys import generate_key, hash_key
 from meterguard.store.base import Fired, Meter, Settlement, Store
 
 from . import test_alerts
-from .conftest import REDIS_URL, StoreFactory
+from .conftest import REDIS_URL, StoreFactory, drop_keys
 from .store.test_store_behaviour import PERIOD, TODAY, period_end, request
 from .support import data_app
 from .test_alerts import Receiver, wait_for
@@ -168,14 +168,17 @@ async def test_two_workers_on_redis_send_each_alert_once(tmp_path: Path, receive
     config = tmp_path / "plans.yaml"
     config.write_text(plans_text(receiver.url, tiny, payer))
     env = {"MG_TEST_WEBHOOK_SECRET": SECRET}
-    with Gateway("tests.support:data_app", config, f"{REDIS_URL}?prefix={key_prefix}", 2, env=env) as gateway:
-        connections = await connect(gateway.port, 12)
-        started = time.monotonic()
-        replies = await wave(connections, [("/v1/posts/1?n=0", {"x-api-key": tiny})] * 12)
-        assert sorted(r.status for r in replies) == [200] * 10 + [429] * 2
-        await wait_for(lambda: len(receiver.received) >= 2, timeout=5.0)
-        assert time.monotonic() - started < 5.0
-        await asyncio.sleep(1.0)
-        for conn in connections:
-            await conn.close()
+    try:
+        with Gateway("tests.support:data_app", config, f"{REDIS_URL}?prefix={key_prefix}", 2, env=env) as gateway:
+            connections = await connect(gateway.port, 12)
+            started = time.monotonic()
+            replies = await wave(connections, [("/v1/posts/1?n=0", {"x-api-key": tiny})] * 12)
+            assert sorted(r.status for r in replies) == [200] * 10 + [429] * 2
+            await wait_for(lambda: len(receiver.received) >= 2, timeout=5.0)
+            assert time.monotonic() - started < 5.0
+            await asyncio.sleep(1.0)
+            for conn in connections:
+                await conn.close()
+    finally:
+        await drop_keys(REDIS_URL, key_prefix)  # the workers' keys: no store fixture made them
     assert names_of(receiver) == ["calls:0.5", "calls:1"]
