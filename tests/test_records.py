@@ -13,6 +13,7 @@ plan read ``records_remaining: 0`` with quota left to bill.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,11 +26,15 @@ from hypothesis import strategies as st
 
 from meterguard import MeterGuard, parse_config
 from meterguard.customers import Directory
+from meterguard.periods import period_for
 from meterguard.records import StreamCounter, counter, json_counter
 from meterguard.store import store_from_url
 from meterguard.store.base import Store
+from meterguard.store.redis import RedisStore
 
 from .conftest import REDIS_URL, drop_keys
+from .faultproxy import FaultProxy
+from .servers import RedisServer
 from .support import SEEN, data_app
 from .wave import Gateway
 
@@ -229,6 +234,34 @@ async def test_records_counted_and_uncounted_shown(
     assert all(f"customer {customer} on route GET /v1/raw" in line for line in lines)
     metrics = (await client.get("/_meterguard/metrics", headers=ADMIN)).text
     assert 'meterguard_uncounted_responses_total{plan="free"} 2.0' in metrics
+
+
+async def test_exact_mode_a_client_that_has_read_a_response_finds_its_records_in_the_usage(
+    private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT 6: records are settled before the response's last body chunk is passed on. The
+    gateway reaches Redis through a proxy that holds every command 50 ms; the usage is read
+    straight from Redis the moment each response has been read, and already has its records."""
+    monkeypatch.setenv("MG_ADMIN_TOKEN", TOKEN)
+    proxy = fault_proxy(private_redis.port)
+    gateway_store = RedisStore(proxy.url, key_prefix="read-after")
+    reader = RedisStore(private_redis.url, key_prefix="read-after")
+    guard = MeterGuard(data_app, config=parse_config(PLANS.format(mode="exact")), store=gateway_store)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://api.test") as client:
+            customer, key = await key_for(guard, "free")
+            proxy.delay(0.05, both=True)
+            expected = 0
+            for n in (3, 7, 1, 12, 5):
+                response = await client.get(f"/v1/posts/search?n={n}", headers={"x-api-key": key})
+                assert len(response.json()["data"]) == n
+                expected += n
+                period = period_for(time.time()).id  # key_for's customers start their period on day 1
+                assert (await reader.usage(customer, period)).records == expected
+    finally:
+        proxy.heal()
+        await guard.aclose()
+        await reader.aclose()
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])

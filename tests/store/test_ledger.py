@@ -216,6 +216,30 @@ async def test_an_admission_ends_at_its_budget_while_a_usage_batch_waits_for_red
         await store.aclose()
 
 
+async def test_an_admission_in_flight_ends_at_its_budget_while_redis_does_not_answer(
+    private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy]
+) -> None:
+    """The batch carrying an admission is given up on at the admission's budget, whatever its
+    attempts wait for (a reply, a reconnect, a retry's pause): the request is answered 503, and
+    the batch is carried until Redis says whether it ran. Once Redis is back, nothing is counted
+    for it (it never ran) and the next admission goes through."""
+    proxy = fault_proxy(private_redis.port)
+    store = RedisStore(f"{proxy.url}?socket_timeout=0.3", key_prefix="inflight-budget")
+    try:
+        assert (await store.admit(request("acme"))).admitted
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.admit(request("acme")), 5.0)  # without a deadline: until Redis is back
+        assert time.monotonic() - started < 1.0
+        proxy.heal()
+        assert (await asyncio.wait_for(store.admit(request("acme")), 5.0)).admitted
+        assert await counts(store) == (2, 0)
+    finally:
+        proxy.heal()
+        await store.aclose()
+
+
 async def test_a_settlement_waits_no_longer_than_its_budget_and_lands_once_redis_is_back(
     private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy]
 ) -> None:
