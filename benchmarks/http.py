@@ -143,6 +143,11 @@ def baseline_arms(arms: list[str], revision: str) -> list[str]:
     return out
 
 
+def baseline_src(workdir: Path, commit: str) -> Path:
+    """Where :func:`baseline_source` puts ``commit``'s ``src`` directory, and its servers find it."""
+    return workdir / f"baseline-{commit}" / "src"
+
+
 def baseline_source(revision: str, workdir: Path) -> tuple[str, Path]:
     """``revision``'s short commit id and its ``src`` directory, extracted under ``workdir``."""
     try:
@@ -150,11 +155,11 @@ def baseline_source(revision: str, workdir: Path) -> tuple[str, Path]:
                                 capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"MG_BENCH_BASELINE={revision}: not a commit of this repository ({exc})") from exc
-    tree = workdir / f"baseline-{commit}"
-    tree.mkdir()
+    source = baseline_src(workdir, commit)
+    source.parent.mkdir()
     archive = subprocess.run(["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return commit, tree / "src"
+    subprocess.run(["tar", "-x", "-C", str(source.parent)], input=archive, check=True)
+    return commit, source
 
 
 class _Server:
@@ -175,7 +180,7 @@ class _Server:
                        "--prefix", prefix, "--keys-file", str(self.keys_file), "--keys", str(keys)]  # fmt: skip
             env = dict(os.environ)
             if revision:  # this harness, that revision's meterguard (run() extracted it)
-                source = workdir / f"baseline-{revision}" / "src"
+                source = baseline_src(workdir, revision)
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 

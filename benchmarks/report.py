@@ -184,7 +184,7 @@ def _http_section(http: dict[str, Any]) -> list[str]:
             f"| {_fmt(res['gateway_cpu_us'], '.0f', ' µs')} | {added} "
             f"| {_fmt(res['redis_cpu_us'], '.1f', ' µs')} | {_fmt(res['redis_cpu_admitted_us'], '.1f', ' µs')} "
             f"| {_fmt(res['server_ops_per_req'], '.2f')} | {_fmt(res['cmds_per_req'], '.3f')} "
-            f"| {_fmt(res.get('gateway_busy'), '.2f')} | {res['non_2xx']} | {res['errors']} |"
+            f"| {_fmt(res['gateway_busy'], '.2f')} | {res['non_2xx']} | {res['errors']} |"
         )
     out.append("")
     serve = http["arms"].get("mg-serve", {})
