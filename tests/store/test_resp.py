@@ -117,6 +117,42 @@ async def test_a_paused_redis_fails_every_waiter_at_the_timeout_then_works_again
         await closed(base)
 
 
+async def test_replies_that_come_in_time_never_close_a_busy_connection_and_a_late_one_still_does(
+    private_redis: RedisServer,
+) -> None:
+    """One timer watches the oldest waiter's due time (not one per command): commands sent for
+    longer than the timeout, each answered, keep the connection; the first reply overdue after
+    them closes it at its own due time."""
+    base = RedisBase(private_redis.url + "?socket_timeout=0.3")
+    loop = asyncio.get_running_loop()
+    try:
+        await echo(base, 0)
+        first = connection(base)
+        ends = loop.time() + 1.0
+
+        async def busy(start: int) -> None:  # four callers: a command is nearly always in flight
+            n = start
+            while loop.time() < ends:
+                n += 4
+                assert (await echo(base, n))[1] == n
+
+        await asyncio.gather(*(busy(start) for start in range(4)))
+        assert connection(base) is first and first is not None and not first.closed
+        private_redis.pause()
+        try:
+            started = loop.time()
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(echo(base, -1), 5.0)
+            waited = loop.time() - started
+        finally:
+            private_redis.resume()
+        assert 0.25 < waited < 1.0
+        assert first.closed
+        assert (await echo(base, 7))[1] == 7
+    finally:
+        await closed(base)
+
+
 async def test_a_blackholed_connection_times_out_and_a_new_one_serves(
     private_redis: RedisServer, fault_proxy: Callable[[int], FaultProxy]
 ) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from ..config import LedgerSettings
+from ._budgets import Budgets
 from ._ledger import Ledger
 from ._ledger_entries import Reply, Usage, Work
 from ._redis_client import RedisBase, load_script, translated
@@ -96,6 +97,7 @@ class RedisMeter(RedisBase):
         self.ledger = Ledger(self._run_batch, self._group_of, admit_seconds=self.timeout)
         self._alert_sink: AlertSink | None = None
         self._encoded = Encoded()  # what one batch's encoding leaves for the next (Batch)
+        self._budgets = Budgets(self.timeout)  # how long a settlement's caller waits for it
 
     def configure_ledger(self, settings: LedgerSettings) -> None:
         """Bounds and the disk spool; adopts a spool an ended process left (store/_spool.py)."""
@@ -201,16 +203,13 @@ class RedisMeter(RedisBase):
         ledger keeps it until it is applied, whatever happens to the caller.
 
         ``waiter`` is this call's own (Ledger.record), so giving up ends it; the ledger completes
-        only waiters still pending. A timer and a plain await: asyncio.wait() cost ~5 us more
-        per settlement, on every request of exact mode.
+        only waiters still pending. One timer for every settlement's budget (store/_budgets.py):
+        a timer each cost ~2.5 us, on every request of exact mode.
         """
         if waiter.done():
             return
-        timer = asyncio.get_running_loop().call_later(self.timeout, _stop_waiting, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
+        self._budgets.watch(waiter)
+        await waiter
 
     async def usage(self, customer: str, period_id: str) -> UsageCounts:
         with translated():
@@ -251,8 +250,3 @@ class RedisMeter(RedisBase):
             records = sum(r for _, r in routes.values())
             out.append(DayUsage(day, calls, records, _counts(routes), _counts(keys)))
         return out
-
-
-def _stop_waiting(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
