@@ -238,6 +238,24 @@ def test_a_baseline_is_a_commit_of_this_repository_extracted_for_the_run(tmp_pat
         http.baseline_source("no-such-revision", tmp_path)
 
 
+def test_instruction_counts_against_a_baseline_run_the_baseline_s_meterguard(tmp_path: Path) -> None:
+    """benchmarks.instructions --baseline: the driven process imports REV's meterguard, not the
+    installed (editable) one."""
+    from benchmarks import instructions
+
+    _, source = http.baseline_source("HEAD", tmp_path)
+    imported = subprocess.run(
+        [sys.executable, "-c", "import meterguard; print(meterguard.__file__)"],
+        env=instructions.driver_env(source), capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert Path(imported).is_relative_to(source)
+    here = subprocess.run(
+        [sys.executable, "-c", "import meterguard; print(meterguard.__file__)"],
+        env=instructions.driver_env(None), capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert not Path(here).is_relative_to(source)
+
+
 def test_an_arm_missing_a_round_is_compared_over_the_rounds_it_ran() -> None:
     per_round = _rounds({"bare": [(10_000, 60, 0), (5_000, 70, 0), (8_000, 65, 0)]})
     per_round["mg-exact"] = [_sample(0, 3_000, 200, 30), _sample(2, 4_000, 210, 25)]
