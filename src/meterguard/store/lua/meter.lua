@@ -717,15 +717,7 @@ local function run_group(group)
   end
   for _, p in pairs(periods) do load(p) end
 
-
-  -- Events, one per (period, day) of this group: counts, then rows of route, key, calls, records.
-
-
-
-
-
-
-
+  -- Batches given up on first (see Carries above), then this batch's usage, then its admissions.
   for _, c in ipairs(carries) do
     local carried = c[1]
     if carried == applied then
