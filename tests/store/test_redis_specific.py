@@ -7,6 +7,7 @@ import contextlib
 import math
 import random
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -55,11 +56,11 @@ def closed_port() -> int:
     return port
 
 
-def raw_client(kind: str, redis_url: str, cluster_url: str) -> Redis | RedisCluster:
+def raw_client(kind: str, redis_url: str, cluster_url: str, *, decode: bool = True) -> Redis | RedisCluster:
     if kind == "cluster":
         host, port = cluster_url.removeprefix("redis+cluster://").split(",")[0].split(":")
-        return RedisCluster(host=host, port=int(port), decode_responses=True)
-    return Redis.from_url(redis_url, decode_responses=True)
+        return RedisCluster(host=host, port=int(port), decode_responses=decode)
+    return Redis.from_url(redis_url, decode_responses=decode)
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -70,6 +71,14 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def raw(kind: str, redis_url: str, cluster_url: str) -> AsyncIterator[Redis | RedisCluster]:
     client = raw_client(kind, redis_url, cluster_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def raw_bytes(kind: str, redis_url: str, cluster_url: str) -> AsyncIterator[Redis | RedisCluster]:
+    """``raw`` that returns bytes: for fields that are not text (a window's packed counts)."""
+    client = raw_client(kind, redis_url, cluster_url, decode=False)
     yield client
     await client.aclose()
 
@@ -130,8 +139,8 @@ async def test_sliding_estimate_matches_windows_py_with_a_previous_slot(
     window = Window("1h", 50, 3600)
     now = time.time()
     index = math.floor(now / 3600)
-    # the state hash keeps each window's count per slot: "w:<window>@<slot index>"
-    await raw.hset(f"{key_prefix}:{{c:acme}}:s", mapping={f"w:1h@{index - 1}": 40, f"w:1h@{index}": 10})
+    # the state hash keeps a window's counts in one field: slot index, previous and current count
+    await raw.hset(f"{key_prefix}:{{c:acme}}:s", "w:1h", packed(index, 40, 10))
     decisions = [await store.admit(request("acme", windows=(window,), weight=3)) for _ in range(6)]
     current = 10
     for decision in decisions:
@@ -146,18 +155,25 @@ async def test_sliding_estimate_matches_windows_py_with_a_previous_slot(
         current = after
 
 
-async def test_a_window_keeps_only_its_current_and_previous_slot(
-    kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
+def packed(index: int, previous: int, current: int) -> bytes:
+    """A window's field in the state hash, as store/lua/meter.lua packs it."""
+    return struct.pack("<ddd", index, previous, current)
+
+
+async def test_a_window_is_one_field_and_the_layout_before_it_is_read_once_then_replaced(
+    kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, raw_bytes: Redis | RedisCluster, key_prefix: str
 ) -> None:
-    """The first write in a new slot drops the slots the window no longer reads, so that the
-    state hash does not grow by a field per slot (per second, for a 1-second window)."""
+    """A window's counts are one packed field (slot index, previous and current count), so the
+    state hash never grows by a field per slot. A window still in the layout before it (a field
+    per slot, and the window's own field naming the last slot written) is read once, counts
+    kept, and its slot fields deleted."""
     store = await store_factory(kind)
     state = f"{key_prefix}:{{c:acme}}:s"
     hour, day = Window("1h", 50, 3600), Window("1d", 500, DAY)
     now = time.time()
     h, d = math.floor(now / 3600), math.floor(now / DAY)
-    # 1h last wrote three slots ago (everything older goes); 1d wrote the slot before this one
-    # (it stays: the sliding estimate still reads it)
+    # 1h last wrote three slots ago (nothing it counted is read now); 1d wrote the slot before
+    # this one (the sliding estimate still reads it: 4)
     await raw.hset(
         state,
         mapping={
@@ -168,12 +184,17 @@ async def test_a_window_keeps_only_its_current_and_previous_slot(
     decision = await store.admit(request("acme", windows=(hour, day)))
     assert decision.admitted
     assert math.floor(decision.now / 3600) == h, "crossed an hour boundary: rerun"
-    fields = await raw.hgetall(state)
-    windows = {name: value for name, value in fields.items() if name.startswith("w:")}
-    assert windows == {f"w:1h@{h}": "1", "w:1h": str(h), f"w:1d@{d - 1}": "4", f"w:1d@{d}": "1", "w:1d": str(d)}
-    await store.admit(request("acme", windows=(hour, day)))  # same slot: nothing more to drop
-    fields = await raw.hgetall(state)
-    assert sorted(name for name in fields if name.startswith("w:")) == sorted(windows)
+    elapsed = decision.now - d * DAY
+    assert decision.windows[0].remaining == 49
+    assert decision.windows[1].remaining == remaining(500, estimate(4, 1, elapsed, DAY, True))
+    fields = await raw_bytes.hgetall(state)
+    windows = {name: value for name, value in fields.items() if name.startswith(b"w:")}
+    assert windows == {b"w:1h": packed(h, 0, 1), b"w:1d": packed(d, 4, 1)}
+    await store.admit(request("acme", windows=(hour, day)))  # the same slot: the same two fields
+    fields = await raw_bytes.hgetall(state)
+    assert {name: value for name, value in fields.items() if name.startswith(b"w:")} == {
+        b"w:1h": packed(h, 0, 2), b"w:1d": packed(d, 4, 2),
+    }  # fmt: skip
 
 
 async def test_spend_is_exact_beyond_double_precision(
