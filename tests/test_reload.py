@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -121,10 +121,26 @@ async def test_settings_that_need_a_restart_are_kept_and_named(
     assert limit(await client.get("/v1/x")) == "9"
 
 
-async def test_sighup_reloads_in_place(gateway: tuple[httpx.AsyncClient, MeterGuard, Path]) -> None:
+@pytest.fixture
+def sighup_unclaimed() -> Iterator[object]:
+    """The gateway takes SIGHUP only where nobody else handles it (_lifecycle.py). Once in a CI run
+    something earlier in this process had left a handler (never reproduced since: three full
+    runs, one checking SIGHUP after every test), and the gateway rightly left SIGHUP alone. So
+    this test sets the precondition it is about, SIGHUP at its default, and restores what was."""
+    previous = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield previous
+    signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
+
+
+async def test_sighup_reloads_in_place(
+    sighup_unclaimed: object, gateway: tuple[httpx.AsyncClient, MeterGuard, Path]
+) -> None:
     client, guard, path = gateway
     await client.get("/v1/x")  # the first request installs the handler, in the serving loop
-    assert guard._sighup, "SIGHUP is unhandled in this process: sending it would end the test run"
+    assert guard._sighup, (
+        f"the gateway did not take SIGHUP (before this test: {sighup_unclaimed!r}); sending it would end the test run"
+    )
     path.write_text(plans(3))
     os.kill(os.getpid(), signal.SIGHUP)
     for _ in range(50):
