@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis cluster browser stop clean
+.PHONY: demo test lint bench redis cluster browser screenshot stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ cluster:
 # package, only where the package cannot be installed.
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the dashboard test will skip"
+
+# The screenshot in docs/operations.md, from the dashboard test (which otherwise keeps it in its
+# temporary directory).
+screenshot: $(STAMP) browser
+	@if [ -z "$$MG_TEST_REDIS_URL" ]; then scripts/ensure-redis.sh; fi
+	MG_DASHBOARD_SCREENSHOT=$(CURDIR)/docs/img/dashboard.png $(BIN)/python -m pytest -q tests/test_dashboard.py
 
 # The suite's shared servers: a Redis on 127.0.0.1:6379 and a Redis Cluster on free ports, each
 # started unless the caller names one in MG_TEST_REDIS_URL / MG_TEST_CLUSTER_URL (CONTRIBUTING.md).
