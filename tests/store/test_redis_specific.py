@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from meterguard.billing import spend_cents
 from meterguard.errors import StoreError, StoreUnavailable
 from meterguard.plans import Window
+from meterguard.store._redis_meter import STATE_TTL_SECONDS
 from meterguard.store.base import AdmitRequest, CustomerRecord, KeyRecord, Meter, Settlement, Usage
 from meterguard.store.cluster import RedisClusterStore
 from meterguard.store.redis import PERIOD_AUDIT_SECONDS, RedisStore
@@ -195,6 +196,25 @@ async def test_a_window_is_one_field_and_the_layout_before_it_is_read_once_then_
     assert {name: value for name, value in fields.items() if name.startswith(b"w:")} == {
         b"w:1h": packed(h, 0, 2), b"w:1d": packed(d, 4, 2),
     }  # fmt: skip
+
+
+async def test_the_state_hash_s_expiry_is_refreshed_on_a_day_s_first_batch_and_not_again(
+    kind: str, store_factory: StoreFactory, raw: Redis | RedisCluster, key_prefix: str
+) -> None:
+    """A customer's state hash lives STATE_TTL from its last refresh, made once a day: the hash
+    keeps the day of the last one (``e``), and only a batch of another day refreshes it."""
+    store = await store_factory(kind)
+    state = f"{key_prefix}:{{c:acme}}:s"
+    assert (await store.admit(request("acme"))).admitted  # a writer's first batch refreshes anyway
+    today = int(time.time() // DAY)
+    assert await raw.hget(state, "e") == str(today)
+    await raw.expire(state, 1000)
+    assert (await store.admit(request("acme"))).admitted  # the same day: left as it is
+    assert 0 < await raw.ttl(state) <= 1000
+    await raw.hset(state, "e", str(today - 1))  # as if the last refresh was yesterday's
+    assert (await store.admit(request("acme"))).admitted
+    assert await raw.ttl(state) > STATE_TTL_SECONDS - 60
+    assert await raw.hget(state, "e") == str(today)
 
 
 async def test_spend_is_exact_beyond_double_precision(

@@ -92,6 +92,7 @@ local now = sec + usec / 1000000
 local expired = deadline > 0 and sec * 1000 + math.floor(usec / 1000) > deadline
 local ts = time[1] .. '.' .. string.format('%06d', usec)
 local record_field = 'l:' .. writer
+local TODAY = string.format('%d', math.floor(sec / 86400)) -- the day number, as the state hash keeps it
 local seq_text = tostring(seq)
 
 -- Numbers as text, each converted once per call (Lua's conversion is a sprintf: dear in Redis).
@@ -839,9 +840,8 @@ local function run_group(group)
   end
   -- The state hash and the stream live STATE_TTL from their last refresh: once a day (e: the
   -- day of the last one), when a period starts, or when a writer first meets this customer.
-  local today = math.floor(sec / 86400)
-  if get(state, 'e') ~= today then
-    put(state, 'e', today)
+  if state.vals['e'] ~= TODAY then -- compared as text: no number made of it in every group
+    put(state, 'e', TODAY)
     refresh = true
   end
   write_windows()
