@@ -8,8 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 import msgspec
+import pytest
 
 from meterguard.plans import Window
+from meterguard.store import _redis_meter_wire as wire
 from meterguard.store._ledger_entries import Admission, Work
 from meterguard.store._redis_meter_wire import Batch, Encoded, batch_payload
 from meterguard.store.base import Meter
@@ -71,3 +73,14 @@ def test_a_kept_encoding_serves_only_the_objects_it_was_made_for() -> None:
     shared.terms[ident] = (stranger.windows, plain.calls, plain.records, ["not this"])
     works = one(Admission(plain, False))
     assert encoded(works, shared) == encoded(works, None)
+
+
+def test_what_is_kept_stays_bounded_and_still_says_what_fresh_batches_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each table of Encoded is emptied when full (MAX_ENCODED; 2 here): a gateway meeting new
+    customers and request objects all day keeps at most that many of each."""
+    monkeypatch.setattr(wire, "MAX_ENCODED", 2)
+    shared = Encoded()
+    for n in range(5):
+        works = one(Admission(request(f"c{n}", windows=(Window(f"{n}s", 10, n + 1),)), False))
+        assert encoded(works, shared) == encoded(works, None)
+        assert len(shared.customers) <= 2 and len(shared.admissions) <= 2 and len(shared.terms) <= 2

@@ -161,7 +161,7 @@ class RedisBase:
 
     def __init__(self, url: str, *, key_prefix: str = "mg") -> None:
         self.url = url
-        self.timeout = socket_timeout(url)  # also the budget of one admission; read per settlement
+        self.timeout = socket_timeout(url)  # also the budget of one admission, and of a settlement's wait
         self._prefix = key_prefix
         self._redis: Any = None
         self._thins: dict[str, ThinClient] = {}  # the hot script's connections (_hot_script), by server

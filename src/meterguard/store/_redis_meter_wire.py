@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -43,6 +43,16 @@ def idempotency_digest(key: str) -> str:
 
 
 MAX_ENCODED = 100_000  # requests (and customers) whose encoding is kept, as MeterEngine keeps requests
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _kept(table: dict[_K, _V], key: _K, value: _V) -> _V:
+    """``table[key] = value`` in one of Encoded's tables, emptied first when full."""
+    if len(table) >= MAX_ENCODED:
+        table.clear()
+    table[key] = value
+    return value
 
 
 class Encoded:
@@ -99,10 +109,7 @@ class Batch:
                     _meter(calls),
                     _meter(records),
                 ]
-                terms = self.encoded.terms
-                if len(terms) >= MAX_ENCODED:
-                    terms.clear()
-                known = terms[ident] = (windows, calls, records, entry)
+                known = _kept(self.encoded.terms, ident, (windows, calls, records, entry))
             self.terms.append(known[3])
             index = self.terms_index[ident] = len(self.terms)
         return index
@@ -141,10 +148,7 @@ class Batch:
         ]
         _trimmed(fields, _ADMISSION_DEFAULTS)
         if plain:
-            admissions = self.encoded.admissions
-            if len(admissions) >= MAX_ENCODED:
-                admissions.clear()
-            admissions[id(request)] = (request, period_key, fields[2:])
+            _kept(self.encoded.admissions, id(request), (request, period_key, fields[2:]))
         return fields
 
     def usage(self, usage: Usage) -> list[Any]:
@@ -183,11 +187,8 @@ class Batch:
         customer = work.customer
         names = self.encoded.customers.get(customer)
         if names is None:
-            customers = self.encoded.customers
-            if len(customers) >= MAX_ENCODED:
-                customers.clear()
             tag = self.tag(customer)
-            names = customers[customer] = (f"{tag}:s", f"{tag}:events")
+            names = _kept(self.encoded.customers, customer, (f"{tag}:s", f"{tag}:events"))
         fields = [customer, self.key(names[0]), self.key(names[1])]
         # Trailing empty lists left out, as meter.lua reads a missing list as empty, without
         # building them first: a group is most often one admission, or one customer's usage.
