@@ -80,6 +80,22 @@ def test_text_format_appends_the_context(captured: io.StringIO) -> None:
         configure_logging("xml")
 
 
+def test_configuring_again_replaces_its_own_handler_and_keeps_others(captured: io.StringIO) -> None:
+    """An application's handler on the meterguard logger has no name (get_name() is None, typed
+    str): configure_logging passes it by, compiled (make compile) or not."""
+    logger = logging.getLogger("meterguard")
+    theirs = logging.StreamHandler(io.StringIO())
+    logger.addHandler(theirs)
+    try:
+        configure_logging("text", stream=io.StringIO())
+        configure_logging("json", stream=io.StringIO())
+        ours = [handler for handler in logger.handlers if handler.name == "meterguard"]
+        assert theirs in logger.handlers
+        assert len(ours) == 1 and type(ours[0].formatter).__name__ == "JsonFormatter"
+    finally:
+        logger.removeHandler(theirs)
+
+
 def test_redact_masks_keys_bearer_tokens_and_jwts() -> None:
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhY21lIn0.c2lnbmF0dXJl"
     text = redact(f"a mg_live_{'a1' * 19} b Authorization: bearer s3cret c {jwt}")

@@ -159,7 +159,7 @@ def configure_logging(format: str | None = None, *, level: int | str = logging.I
         raise ValueError(f"log format must be json or text, not {chosen!r}")
     logger = logging.getLogger("meterguard")
     for handler in list(logger.handlers):
-        if handler.get_name() == _HANDLER_NAME:
+        if handler.name == _HANDLER_NAME:  # name, not get_name(): None for an unnamed handler
             logger.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
@@ -173,7 +173,7 @@ def configure_logging(format: str | None = None, *, level: int | str = logging.I
 def configure_from_env() -> None:
     """``MG_LOG_FORMAT`` set: configure once (MeterGuard calls this; an explicit call wins)."""
     if os.environ.get(LOG_FORMAT_ENV) and not any(
-        handler.get_name() == _HANDLER_NAME for handler in logging.getLogger("meterguard").handlers
+        handler.name == _HANDLER_NAME for handler in logging.getLogger("meterguard").handlers
     ):
         configure_logging()
 
