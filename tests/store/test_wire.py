@@ -19,7 +19,7 @@ from meterguard.store.base import Meter
 from .test_store_behaviour import request
 
 WINDOWS = (Window("1m", 60, 60), Window("1h", 1000, 3600))
-BILLED = Meter(1000, 10, ((None, 50),))
+BILLED = Meter(1000, 10, tiers=((None, 50),))
 
 
 def tag(customer: str) -> str:
