@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis cluster browser screenshot stop clean
+.PHONY: demo test lint bench redis cluster browser screenshot compile uncompile test-compiled stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,20 @@ screenshot: $(STAMP) browser
 test: $(STAMP) browser
 	@if [ -z "$$MG_TEST_REDIS_URL" ]; then scripts/ensure-redis.sh; fi
 	@if [ -z "$$MG_TEST_CLUSTER_URL" ]; then scripts/redis-cluster.sh start; fi
-	MG_TEST_CLUSTER_URL="$${MG_TEST_CLUSTER_URL:-$$(scripts/redis-cluster.sh url)}" $(BIN)/python -m pytest -q
+	MG_TEST_CLUSTER_URL="$${MG_TEST_CLUSTER_URL:-$$(scripts/redis-cluster.sh url)}" $(BIN)/python -m pytest -q $(TESTS)
+
+# Optional: the request path compiled by mypyc (scripts/compile.py says which modules and why;
+# needs gcc and Python's headers). The extension modules sit beside their sources in src/ and are
+# imported first; `make uncompile` removes them, and the suite refuses a build older than its
+# sources. test-compiled runs the suite (or TESTS="files...") on the compiled build, then removes it.
+compile: $(STAMP)
+	$(BIN)/python scripts/compile.py
+
+uncompile: $(STAMP)
+	$(BIN)/python scripts/compile.py --clean
+
+test-compiled: compile
+	$(MAKE) test TESTS="$(TESTS)"; status=$$?; $(MAKE) uncompile; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sysconfig
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+import meterguard
 from meterguard.store.base import Store
 from meterguard.store.cluster import RedisClusterStore, startup_nodes
 from meterguard.store.memory import MemoryStore
@@ -54,9 +56,29 @@ REDIS_URL = os.environ.get("MG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CLUSTER_URL = _cluster_url()
 
 
+def compiled_modules(package: Path = Path(meterguard.__file__).parent) -> dict[str, bool]:
+    """The meterguard modules imported from mypyc's extension modules (``make compile``), each
+    with whether its source changed after it was built (the build would hide the change)."""
+    found = {}
+    for built in package.rglob(f"*{sysconfig.get_config_var('EXT_SUFFIX')}"):
+        source = built.with_name(built.name.split(".", 1)[0] + ".py")
+        name = ".".join(source.relative_to(package.parent).with_suffix("").parts)
+        found[name] = source.exists() and source.stat().st_mtime > built.stat().st_mtime
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = sorted(name for name, changed in compiled_modules().items() if changed)
+    if stale:
+        pytest.exit(f"compiled modules older than their source: {', '.join(stale)}; "
+                    "`make compile` again, or `make uncompile`", returncode=4)  # fmt: skip
+
+
 def pytest_report_header() -> list[str]:
     cluster = CLUSTER_URL if CLUSTER_URL != NO_CLUSTER else "none (run `make test`, or set MG_TEST_CLUSTER_URL)"
-    return [f"redis: {REDIS_URL}", f"redis cluster: {cluster}"]
+    compiled = sorted(compiled_modules())
+    build = f"compiled by mypyc: {', '.join(compiled)}" if compiled else "interpreted"
+    return [f"redis: {REDIS_URL}", f"redis cluster: {cluster}", f"meterguard: {build}"]
 
 
 STORE_KINDS = ("memory", "redis", "cluster")

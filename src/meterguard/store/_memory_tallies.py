@@ -16,15 +16,28 @@ from .base import MAX_UNLISTED_ROUTES, OTHER_ROUTE, Counts, WindowState
 MAX_CACHED_CELLS = 1024  # (route, key) entries of an account's cells; past this they are looked up anew
 
 
+# Named, not lambdas: mypyc (scripts/compile.py) fails on a lambda inside a dataclass field's default.
+def _zero_pair() -> list[int]:
+    return [0, 0]
+
+
+def _counts() -> defaultdict[str, int]:
+    return defaultdict(int)
+
+
+def _pairs() -> defaultdict[str, list[int]]:
+    return defaultdict(_zero_pair)
+
+
 @dataclass(slots=True)
 class Tally:
     calls: int = 0
     records: int = 0
     replays: int = 0
     uncounted: int = 0
-    rejected: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
-    by_route: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    by_key: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    rejected: defaultdict[str, int] = field(default_factory=_counts)
+    by_route: defaultdict[str, list[int]] = field(default_factory=_pairs)
+    by_key: defaultdict[str, list[int]] = field(default_factory=_pairs)
     unlisted: set[str] = field(default_factory=set)
 
 
