@@ -22,6 +22,8 @@ CONCURRENCY = 32
 REDIS_ENV = "MG_BENCH_REDIS"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
+COMPILED = "mypyc"  # the arms' suffix for this tree compiled by mypyc (mg-memory@mypyc), MG_BENCH_COMPILED
+
 
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name)

@@ -37,6 +37,7 @@ from typing import Any
 
 from . import _count
 from ._common import (
+    COMPILED,
     CONCURRENCY,
     RedisWindow,
     delete_prefix,
@@ -160,6 +161,14 @@ def baseline_source(revision: str, workdir: Path) -> tuple[str, Path]:
     archive = subprocess.run(["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(source.parent)], input=archive, check=True)
     return commit, source
+
+
+def compiled_source(workdir: Path) -> Path:
+    """This tree's ``src`` with its request-path modules compiled by mypyc (scripts/compile.py),
+    where :func:`baseline_src` finds it for the ``@mypyc`` arms."""
+    source = baseline_src(workdir, COMPILED)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--into", str(source)], check=True)
+    return source
 
 
 class _Server:
@@ -296,6 +305,7 @@ def run(arms: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (make bench does it)")
     arms = arms or selected_arms()
     revision = os.environ.get("MG_BENCH_BASELINE", "").strip()
+    compiled = os.environ.get("MG_BENCH_COMPILED", "").strip() not in ("", "0")
     seconds = env_float("MG_BENCH_SECONDS", 10.0)
     warmup = env_float("MG_BENCH_WARMUP", 2.0)
     rounds = env_int("MG_BENCH_ROUNDS", 3)
@@ -306,10 +316,15 @@ def run(arms: list[str] | None = None) -> dict[str, Any]:
     errors: dict[str, str] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="mg-bench-") as tmp:
+            if revision and compiled:
+                raise SystemExit("MG_BENCH_BASELINE and MG_BENCH_COMPILED: one comparison per run")
             if revision:
                 commit, _ = baseline_source(revision, Path(tmp))
                 arms = baseline_arms(arms, commit)
-                per_round.update({arm: [] for arm in arms if arm not in per_round})
+            elif compiled:
+                compiled_source(Path(tmp))
+                arms = baseline_arms(arms, COMPILED)
+            per_round.update({arm: [] for arm in arms if arm not in per_round})
             for round_no in range(rounds):
                 order = arms if round_no % 2 == 0 else list(reversed(arms))
                 for arm in order:

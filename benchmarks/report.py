@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ._common import redis_client, redis_url
+from ._common import COMPILED, redis_client, redis_url
 from .figures import targets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +154,12 @@ def render(env: dict[str, str], inprocess: dict[str, Any] | None, http: dict[str
     return "\n".join(out)
 
 
+def _served_by(revision: str) -> str:
+    if revision == COMPILED:
+        return "the same arm, this tree with its request path compiled by mypyc, MG_BENCH_COMPILED"
+    return f"the same arm served by meterguard at commit {revision}, MG_BENCH_BASELINE"
+
+
 def _http_section(http: dict[str, Any]) -> list[str]:
     out = [
         f"### HTTP: uvicorn, 1 worker, uvloop + httptools, no access log; wrk -t1 -c{http['concurrency']}, "
@@ -199,7 +205,7 @@ def _http_section(http: dict[str, Any]) -> list[str]:
         base, _, revision = arm.partition("@")
         if revision and isinstance(res.get("current_vs_baseline"), int | float):
             out.append(
-                f"{base} against {arm} (the same arm served by meterguard at commit {revision}, MG_BENCH_BASELINE): "
+                f"{base} against {arm} ({_served_by(revision)}): "
                 f"{res['current_vs_baseline']:.2f} of its requests/s, gateway CPU "
                 f"{_fmt(res.get('current_cpu_vs_baseline_us'), '+.0f', ' µs')} per request, Redis CPU "
                 f"{_fmt(res.get('current_redis_vs_baseline_us'), '+.1f', ' µs')} per admitted request."
