@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from benchmarks import figures, http, report
-from benchmarks._common import RedisWindow, command_calls, redis_cpu_seconds
+from benchmarks._common import COMPILED, RedisWindow, command_calls, redis_cpu_seconds
 from benchmarks._proc import process_cpu_seconds, tree_cpu_seconds
 
 BURN_SECONDS = 0.5
@@ -227,6 +227,27 @@ def test_a_baseline_arm_is_its_arm_at_an_earlier_commit_compared_within_rounds()
         "MG_BENCH_BASELINE): 1.25 of its requests/s, gateway CPU -10 µs per request, Redis CPU -3.0 µs "
         "per admitted request." in block
     )
+
+
+def test_a_compiled_arm_is_its_arm_on_this_tree_compiled_and_says_so() -> None:
+    """MG_BENCH_COMPILED=1: the same comparison, against this tree compiled by mypyc."""
+    arms = http.baseline_arms(["bare", "mg-memory"], COMPILED)
+    assert arms == ["bare", "mg-memory", "mg-memory@mypyc"]
+    per_round = _rounds(
+        {
+            "bare": [(10_000, 60, 0)] * 3,
+            "mg-memory": [(5_000, 100, 0)] * 3,
+            "mg-memory@mypyc": [(5_500, 92, 0)] * 3,
+        }
+    )
+    results = figures.aggregate(arms, per_round, {})
+    http_results = {"concurrency": 32, "warmup": 1.0, "seconds": 3.0, "rounds": 3, "keys": 400, "arms": results}
+    block = report.render(ENV, None, http_results)
+    assert (
+        "mg-memory against mg-memory@mypyc (the same arm, this tree with its request path compiled by mypyc, "
+        "MG_BENCH_COMPILED): 0.91 of its requests/s, gateway CPU +8 µs per request" in block
+    )
+    assert http.baseline_src(Path("/w"), COMPILED) == Path("/w/baseline-mypyc/src")  # where its servers look
 
 
 def test_a_baseline_is_a_commit_of_this_repository_extracted_for_the_run(tmp_path: Path) -> None:
