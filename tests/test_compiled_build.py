@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import sysconfig
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -68,3 +71,29 @@ def test_a_compiled_module_older_than_its_source_is_stale(tmp_path: Path) -> Non
     built = package / f"meter{EXTENSION}"
     os.utime(built, (1_000_000, 1_000_000))  # built long before its source was last written
     assert compiled_modules(package) == {"meterguard.meter": True, "meterguard.store.memory": False}
+
+
+def test_meterguard_imports_without_mypy_extensions() -> None:
+    """A plain install has no mypy_extensions (mypy's dependency, in the dev extras): the
+    decorator the compiled build reads is then a no-op, and MemoryStore still subclasses."""
+    blocked = textwrap.dedent(
+        """
+        import sys
+
+        class Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name == "mypy_extensions":
+                    raise ImportError("not installed")
+
+        sys.meta_path.insert(0, Blocked())
+        from meterguard.store.memory import MemoryStore
+
+        class Failing(MemoryStore):
+            pass
+
+        assert "mypy_extensions" not in sys.modules
+        print(type(Failing()).__mro__[1].__name__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "MemoryStore"
