@@ -34,7 +34,7 @@ def _meter(meter: Meter) -> list[Any]:
 
 
 def _field(window: Window) -> str:
-    """The window's name in the customer's state hash (its slots are ``<name>@<slot index>``)."""
+    """The window's field in the customer's state hash, which holds its counts packed (store/lua/meter.lua)."""
     return "w:" + quote(window.counter, safe="")
 
 
